@@ -1,0 +1,1 @@
+//! End-to-end benchmarks (see the benches/ targets).

@@ -1,0 +1,1 @@
+//! qwen-text-encoder
