@@ -1,0 +1,158 @@
+//! Reference implementations of the fused ops, built from plain MLX ops.
+//!
+//! These define what the fused kernels compute; the dispatching entry points in the crate
+//! root use them on the CPU, when the reference is forced, and for shapes outside a kernel's
+//! limits. Each is dtype-preserving (the output has x's dtype).
+
+use mlx_rs::{Array, Dtype, fast, ops};
+
+use crate::error::Result;
+use crate::ops::{cast, check_float, scalar, shape_err};
+
+/// Checked shapes of a (B, L, C) activation with a per-sample (B or 1, C) vector.
+#[derive(Debug, Clone, Copy)]
+#[allow(dead_code)] // read by the kernel launchers
+pub(crate) struct RowShape {
+    pub b: i32,
+    pub l: i32,
+    pub c: i32,
+    /// Batch size of the per-sample vectors: `b` or 1 (shared by every sample).
+    pub mb: i32,
+}
+
+/// Validates x (B, L, C) and per-sample vectors (B or 1, C).
+pub(crate) fn check_rows(op: &'static str, x: &Array, vecs: &[(&str, &Array)]) -> Result<RowShape> {
+    check_float(op, x)?;
+    let xs = x.shape();
+    if xs.len() != 3 {
+        return Err(shape_err(op, format!("x must be (B, L, C), got {xs:?}")));
+    }
+    let (b, l, c) = (xs[0], xs[1], xs[2]);
+    let mut mb = b;
+    for (i, (name, v)) in vecs.iter().enumerate() {
+        let vs = v.shape();
+        let ok = vs.len() == 2 && vs[1] == c && (vs[0] == b || vs[0] == 1);
+        if !ok {
+            return Err(shape_err(
+                op,
+                format!("{name} must be ({b}, {c}) or (1, {c}) for x {xs:?}, got {vs:?}"),
+            ));
+        }
+        if i == 0 {
+            mb = vs[0];
+        } else if vs[0] != mb {
+            return Err(shape_err(
+                op,
+                format!("per-sample vectors disagree on batch: {mb} vs {}", vs[0]),
+            ));
+        }
+        check_float(op, v)?;
+    }
+    Ok(RowShape { b, l, c, mb })
+}
+
+/// Validates RoPE inputs; returns the tables' shapes left-padded with 1s to x's rank.
+pub(crate) fn check_rope(x: &Array, cos: &Array, sin: &Array) -> Result<Vec<i32>> {
+    const OP: &str = "apply_rope";
+    check_float(OP, x)?;
+    check_float(OP, cos)?;
+    check_float(OP, sin)?;
+    let xs = x.shape();
+    let n = xs.len();
+    if n < 2 || xs[n - 1] % 2 != 0 {
+        return Err(shape_err(
+            OP,
+            format!("x must be (..., L, D) with D even, got {xs:?}"),
+        ));
+    }
+    if cos.shape() != sin.shape() {
+        return Err(shape_err(
+            OP,
+            format!("cos {:?} and sin {:?} differ", cos.shape(), sin.shape()),
+        ));
+    }
+    let ts = cos.shape();
+    let mut want = xs.to_vec();
+    want[n - 1] /= 2;
+    let bad = || {
+        shape_err(
+            OP,
+            format!("cos/sin {ts:?} do not broadcast to {want:?} (x {xs:?} with D halved)"),
+        )
+    };
+    if ts.len() > n || ts.last() != want.last() {
+        return Err(bad());
+    }
+    let mut padded = vec![1; n - ts.len()];
+    padded.extend_from_slice(ts);
+    if padded.iter().zip(&want).any(|(&t, &w)| t != w && t != 1) {
+        return Err(bad());
+    }
+    Ok(padded)
+}
+
+/// `LayerNorm(x)·(1 + scale) + shift`, LayerNorm without affine over C.
+///
+/// x (B, L, C); shift and scale (B, C) or (1, C), broadcast over L (per sample). The
+/// LayerNorm runs through MLX's fast layer_norm (f32 accumulation), the modulation in x's
+/// dtype with shift/scale cast to it — as diffusers computes it in bf16.
+pub fn layer_norm_modulate(x: &Array, shift: &Array, scale: &Array, eps: f32) -> Result<Array> {
+    check_rows(
+        "layer_norm_modulate",
+        x,
+        &[("shift", shift), ("scale", scale)],
+    )?;
+    let dt = x.dtype();
+    let n = fast::layer_norm(x, None, None, eps)?;
+    let one_plus = ops::add(ops::expand_dims(cast(scale, dt)?, 1)?, scalar(1.0, dt)?)?;
+    let sh = ops::expand_dims(cast(shift, dt)?, 1)?;
+    Ok(ops::add(ops::multiply(n, one_plus)?, sh)?)
+}
+
+/// `x + gate·y` with x, y (B, L, C) and gate (B, C) or (1, C) broadcast over L, in x's dtype.
+pub fn gated_residual(x: &Array, gate: &Array, y: &Array) -> Result<Array> {
+    const OP: &str = "gated_residual";
+    check_rows(OP, x, &[("gate", gate)])?;
+    if y.shape() != x.shape() {
+        return Err(shape_err(
+            OP,
+            format!("y {:?} must match x {:?}", y.shape(), x.shape()),
+        ));
+    }
+    let dt = x.dtype();
+    let g = ops::expand_dims(cast(gate, dt)?, 1)?;
+    Ok(ops::add(x, ops::multiply(g, cast(y, dt)?)?)?)
+}
+
+/// Rotary embedding on interleaved pairs: for every pair `(x[2k], x[2k+1])` of the last
+/// axis,
+/// `out[2k]   = x[2k]·cos[k] − x[2k+1]·sin[k]`,
+/// `out[2k+1] = x[2k]·sin[k] + x[2k+1]·cos[k]`
+/// (the complex product `(x[2k] + i·x[2k+1])·e^{iθ_k}`, as diffusers' Qwen-Image
+/// `apply_rotary_emb_qwen(use_real=False)`).
+///
+/// x has shape (..., D) with D even, e.g. (B, H, L, D) or (B, L, H, D); `cos` and `sin`
+/// (same shape, any float dtype — f32 tables recommended) broadcast against x's shape with
+/// the last axis halved, e.g. (L, D/2) for (B, H, L, D) or (L, 1, D/2) for (B, L, H, D).
+/// The rotation is computed in f32 and rounded once to x's dtype.
+pub fn apply_rope(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
+    check_rope(x, cos, sin)?;
+    let dt = x.dtype();
+    let xs = x.shape().to_vec();
+    let n = xs.len();
+    let mut pairs = xs.clone();
+    pairs[n - 1] /= 2;
+    pairs.push(2);
+    let xf = ops::reshape(cast(x, Dtype::Float32)?, &pairs)?;
+    let parts = ops::split_equal(&xf, 2, -1)?;
+    let (x0, x1) = (
+        ops::squeeze_axes(&parts[0], &[-1])?,
+        ops::squeeze_axes(&parts[1], &[-1])?,
+    );
+    let c = cast(cos, Dtype::Float32)?;
+    let s = cast(sin, Dtype::Float32)?;
+    let o0 = ops::subtract(ops::multiply(&x0, &c)?, ops::multiply(&x1, &s)?)?;
+    let o1 = ops::add(ops::multiply(&x0, &s)?, ops::multiply(&x1, &c)?)?;
+    let out = ops::reshape(ops::stack(&[o0, o1], -1)?, &xs)?;
+    cast(&out, dt)
+}
