@@ -1,1 +1,54 @@
-//! qwen-dit
+//! Qwen-Image's transformer (the 20B MMDiT) on MLX.
+//!
+//! Mirrors diffusers 0.42.1 `QwenImageTransformer2DModel`
+//! (`diffusers/models/transformers/transformer_qwenimage.py`). In the pipeline it sits between
+//! the text encoder (`qwen-text-encoder`, which gives `encoder_hidden_states` and their mask)
+//! and the scheduler (`flow-scheduler`, which gives σ and takes the predicted velocity); the
+//! VAE (`qwen-vae`) decodes the final latents.
+//!
+//! - [`QwenImageTransformerConfig`]: `transformer/config.json`, diffusers field names and
+//!   defaults, validated.
+//! - [`QwenImageTransformer`]: load a diffusers `transformer/` folder (sharded safetensors with
+//!   an index, strict key checks), in f32, bf16 or f16; MLX-quantized checkpoints load as
+//!   they are, and [`QuantizeSpec`] quantizes float ones on the fly.
+//! - [`RopeTables`]: the rotary tables for one (image grid, text length) pair, built once and
+//!   passed to every [`QwenImageTransformer::forward`].
+//!
+//! On its own:
+//!
+//! ```no_run
+//! use mlx_rs::{Array, Dtype};
+//! use qwen_dit::{QwenImageTransformer, RopeTables};
+//!
+//! # fn main() -> Result<(), qwen_dit::DitError> {
+//! let model = QwenImageTransformer::load("Qwen-Image/transformer".as_ref(), Dtype::Bfloat16, None)?;
+//! // a 1024×1024 image: latents 128×128, packed 2×2 → 64×64 tokens of 64 channels
+//! let (h, w, t) = (64, 64, 20);
+//! let rope = RopeTables::new(model.config(), &[(1, h, w)], t)?;
+//! let x = Array::zeros::<f32>(&[1, (h * w) as i32, 64])?;
+//! let ctx = Array::zeros::<f32>(&[1, t as i32, 3584])?;
+//! let sigma = Array::from_slice(&[1.0f32], &[1]);
+//! let v = model.forward(&x, &ctx, None, &sigma, &rope)?;
+//! v.eval()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Elementwise primitives live in the private `ops` module (plain mlx-rs fallbacks with the
+//! planned `mlx-fastops` signatures).
+
+mod block;
+pub mod config;
+mod embeddings;
+mod error;
+mod linear;
+mod model;
+mod ops;
+pub mod quant;
+pub mod rope;
+pub mod weights;
+
+pub use config::{QuantizationRecord, QwenImageTransformerConfig};
+pub use error::{DitError, Result};
+pub use model::QwenImageTransformer;
+pub use quant::{QuantizeSpec, weight_bytes};
+pub use rope::RopeTables;

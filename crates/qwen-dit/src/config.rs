@@ -1,0 +1,297 @@
+//! `transformer/config.json`: the configuration of diffusers' `QwenImageTransformer2DModel`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DitError;
+
+/// RoPE base frequency. diffusers hard-codes `theta=10000` when it builds `QwenEmbedRope`
+/// (`QwenImageTransformer2DModel.__init__`); it is not a config field.
+pub const ROPE_THETA: f32 = 10000.0;
+
+/// Width of the sinusoidal timestep projection (`Timesteps(num_channels=256, ...)` in
+/// `QwenTimestepProjEmbeddings`); fixed by the architecture, not a config field.
+pub const TIMESTEP_PROJ_DIM: usize = 256;
+
+/// Epsilon of every normalisation in the model (block LayerNorms, Q/K RMSNorms, `txt_norm`,
+/// `norm_out`): diffusers passes `eps=1e-6` everywhere.
+pub const NORM_EPS: f32 = 1e-6;
+
+/// The FFN hidden width is `4 × inner_dim` (diffusers `FeedForward` default `mult=4`).
+pub const FFN_MULT: usize = 4;
+
+/// Configuration of the Qwen-Image transformer, field for field as diffusers'
+/// `QwenImageTransformer2DModel.__init__` (diffusers 0.42.1) and its `config.json`.
+///
+/// Unknown fields (`_class_name`, `_diffusers_version`, `pooled_projection_dim` in the
+/// published checkpoint, ...) are ignored. Defaults are the diffusers defaults, which are the
+/// Qwen-Image (20B) sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QwenImageTransformerConfig {
+    /// Spatial patch size of the packed latents (2).
+    #[serde(default = "d_patch_size")]
+    pub patch_size: usize,
+    /// Channels of one packed token (`latent_channels × patch_size²`, 64).
+    #[serde(default = "d_in_channels")]
+    pub in_channels: usize,
+    /// Latent channels produced per patch position (16); `null` means `in_channels`.
+    #[serde(default = "d_out_channels")]
+    pub out_channels: Option<usize>,
+    /// Number of dual-stream blocks (60).
+    #[serde(default = "d_num_layers")]
+    pub num_layers: usize,
+    /// Width of one attention head (128).
+    #[serde(default = "d_attention_head_dim")]
+    pub attention_head_dim: usize,
+    /// Number of attention heads (24).
+    #[serde(default = "d_num_attention_heads")]
+    pub num_attention_heads: usize,
+    /// Width of the text encoder's hidden states (3584).
+    #[serde(default = "d_joint_attention_dim")]
+    pub joint_attention_dim: usize,
+    /// Present in diffusers' signature but unused by the model (no guidance embedder is
+    /// built); accepted and ignored.
+    #[serde(default)]
+    pub guidance_embeds: bool,
+    /// RoPE dimensions of the (frame, height, width) axes; they sum to `attention_head_dim`.
+    #[serde(default = "d_axes_dims_rope")]
+    pub axes_dims_rope: Vec<usize>,
+    /// Qwen-Image-Edit-2511 per-token zero-timestep conditioning (not supported: must be false).
+    #[serde(default)]
+    pub zero_cond_t: bool,
+    /// Qwen-Image-Layered additional timestep conditioning (not supported: must be false).
+    #[serde(default)]
+    pub use_additional_t_cond: bool,
+    /// Qwen-Image-Layered 3-D layer RoPE (not supported: must be false).
+    #[serde(default)]
+    pub use_layer3d_rope: bool,
+    /// MLX quantization record (`{"group_size": 64, "bits": 4}`) as MLX conversions write it.
+    /// Informative only: quantized layers are recognised by their `scales` tensors and their
+    /// bits/group size are read from the tensor shapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantizationRecord>,
+}
+
+/// The `quantization` entry MLX conversions add to `config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuantizationRecord {
+    /// Elements sharing one scale and bias.
+    pub group_size: i32,
+    /// Bits per quantized element.
+    pub bits: i32,
+}
+
+fn d_patch_size() -> usize {
+    2
+}
+fn d_in_channels() -> usize {
+    64
+}
+fn d_out_channels() -> Option<usize> {
+    Some(16)
+}
+fn d_num_layers() -> usize {
+    60
+}
+fn d_attention_head_dim() -> usize {
+    128
+}
+fn d_num_attention_heads() -> usize {
+    24
+}
+fn d_joint_attention_dim() -> usize {
+    3584
+}
+fn d_axes_dims_rope() -> Vec<usize> {
+    vec![16, 56, 56]
+}
+
+impl Default for QwenImageTransformerConfig {
+    /// The Qwen-Image (20B) configuration, i.e. diffusers' defaults.
+    fn default() -> Self {
+        Self {
+            patch_size: d_patch_size(),
+            in_channels: d_in_channels(),
+            out_channels: d_out_channels(),
+            num_layers: d_num_layers(),
+            attention_head_dim: d_attention_head_dim(),
+            num_attention_heads: d_num_attention_heads(),
+            joint_attention_dim: d_joint_attention_dim(),
+            guidance_embeds: false,
+            axes_dims_rope: d_axes_dims_rope(),
+            zero_cond_t: false,
+            use_additional_t_cond: false,
+            use_layer3d_rope: false,
+            quantization: None,
+        }
+    }
+}
+
+impl QwenImageTransformerConfig {
+    /// Parses a `config.json` text and validates it.
+    pub fn from_json_str(text: &str) -> Result<Self, DitError> {
+        let cfg: Self = serde_json::from_str(text)
+            .map_err(|e| DitError::InvalidConfig(format!("cannot parse config.json: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and validates `path` (a `transformer/config.json`).
+    pub fn from_file(path: &Path) -> Result<Self, DitError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DitError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json_str(&text).map_err(|e| match e {
+            DitError::InvalidConfig(m) => DitError::InvalidConfig(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Width of the residual streams (`num_attention_heads × attention_head_dim`, 3072).
+    pub fn inner_dim(&self) -> usize {
+        self.num_attention_heads * self.attention_head_dim
+    }
+
+    /// Latent channels of the output (`out_channels`, or `in_channels` when unset).
+    pub fn out_channels(&self) -> usize {
+        self.out_channels.unwrap_or(self.in_channels)
+    }
+
+    /// Channels of one output token (`patch_size² × out_channels`, 64).
+    pub fn proj_out_dim(&self) -> usize {
+        self.patch_size * self.patch_size * self.out_channels()
+    }
+
+    /// Hidden width of the feed-forward networks (`4 × inner_dim`).
+    pub fn ffn_dim(&self) -> usize {
+        FFN_MULT * self.inner_dim()
+    }
+
+    /// Checks the invariants the model relies on; the error names the offending field.
+    pub fn validate(&self) -> Result<(), DitError> {
+        let bad = |m: String| Err(DitError::InvalidConfig(m));
+        for (name, v) in [
+            ("patch_size", self.patch_size),
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels()),
+            ("num_layers", self.num_layers),
+            ("attention_head_dim", self.attention_head_dim),
+            ("num_attention_heads", self.num_attention_heads),
+            ("joint_attention_dim", self.joint_attention_dim),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be positive"));
+            }
+        }
+        if self.axes_dims_rope.len() != 3 {
+            return bad(format!(
+                "axes_dims_rope must have 3 entries (frame, height, width), got {:?}",
+                self.axes_dims_rope
+            ));
+        }
+        if let Some(d) = self.axes_dims_rope.iter().find(|d| **d == 0 || **d % 2 != 0) {
+            return bad(format!(
+                "every axes_dims_rope entry must be even and positive, got {d} in {:?}",
+                self.axes_dims_rope
+            ));
+        }
+        let sum: usize = self.axes_dims_rope.iter().sum();
+        if sum != self.attention_head_dim {
+            return bad(format!(
+                "sum(axes_dims_rope) = {sum} ({:?}) must equal attention_head_dim = {}",
+                self.axes_dims_rope, self.attention_head_dim
+            ));
+        }
+        if self.inner_dim() > i32::MAX as usize / 16 {
+            return bad(format!("inner_dim {} is too large", self.inner_dim()));
+        }
+        for (name, on) in [
+            ("zero_cond_t", self.zero_cond_t),
+            ("use_additional_t_cond", self.use_additional_t_cond),
+            ("use_layer3d_rope", self.use_layer3d_rope),
+        ] {
+            if on {
+                return Err(DitError::Unsupported(format!(
+                    "{name}=true (Qwen-Image-Edit-2511 / Layered variants) is not implemented"
+                )));
+            }
+        }
+        if let Some(q) = self.quantization
+            && (!matches!(q.bits, 2 | 3 | 4 | 5 | 6 | 8) || !matches!(q.group_size, 32 | 64 | 128))
+        {
+            return bad(format!(
+                "quantization {{bits: {}, group_size: {}}} is not an MLX affine setting",
+                q.bits, q.group_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every Linear layer of the model as (module path, in_features, out_features), in
+    /// checkpoint order. All of them have a bias.
+    pub fn linear_layers(&self) -> Vec<(String, usize, usize)> {
+        let d = self.inner_dim();
+        let f = self.ffn_dim();
+        let mut v = vec![
+            (
+                "time_text_embed.timestep_embedder.linear_1".to_string(),
+                TIMESTEP_PROJ_DIM,
+                d,
+            ),
+            ("time_text_embed.timestep_embedder.linear_2".into(), d, d),
+            ("img_in".into(), self.in_channels, d),
+            ("txt_in".into(), self.joint_attention_dim, d),
+        ];
+        for i in 0..self.num_layers {
+            let p = format!("transformer_blocks.{i}");
+            v.push((format!("{p}.img_mod.1"), d, 6 * d));
+            v.push((format!("{p}.txt_mod.1"), d, 6 * d));
+            for n in [
+                "to_q",
+                "to_k",
+                "to_v",
+                "add_q_proj",
+                "add_k_proj",
+                "add_v_proj",
+                "to_out.0",
+                "to_add_out",
+            ] {
+                v.push((format!("{p}.attn.{n}"), d, d));
+            }
+            for s in ["img_mlp", "txt_mlp"] {
+                v.push((format!("{p}.{s}.net.0.proj"), d, f));
+                v.push((format!("{p}.{s}.net.2"), f, d));
+            }
+        }
+        v.push(("norm_out.linear".into(), d, 2 * d));
+        v.push(("proj_out".into(), d, self.proj_out_dim()));
+        v
+    }
+
+    /// Every normalisation weight as (key, length): `txt_norm` and the per-head Q/K RMSNorms.
+    pub fn norm_weights(&self) -> Vec<(String, usize)> {
+        let mut v = vec![("txt_norm.weight".to_string(), self.joint_attention_dim)];
+        for i in 0..self.num_layers {
+            for n in ["norm_q", "norm_k", "norm_added_q", "norm_added_k"] {
+                v.push((
+                    format!("transformer_blocks.{i}.attn.{n}.weight"),
+                    self.attention_head_dim,
+                ));
+            }
+        }
+        v
+    }
+
+    /// Total number of parameters (20.43 B for Qwen-Image).
+    pub fn param_count(&self) -> u64 {
+        let lin: u64 = self
+            .linear_layers()
+            .iter()
+            .map(|(_, i, o)| (*i as u64) * (*o as u64) + *o as u64)
+            .sum();
+        let norms: u64 = self.norm_weights().iter().map(|(_, n)| *n as u64).sum();
+        lin + norms
+    }
+}

@@ -1,0 +1,211 @@
+//! Linear layers, float or MLX-affine-quantized.
+
+use std::collections::BTreeMap;
+
+use mlx_rs::{Array, Dtype, ops};
+use mlx_weights::StrictLoader;
+
+use crate::error::{DitError, Result};
+
+/// A biased Linear layer `y = x·Wᵀ + b`, with `W` either float `(out, in)` or quantized MLX
+/// style (packed `u32` `weight` `(out, in·bits/32)` + `scales`/`biases` `(out, in/group)`).
+#[derive(Debug, Clone)]
+pub(crate) enum Linear {
+    /// Float weight `(out, in)`.
+    Float {
+        /// `(out, in)`.
+        weight: Array,
+        /// `(out,)`.
+        bias: Array,
+    },
+    /// MLX affine quantization.
+    Quantized {
+        /// Packed `(out, in·bits/32)` u32.
+        weight: Array,
+        /// `(out, in/group_size)`.
+        scales: Array,
+        /// `(out, in/group_size)`.
+        biases: Array,
+        /// `(out,)`.
+        bias: Array,
+        /// Elements per group.
+        group_size: i32,
+        /// Bits per element.
+        bits: i32,
+    },
+}
+
+/// Bits MLX affine quantization supports.
+pub(crate) fn valid_bits(bits: i32) -> bool {
+    matches!(bits, 2 | 3 | 4 | 5 | 6 | 8)
+}
+
+/// Group sizes MLX affine quantization supports.
+pub(crate) fn valid_group_size(g: i32) -> bool {
+    matches!(g, 32 | 64 | 128)
+}
+
+impl Linear {
+    /// Takes `{prefix}.weight` / `.bias` (and `.scales` / `.biases` when the checkpoint holds
+    /// this layer quantized, bits and group size read from the shapes) from `loader`.
+    pub(crate) fn load(loader: &mut StrictLoader, prefix: &str, din: i32, dout: i32) -> Self {
+        let wk = format!("{prefix}.weight");
+        let sk = format!("{prefix}.scales");
+        let bias = loader.take(&format!("{prefix}.bias"), &[dout]);
+        if !loader.has(&sk) {
+            return Linear::Float {
+                weight: loader.take(&wk, &[dout, din]),
+                bias,
+            };
+        }
+        // Quantized: infer bits from the packed width and the group size from the scales.
+        let wshape = loader.shape_of(&wk).unwrap_or_default();
+        let sshape = loader.shape_of(&sk).unwrap_or_default();
+        let packed = if wshape.len() == 2 { wshape[1] } else { 0 };
+        let groups = if sshape.len() == 2 { sshape[1] } else { 0 };
+        let bits = if packed > 0 && (packed * 32) % din == 0 {
+            packed * 32 / din
+        } else {
+            0
+        };
+        let group_size = if groups > 0 && din % groups == 0 {
+            din / groups
+        } else {
+            0
+        };
+        if !valid_bits(bits) || !valid_group_size(group_size) {
+            // Record the inconsistency and fall back to the 4-bit/64 layout so loading goes on
+            // and the final error lists every problem.
+            loader.record_mismatch(&wk, &[dout, din * 4 / 32], &wshape);
+            loader.record_mismatch(&sk, &[dout, din / 64], &sshape);
+            let _ = loader.take_any(&wk);
+            let _ = loader.take_any(&sk);
+            let _ = loader.take_any(&format!("{prefix}.biases"));
+            return Linear::Float {
+                weight: ops::zeros_dtype(&[dout, din], loader.dtype())
+                    .unwrap_or_else(|_| Array::from_f32(0.0)),
+                bias,
+            };
+        }
+        let weight = loader.take_raw(&wk, &[dout, din * bits / 32]);
+        let scales = loader.take(&sk, &[dout, din / group_size]);
+        let biases = loader.take(&format!("{prefix}.biases"), &[dout, din / group_size]);
+        Linear::Quantized {
+            weight,
+            scales,
+            biases,
+            bias,
+            group_size,
+            bits,
+        }
+    }
+
+    /// `x·Wᵀ + b` over the last axis of `x`.
+    pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
+        match self {
+            Linear::Float { weight, bias } => Ok(ops::addmm(bias, x, weight.t(), None, None)?),
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                bias,
+                group_size,
+                bits,
+            } => {
+                let y = ops::quantized_matmul(
+                    x,
+                    weight,
+                    scales,
+                    biases,
+                    true,
+                    *group_size,
+                    *bits,
+                )?;
+                Ok(ops::add(y, bias)?)
+            }
+        }
+    }
+
+    /// Input width.
+    pub(crate) fn in_features(&self) -> i32 {
+        match self {
+            Linear::Float { weight, .. } => weight.dim(1),
+            Linear::Quantized {
+                weight,
+                bits,
+                ..
+            } => weight.dim(1) * 32 / bits,
+        }
+    }
+
+    /// Whether the layer is quantized.
+    pub(crate) fn is_quantized(&self) -> bool {
+        matches!(self, Linear::Quantized { .. })
+    }
+
+    /// This layer quantized (a float layer) or unchanged (an already quantized one).
+    pub(crate) fn quantized(&self, group_size: i32, bits: i32) -> Result<Linear> {
+        match self {
+            Linear::Float { weight, bias } => {
+                let din = weight.dim(1);
+                if din % group_size != 0 {
+                    return Err(DitError::Quantization(format!(
+                        "input width {din} is not a multiple of the group size {group_size}"
+                    )));
+                }
+                let (w, scales, biases) = ops::quantize(weight, group_size, bits)?;
+                Ok(Linear::Quantized {
+                    weight: w,
+                    scales,
+                    biases,
+                    bias: bias.clone(),
+                    group_size,
+                    bits,
+                })
+            }
+            q => Ok(q.clone()),
+        }
+    }
+
+    /// The weight as a float `(out, in)` matrix (dequantized if needed) in `dtype`.
+    pub(crate) fn dense_weight(&self, dtype: Dtype) -> Result<Array> {
+        let w = match self {
+            Linear::Float { weight, .. } => weight.clone(),
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                group_size,
+                bits,
+                ..
+            } => ops::dequantize(weight, scales, biases, *group_size, *bits)?,
+        };
+        Ok(if w.dtype() == dtype { w } else { w.as_dtype(dtype)? })
+    }
+
+    /// Every array the layer would be written as in an MLX checkpoint.
+    pub(crate) fn arrays(&self) -> Vec<(&'static str, &Array)> {
+        match self {
+            Linear::Float { weight, bias } => vec![("weight", weight), ("bias", bias)],
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                bias,
+                ..
+            } => vec![
+                ("weight", weight),
+                ("scales", scales),
+                ("biases", biases),
+                ("bias", bias),
+            ],
+        }
+    }
+
+    /// Inserts the layer's arrays under `{prefix}.{name}`.
+    pub(crate) fn export(&self, prefix: &str, out: &mut BTreeMap<String, Array>) {
+        for (n, a) in self.arrays() {
+            out.insert(format!("{prefix}.{n}"), a.clone());
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Checkpoint key names and strict loading.
+//!
+//! The model's parameter names are diffusers' state-dict keys (`transformer_blocks.3.attn.to_q.weight`,
+//! ...), so a diffusers checkpoint maps by identity. MLX conversions made with mflux name a few
+//! block modules differently; [`BLOCK_ALIASES`] maps those names (with any suffix: `.weight`,
+//! `.bias`, `.scales`, `.biases`) onto the diffusers ones before loading.
+
+use mlx_rs::Dtype;
+use mlx_weights::{StrictLoader, Tensors, WeightsError};
+
+use crate::block::{Attention, Block, FeedForward};
+use crate::config::QwenImageTransformerConfig;
+use crate::embeddings::TimestepEmbedder;
+use crate::error::Result;
+use crate::linear::Linear;
+use crate::model::Parts;
+
+/// Module names inside `transformer_blocks.{i}.`: (diffusers name, alternative name in
+/// mflux-made MLX conversions).
+pub const BLOCK_ALIASES: &[(&str, &str)] = &[
+    ("img_mod.1", "img_mod_linear"),
+    ("txt_mod.1", "txt_mod_linear"),
+    ("attn.to_out.0", "attn.attn_to_out.0"),
+    ("img_mlp.net.0.proj", "img_ff.mlp_in"),
+    ("img_mlp.net.2", "img_ff.mlp_out"),
+    ("txt_mlp.net.0.proj", "txt_ff.mlp_in"),
+    ("txt_mlp.net.2", "txt_ff.mlp_out"),
+];
+
+/// The diffusers name of checkpoint key `key`, or `None` when `key` already is one (or is
+/// unknown: strict loading reports it later).
+pub fn canonical_key(key: &str) -> Option<String> {
+    let rest = key.strip_prefix("transformer_blocks.")?;
+    let (idx, inner) = rest.split_once('.')?;
+    if idx.parse::<usize>().is_err() {
+        return None;
+    }
+    BLOCK_ALIASES.iter().find_map(|(canon, alias)| {
+        inner
+            .strip_prefix(alias)
+            .filter(|s| s.starts_with('.'))
+            .map(|suffix| format!("transformer_blocks.{idx}.{canon}{suffix}"))
+    })
+}
+
+/// Renames every aliased key of `tensors` to its diffusers name. A key present under both
+/// names is an error.
+pub(crate) fn canonicalize(mut tensors: Tensors) -> Result<Tensors> {
+    let renames: Vec<(String, String)> = tensors
+        .keys()
+        .filter_map(|k| canonical_key(k).map(|c| (k.to_string(), c)))
+        .collect();
+    for (from, to) in renames {
+        if tensors.get(&to).is_some() {
+            return Err(WeightsError::Format {
+                path: tensors.source().to_path_buf(),
+                msg: format!("`{from}` and `{to}` name the same parameter"),
+            }
+            .into());
+        }
+        if let Some(a) = tensors.remove(&from) {
+            tensors.insert(to, a);
+        }
+    }
+    Ok(tensors)
+}
+
+fn lin(l: &mut StrictLoader, prefix: &str, din: usize, dout: usize) -> Linear {
+    Linear::load(l, prefix, din as i32, dout as i32)
+}
+
+/// Builds every part of the model from `tensors` (diffusers names), casting floats to
+/// `dtype`; one error lists every missing, unexpected and mis-shaped key.
+pub(crate) fn load_parts(
+    config: &QwenImageTransformerConfig,
+    tensors: Tensors,
+    dtype: Dtype,
+) -> Result<Parts> {
+    let tensors = canonicalize(tensors)?;
+    let mut l = StrictLoader::new(tensors, dtype);
+    let d = config.inner_dim();
+    let f = config.ffn_dim();
+    let hd = config.attention_head_dim as i32;
+    let time_embed = TimestepEmbedder::new(
+        lin(
+            &mut l,
+            "time_text_embed.timestep_embedder.linear_1",
+            crate::config::TIMESTEP_PROJ_DIM,
+            d,
+        ),
+        lin(&mut l, "time_text_embed.timestep_embedder.linear_2", d, d),
+    );
+    let txt_norm = l.take("txt_norm.weight", &[config.joint_attention_dim as i32]);
+    let img_in = lin(&mut l, "img_in", config.in_channels, d);
+    let txt_in = lin(&mut l, "txt_in", config.joint_attention_dim, d);
+    let mut blocks = Vec::with_capacity(config.num_layers);
+    for i in 0..config.num_layers {
+        let p = format!("transformer_blocks.{i}");
+        let a = format!("{p}.attn");
+        let attn = Attention {
+            to_q: lin(&mut l, &format!("{a}.to_q"), d, d),
+            to_k: lin(&mut l, &format!("{a}.to_k"), d, d),
+            to_v: lin(&mut l, &format!("{a}.to_v"), d, d),
+            add_q_proj: lin(&mut l, &format!("{a}.add_q_proj"), d, d),
+            add_k_proj: lin(&mut l, &format!("{a}.add_k_proj"), d, d),
+            add_v_proj: lin(&mut l, &format!("{a}.add_v_proj"), d, d),
+            to_out_0: lin(&mut l, &format!("{a}.to_out.0"), d, d),
+            to_add_out: lin(&mut l, &format!("{a}.to_add_out"), d, d),
+            norm_q: l.take(&format!("{a}.norm_q.weight"), &[hd]),
+            norm_k: l.take(&format!("{a}.norm_k.weight"), &[hd]),
+            norm_added_q: l.take(&format!("{a}.norm_added_q.weight"), &[hd]),
+            norm_added_k: l.take(&format!("{a}.norm_added_k.weight"), &[hd]),
+        };
+        let ff = |l: &mut StrictLoader, s: &str| FeedForward {
+            proj_in: lin(l, &format!("{p}.{s}.net.0.proj"), d, f),
+            proj_out: lin(l, &format!("{p}.{s}.net.2"), f, d),
+        };
+        let img_mlp = ff(&mut l, "img_mlp");
+        let txt_mlp = ff(&mut l, "txt_mlp");
+        blocks.push(Block {
+            img_mod: lin(&mut l, &format!("{p}.img_mod.1"), d, 6 * d),
+            txt_mod: lin(&mut l, &format!("{p}.txt_mod.1"), d, 6 * d),
+            attn,
+            img_mlp,
+            txt_mlp,
+        });
+    }
+    let norm_out = lin(&mut l, "norm_out.linear", d, 2 * d);
+    let proj_out = lin(&mut l, "proj_out", d, config.proj_out_dim());
+    l.finish(&[])?;
+    Ok(Parts {
+        time_embed,
+        txt_norm,
+        img_in,
+        txt_in,
+        blocks,
+        norm_out,
+        proj_out,
+    })
+}
