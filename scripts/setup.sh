@@ -42,8 +42,9 @@ case "$ARCH" in
   *) die "unsupported CPU architecture $ARCH" ;;
 esac
 
-# The inputs of every cached step; a change to any of them redoes the steps below it.
-SCRIPT_HASH=$(cat "$0" "$ROOT"/scripts/linux/* | sha256sum | cut -c1-16)
+# The inputs of the cached build steps: a change to one of these files redoes that step.
+MLXC_HASH=$(cat "$ROOT"/scripts/linux/mlxc_compat.h "$ROOT"/scripts/linux/mach_time_shim.c | sha256sum | cut -c1-16)
+BINDINGS_HASH=$(cat "$ROOT"/scripts/linux/bindgen_half.h | sha256sum | cut -c1-16)
 mkdir -p "$PREFIX"
 
 # ---------------------------------------------------------------- 1. system packages
@@ -98,7 +99,7 @@ MLXC_SRC="$MLX_SYS_DIR/src/mlx-c"
 [ -f "$MLXC_SRC/CMakeLists.txt" ] || die "mlx-c sources not found in $MLX_SYS_DIR (cargo fetch failed?)"
 
 MLXC_BUILD="$PREFIX/mlx-c-$MLX_SYS_VERSION-$BACKEND"
-MLXC_KEY="$SCRIPT_HASH $MLX_HOME"
+MLXC_KEY="$MLXC_HASH $MLX_HOME"
 if [ "$(cat "$MLXC_BUILD/.complete" 2>/dev/null)" != "$MLXC_KEY" ]; then
   say "compiling mlx-c $MLX_SYS_VERSION against MLX $MLX_VERSION ($BACKEND)"
   rm -rf "$MLXC_BUILD"
@@ -123,7 +124,7 @@ if [ ! -x "$BINDGEN" ] || ! "$BINDGEN" --version 2>/dev/null | grep -q "$BINDGEN
   cargo install -q --locked --root "$PREFIX/tools" "bindgen-cli@$BINDGEN_VERSION"
 fi
 BINDINGS_DIR="$PREFIX/bindings-$MLX_SYS_VERSION"
-BINDINGS_KEY="$SCRIPT_HASH $MLXC_SRC"
+BINDINGS_KEY="$BINDINGS_HASH $MLXC_SRC $BINDGEN_VERSION"
 if [ "$(cat "$BINDINGS_DIR/.complete" 2>/dev/null)" != "$BINDINGS_KEY" ]; then
   say "generating mlx-sys bindings"
   mkdir -p "$BINDINGS_DIR"
@@ -154,12 +155,18 @@ rustc-env = { OUT_DIR = \"$BINDINGS_DIR\" }
 [target.$TRIPLE]
 rustflags = [\"-C\", \"link-arg=-Wl,--enable-new-dtags\", $rpath_args]
 
+# Doctests are linked by rustdoc, which reads rustdocflags instead.
+[build]
+rustdocflags = [\"-C\", \"link-arg=-Wl,--enable-new-dtags\", $rpath_args]
+
 [env]
 QWEN_IMAGE_MLX_BACKEND = \"$BACKEND\"
 QWEN_IMAGE_MLX_VERSION = \"$MLX_VERSION\"
 "
-if [ "$(cat "$ROOT/.cargo/config.toml" 2>/dev/null)" != "$config" ]; then
-  printf '%s' "$config" >"$ROOT/.cargo/config.toml.tmp"
+printf '%s' "$config" >"$ROOT/.cargo/config.toml.tmp"
+if cmp -s "$ROOT/.cargo/config.toml.tmp" "$ROOT/.cargo/config.toml"; then
+  rm "$ROOT/.cargo/config.toml.tmp"
+else
   mv "$ROOT/.cargo/config.toml.tmp" "$ROOT/.cargo/config.toml"
   say "wrote .cargo/config.toml ($BACKEND backend)"
 fi

@@ -1,0 +1,195 @@
+//! What MLX runtime this program runs on: `qwen-image info`.
+
+use std::ffi::{CStr, CString};
+use std::fmt;
+
+/// The MLX backend that executes GPU work in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Apple GPUs through Metal.
+    Metal,
+    /// NVIDIA GPUs through MLX's CUDA backend (`mlx-cuda-13` on Linux).
+    Cuda,
+    /// No GPU backend: everything runs on the CPU.
+    Cpu,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Metal => "metal",
+            Backend::Cuda => "cuda",
+            Backend::Cpu => "cpu",
+        })
+    }
+}
+
+/// A description of the MLX runtime and its default device.
+#[derive(Debug, Clone)]
+pub struct RuntimeInfo {
+    /// MLX's version string as the loaded `libmlx` reports it.
+    pub mlx_version: String,
+    /// The backend in use.
+    pub backend: Backend,
+    /// The default device, e.g. `Device(gpu, 0)`.
+    pub default_device: String,
+    /// Whether the default device is a GPU.
+    pub default_is_gpu: bool,
+    /// Properties MLX reports for the default device (name, architecture, memory…).
+    pub device_properties: Vec<(String, String)>,
+    /// MLX's memory limit for the default device, in bytes.
+    pub memory_limit: Option<usize>,
+}
+
+fn check(rc: i32, what: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(rc == 0, "MLX call {what} failed (status {rc})");
+    Ok(())
+}
+
+/// Queries the loaded MLX library.
+pub fn runtime_info() -> anyhow::Result<RuntimeInfo> {
+    // SAFETY: plain FFI calls into mlx-c; every object created here is freed before return
+    // and strings are copied out while their owners are alive.
+    unsafe {
+        let mut s = mlx_sys::mlx_string_new();
+        check(mlx_sys::mlx_version(&mut s), "mlx_version")?;
+        let mlx_version = CStr::from_ptr(mlx_sys::mlx_string_data(s))
+            .to_string_lossy()
+            .into_owned();
+        mlx_sys::mlx_string_free(s);
+
+        let mut cuda = false;
+        let mut metal = false;
+        check(mlx_sys::mlx_cuda_is_available(&mut cuda), "mlx_cuda_is_available")?;
+        check(mlx_sys::mlx_metal_is_available(&mut metal), "mlx_metal_is_available")?;
+        let backend = if metal {
+            Backend::Metal
+        } else if cuda {
+            Backend::Cuda
+        } else {
+            Backend::Cpu
+        };
+
+        let mut dev = mlx_sys::mlx_device_new();
+        check(mlx_sys::mlx_get_default_device(&mut dev), "mlx_get_default_device")?;
+        let mut s = mlx_sys::mlx_string_new();
+        check(mlx_sys::mlx_device_tostring(&mut s, dev), "mlx_device_tostring")?;
+        let default_device = CStr::from_ptr(mlx_sys::mlx_string_data(s))
+            .to_string_lossy()
+            .into_owned();
+        mlx_sys::mlx_string_free(s);
+        let mut ty = mlx_sys::mlx_device_type__MLX_CPU;
+        check(mlx_sys::mlx_device_get_type(&mut ty, dev), "mlx_device_get_type")?;
+        let default_is_gpu = ty == mlx_sys::mlx_device_type__MLX_GPU;
+
+        let mut device_properties = Vec::new();
+        let mut info = mlx_sys::mlx_device_info_new();
+        if mlx_sys::mlx_device_info_get(&mut info, dev) == 0 {
+            let mut keys = mlx_sys::mlx_vector_string_new();
+            if mlx_sys::mlx_device_info_get_keys(&mut keys, info) == 0 {
+                for i in 0..mlx_sys::mlx_vector_string_size(keys) {
+                    let mut k: *mut std::ffi::c_char = std::ptr::null_mut();
+                    if mlx_sys::mlx_vector_string_get(&mut k, keys, i) != 0 || k.is_null() {
+                        continue;
+                    }
+                    let key = CStr::from_ptr(k).to_string_lossy().into_owned();
+                    let ckey = CString::new(key.clone())?;
+                    let mut is_string = false;
+                    mlx_sys::mlx_device_info_is_string(&mut is_string, info, ckey.as_ptr());
+                    let value = if is_string {
+                        let mut v: *const std::ffi::c_char = std::ptr::null();
+                        if mlx_sys::mlx_device_info_get_string(&mut v, info, ckey.as_ptr()) != 0
+                            || v.is_null()
+                        {
+                            continue;
+                        }
+                        CStr::from_ptr(v).to_string_lossy().into_owned()
+                    } else {
+                        let mut v = 0usize;
+                        if mlx_sys::mlx_device_info_get_size(&mut v, info, ckey.as_ptr()) != 0 {
+                            continue;
+                        }
+                        if key.contains("memory") || key.contains("size") {
+                            format!("{v} ({})", human_bytes(v))
+                        } else {
+                            v.to_string()
+                        }
+                    };
+                    device_properties.push((key, value));
+                }
+            }
+            mlx_sys::mlx_vector_string_free(keys);
+        }
+        mlx_sys::mlx_device_info_free(info);
+        mlx_sys::mlx_device_free(dev);
+        device_properties.sort();
+
+        Ok(RuntimeInfo {
+            mlx_version,
+            backend,
+            default_device,
+            default_is_gpu,
+            device_properties,
+            memory_limit: mlx_rs::memory::memory_limit().ok(),
+        })
+    }
+}
+
+/// Formats a byte count with binary units (e.g. `79.2 GiB`).
+pub fn human_bytes(n: usize) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl fmt::Display for RuntimeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "qwen-image {}", env!("CARGO_PKG_VERSION"))?;
+        writeln!(f, "MLX version:    {}", self.mlx_version)?;
+        writeln!(f, "backend:        {}", self.backend)?;
+        writeln!(f, "default device: {}", self.default_device)?;
+        for (k, v) in &self.device_properties {
+            writeln!(f, "  {k}: {v}")?;
+        }
+        if let Some(limit) = self.memory_limit {
+            writeln!(f, "memory limit:   {} ({limit} bytes)", human_bytes(limit))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_the_linked_mlx() -> anyhow::Result<()> {
+        let info = runtime_info()?;
+        // setup.sh pins MLX 0.32.2; the runtime must be the library we built against.
+        if let Some(expected) = option_env!("QWEN_IMAGE_MLX_VERSION") {
+            assert_eq!(info.mlx_version, expected);
+        }
+        assert!(!info.default_device.is_empty());
+        if info.backend == Backend::Cpu {
+            assert!(!info.default_is_gpu, "CPU backend with a GPU default device");
+        }
+        let text = info.to_string();
+        assert!(text.contains("backend:"));
+        Ok(())
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024 / 2), "1.5 GiB");
+    }
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: prepare the build (idempotent, see setup.sh) and run every test of the
+# workspace on the CPU in f32. Extra arguments go to `cargo test` (e.g. `-p qwen-dit`).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+"$ROOT/scripts/setup.sh"
+# Tests are many small MLX graphs: more test threads than cores only adds contention.
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-$(nproc)}
+if [ $# -gt 0 ]; then
+  exec cargo test "$@"
+fi
+exec cargo test --workspace --all-targets
