@@ -46,7 +46,7 @@ pub(crate) struct Attention {
 pub(crate) struct BlockContext<'a> {
     /// SiLU of the timestep embedding, `(B, D)`.
     pub(crate) silu_temb: &'a Array,
-    /// RoPE cos, `(T+N, 1, head_dim/2)` in the compute dtype.
+    /// RoPE cos, `(T+N, 1, head_dim/2)`, f32.
     pub(crate) cos: &'a Array,
     /// RoPE sin, same shape.
     pub(crate) sin: &'a Array,
@@ -68,13 +68,10 @@ pub(crate) struct Block {
     pub(crate) txt_mlp: FeedForward,
 }
 
-/// Splits `(B, 6D)` modulation parameters into six `(B, 1, D)` arrays:
+/// Splits `(B, 6D)` modulation parameters into six `(B, D)` arrays:
 /// (shift1, scale1, gate1, shift2, scale2, gate2).
 fn mod_params(m: &Array) -> Result<Vec<Array>> {
-    let b = m.dim(0);
-    let d = m.dim(1) / 6;
-    let parts = ops::split_equal(m.reshape(&[b, 1, 6 * d])?, 6, -1)?;
-    Ok(parts)
+    Ok(ops::split_equal(m, 6, -1)?)
 }
 
 impl Attention {

@@ -29,6 +29,9 @@ pub enum DitError {
     /// The checkpoint could not be read or does not match the model.
     #[error(transparent)]
     Weights(#[from] mlx_weights::WeightsError),
+    /// A fast op rejected its inputs or failed.
+    #[error(transparent)]
+    FastOps(#[from] mlx_fastops::FastOpsError),
     /// An MLX operation failed.
     #[error("mlx: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),

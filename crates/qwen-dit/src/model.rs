@@ -433,7 +433,8 @@ impl QwenImageTransformer {
         )?)?;
         let temb = p.time_embed.forward(timestep, dt)?;
         let silu_temb = silu(&temb)?;
-        let (cos, sin) = rope.in_dtype(dt)?;
+        // f32 tables: the RoPE rotation is computed in f32 and rounded once, as diffusers.
+        let (cos, sin) = (rope.cos(), rope.sin());
         let mask = match encoder_mask {
             Some(m) => {
                 let zero = Array::from_int(0).as_dtype(m.dtype())?;
@@ -445,8 +446,8 @@ impl QwenImageTransformer {
         };
         let ctx = BlockContext {
             silu_temb: &silu_temb,
-            cos: &cos,
-            sin: &sin,
+            cos,
+            sin,
             mask: mask.as_ref(),
             heads: cfg.num_attention_heads as i32,
             head_dim: cfg.attention_head_dim as i32,
@@ -457,8 +458,6 @@ impl QwenImageTransformer {
         // AdaLayerNormContinuous: its linear output splits (scale, shift) — the opposite
         // order of the blocks' (shift, scale, gate).
         let emb = p.norm_out.forward(&silu_temb)?;
-        let d = emb.dim(1) / 2;
-        let emb = emb.reshape(&[emb.dim(0), 1, 2 * d])?;
         let halves = ops::split_equal(&emb, 2, -1)?;
         let (scale, shift) = (&halves[0], &halves[1]);
         let out = layer_norm_modulate(&img, shift, scale, NORM_EPS)?;

@@ -16,7 +16,7 @@
 //! Every element of a batch shares one table: diffusers uses the first sample's image shapes
 //! and the padded text length for the whole batch.
 
-use mlx_rs::{Array, Dtype};
+use mlx_rs::Array;
 
 use crate::config::{QwenImageTransformerConfig, ROPE_THETA};
 use crate::error::{DitError, Result};
@@ -150,14 +150,5 @@ impl RopeTables {
     /// `sin` of the angles, `(txt_len + img_len, 1, head_dim/2)`, f32, text first.
     pub fn sin(&self) -> &Array {
         &self.sin
-    }
-
-    /// The tables in `dtype` (no copy for f32).
-    pub(crate) fn in_dtype(&self, dtype: Dtype) -> Result<(Array, Array)> {
-        if dtype == Dtype::Float32 {
-            Ok((self.cos.clone(), self.sin.clone()))
-        } else {
-            Ok((self.cos.as_dtype(dtype)?, self.sin.as_dtype(dtype)?))
-        }
     }
 }
