@@ -1,0 +1,1 @@
+fn main() {} // TEMP (lead): lets the workspace parse until the real bench lands

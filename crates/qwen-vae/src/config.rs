@@ -1,0 +1,236 @@
+//! `vae/config.json` (diffusers `AutoencoderKLQwenImage` config) and tiling parameters.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, VaeError};
+
+/// The VAE configuration, field names as diffusers writes them to `vae/config.json`.
+///
+/// Defaults are those of `AutoencoderKLQwenImage.__init__` (diffusers 0.42.1), which are the
+/// released Qwen-Image VAE's values. Unknown fields (`_class_name`, `_diffusers_version`)
+/// are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VaeConfig {
+    /// Channels of the first encoder level (and last decoder level). Default 96.
+    pub base_dim: usize,
+    /// Latent channels. Default 16.
+    pub z_dim: usize,
+    /// Channel multiplier per level. Default `[1, 2, 4, 4]`.
+    pub dim_mult: Vec<usize>,
+    /// Residual blocks per encoder level (the decoder uses one more). Default 2.
+    pub num_res_blocks: usize,
+    /// Encoder levels (as scales 1, 1/2, 1/4, …) that get an attention block after each
+    /// residual block. Default empty. The decoder ignores it, as diffusers does.
+    pub attn_scales: Vec<f64>,
+    /// Per downsampling level, whether time is downsampled too (diffusers' spelling). Its
+    /// length sets the spatial compression `2^len`. Default `[false, true, true]`.
+    pub temperal_downsample: Vec<bool>,
+    /// Dropout rate (unused at inference). Default 0.
+    pub dropout: f64,
+    /// Image channels. Default 3.
+    pub input_channels: usize,
+    /// Per-channel latent mean used to (de)normalise latents. Length `z_dim`.
+    pub latents_mean: Vec<f64>,
+    /// Per-channel latent standard deviation. Length `z_dim`, all positive.
+    pub latents_std: Vec<f64>,
+}
+
+impl Default for VaeConfig {
+    fn default() -> Self {
+        Self {
+            base_dim: 96,
+            z_dim: 16,
+            dim_mult: vec![1, 2, 4, 4],
+            num_res_blocks: 2,
+            attn_scales: Vec::new(),
+            temperal_downsample: vec![false, true, true],
+            dropout: 0.0,
+            input_channels: 3,
+            latents_mean: vec![
+                -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134,
+                -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+            ],
+            latents_std: vec![
+                2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526,
+                2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+            ],
+        }
+    }
+}
+
+impl VaeConfig {
+    /// Reads and validates `config.json` from a component folder (e.g. `…/vae`).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        Self::from_file(&dir.join("config.json"))
+    }
+
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| VaeError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|source| VaeError::ConfigParse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that the configuration describes a buildable model.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(VaeError::InvalidConfig(m));
+        if self.base_dim == 0 || self.z_dim == 0 || self.input_channels == 0 {
+            return bad(format!(
+                "base_dim ({}), z_dim ({}) and input_channels ({}) must be positive",
+                self.base_dim, self.z_dim, self.input_channels
+            ));
+        }
+        if self.dim_mult.is_empty() || self.dim_mult.contains(&0) {
+            return bad(format!(
+                "dim_mult must be non-empty and positive, got {:?}",
+                self.dim_mult
+            ));
+        }
+        if self.num_res_blocks == 0 {
+            return bad("num_res_blocks must be at least 1".into());
+        }
+        if self.temperal_downsample.len() + 1 != self.dim_mult.len() {
+            return bad(format!(
+                "temperal_downsample has {} entries; dim_mult has {} levels, so it needs {}",
+                self.temperal_downsample.len(),
+                self.dim_mult.len(),
+                self.dim_mult.len() - 1
+            ));
+        }
+        // The upsample convolutions halve the channels of every level but the last.
+        for (i, &m) in self.dim_mult.iter().enumerate().skip(1) {
+            if (self.base_dim * m) % 2 != 0 {
+                return bad(format!(
+                    "base_dim * dim_mult[{i}] = {} must be even (the decoder upsamplers halve it)",
+                    self.base_dim * m
+                ));
+            }
+        }
+        if self.latents_mean.len() != self.z_dim {
+            return bad(format!(
+                "latents_mean has {} values, z_dim is {}",
+                self.latents_mean.len(),
+                self.z_dim
+            ));
+        }
+        if self.latents_std.len() != self.z_dim {
+            return bad(format!(
+                "latents_std has {} values, z_dim is {}",
+                self.latents_std.len(),
+                self.z_dim
+            ));
+        }
+        if let Some(s) = self
+            .latents_std
+            .iter()
+            .find(|s| !(s.is_finite() && **s > 0.0))
+        {
+            return bad(format!(
+                "latents_std values must be finite and > 0, got {s}"
+            ));
+        }
+        if self.latents_mean.iter().any(|m| !m.is_finite()) {
+            return bad("latents_mean values must be finite".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        Ok(())
+    }
+
+    /// Pixels per latent along height and width: `2^len(temperal_downsample)` (8 for Qwen-Image).
+    pub fn spatial_compression_ratio(&self) -> usize {
+        1 << self.temperal_downsample.len()
+    }
+
+    /// Encoder channels per stage: `[base_dim] + [base_dim * m for m in dim_mult]`.
+    pub fn encoder_dims(&self) -> Vec<usize> {
+        std::iter::once(self.base_dim)
+            .chain(self.dim_mult.iter().map(|m| self.base_dim * m))
+            .collect()
+    }
+
+    /// Decoder channels per stage: `[base_dim * dim_mult[-1]] + reversed(base_dim * dim_mult)`.
+    pub fn decoder_dims(&self) -> Vec<usize> {
+        let last = self.dim_mult.last().copied().unwrap_or(1);
+        std::iter::once(self.base_dim * last)
+            .chain(self.dim_mult.iter().rev().map(|m| self.base_dim * m))
+            .collect()
+    }
+}
+
+/// Tile sizes for [`crate::QwenImageVae::decode_tiled`] / [`crate::QwenImageVae::encode_tiled`],
+/// in pixels, named as diffusers' `enable_tiling` arguments. Latent-space sizes are these
+/// divided (floor) by the spatial compression ratio, as diffusers does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TilingConfig {
+    /// Tile height in pixels. Default 256 (diffusers).
+    pub tile_sample_min_height: usize,
+    /// Tile width in pixels. Default 256.
+    pub tile_sample_min_width: usize,
+    /// Vertical distance between tile origins in pixels. Default 192 (64 px overlap).
+    pub tile_sample_stride_height: usize,
+    /// Horizontal distance between tile origins in pixels. Default 192.
+    pub tile_sample_stride_width: usize,
+}
+
+impl Default for TilingConfig {
+    fn default() -> Self {
+        Self {
+            tile_sample_min_height: 256,
+            tile_sample_min_width: 256,
+            tile_sample_stride_height: 192,
+            tile_sample_stride_width: 192,
+        }
+    }
+}
+
+impl TilingConfig {
+    /// Checks the tiles against a spatial compression ratio: sizes and strides that are
+    /// whole numbers of latents (at least one), and strides no larger than the tiles (which
+    /// would leave gaps).
+    pub fn validate(&self, ratio: usize) -> Result<()> {
+        let pairs = [
+            (
+                "height",
+                self.tile_sample_min_height,
+                self.tile_sample_stride_height,
+            ),
+            (
+                "width",
+                self.tile_sample_min_width,
+                self.tile_sample_stride_width,
+            ),
+        ];
+        for (name, min, stride) in pairs {
+            if stride < ratio || min < ratio {
+                return Err(VaeError::InvalidTiling(format!(
+                    "tile {name} ({min}) and stride ({stride}) must be at least the compression \
+                     ratio {ratio}"
+                )));
+            }
+            if min % ratio != 0 || stride % ratio != 0 {
+                return Err(VaeError::InvalidTiling(format!(
+                    "tile {name} ({min}) and stride ({stride}) must be multiples of the \
+                     compression ratio {ratio}"
+                )));
+            }
+            if stride > min {
+                return Err(VaeError::InvalidTiling(format!(
+                    "tile {name} stride ({stride}) is larger than the tile ({min})"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
