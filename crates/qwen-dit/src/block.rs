@@ -20,7 +20,8 @@ pub(crate) struct FeedForward {
 
 impl FeedForward {
     fn forward(&self, x: &Array) -> Result<Array> {
-        self.proj_out.forward(&gelu_tanh(&self.proj_in.forward(x)?)?)
+        self.proj_out
+            .forward(&gelu_tanh(&self.proj_in.forward(x)?)?)
     }
 }
 
@@ -85,8 +86,16 @@ impl Attention {
         let b = img.dim(0);
         let t = txt.dim(1);
         let n = img.dim(1);
-        let q_i = rms_norm(&Self::heads(&self.to_q.forward(img)?, h, hd)?, &self.norm_q, NORM_EPS)?;
-        let k_i = rms_norm(&Self::heads(&self.to_k.forward(img)?, h, hd)?, &self.norm_k, NORM_EPS)?;
+        let q_i = rms_norm(
+            &Self::heads(&self.to_q.forward(img)?, h, hd)?,
+            &self.norm_q,
+            NORM_EPS,
+        )?;
+        let k_i = rms_norm(
+            &Self::heads(&self.to_k.forward(img)?, h, hd)?,
+            &self.norm_k,
+            NORM_EPS,
+        )?;
         let v_i = Self::heads(&self.to_v.forward(img)?, h, hd)?;
         let q_t = rms_norm(
             &Self::heads(&self.add_q_proj.forward(txt)?, h, hd)?,

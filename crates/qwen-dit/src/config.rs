@@ -144,7 +144,9 @@ impl QwenImageTransformerConfig {
             source,
         })?;
         Self::from_json_str(&text).map_err(|e| match e {
-            DitError::InvalidConfig(m) => DitError::InvalidConfig(format!("{}: {m}", path.display())),
+            DitError::InvalidConfig(m) => {
+                DitError::InvalidConfig(format!("{}: {m}", path.display()))
+            }
             other => other,
         })
     }
@@ -191,7 +193,11 @@ impl QwenImageTransformerConfig {
                 self.axes_dims_rope
             ));
         }
-        if let Some(d) = self.axes_dims_rope.iter().find(|d| **d == 0 || **d % 2 != 0) {
+        if let Some(d) = self
+            .axes_dims_rope
+            .iter()
+            .find(|d| **d == 0 || **d % 2 != 0)
+        {
             return bad(format!(
                 "every axes_dims_rope entry must be even and positive, got {d} in {:?}",
                 self.axes_dims_rope

@@ -112,15 +112,7 @@ impl Linear {
                 group_size,
                 bits,
             } => {
-                let y = ops::quantized_matmul(
-                    x,
-                    weight,
-                    scales,
-                    biases,
-                    true,
-                    *group_size,
-                    *bits,
-                )?;
+                let y = ops::quantized_matmul(x, weight, scales, biases, true, *group_size, *bits)?;
                 Ok(ops::add(y, bias)?)
             }
         }
@@ -130,11 +122,7 @@ impl Linear {
     pub(crate) fn in_features(&self) -> i32 {
         match self {
             Linear::Float { weight, .. } => weight.dim(1),
-            Linear::Quantized {
-                weight,
-                bits,
-                ..
-            } => weight.dim(1) * 32 / bits,
+            Linear::Quantized { weight, bits, .. } => weight.dim(1) * 32 / bits,
         }
     }
 
@@ -180,7 +168,11 @@ impl Linear {
                 ..
             } => ops::dequantize(weight, scales, biases, *group_size, *bits)?,
         };
-        Ok(if w.dtype() == dtype { w } else { w.as_dtype(dtype)? })
+        Ok(if w.dtype() == dtype {
+            w
+        } else {
+            w.as_dtype(dtype)?
+        })
     }
 
     /// Every array the layer would be written as in an MLX checkpoint.

@@ -6,7 +6,7 @@ use std::path::Path;
 use mlx_rs::{Array, Dtype, ops, random, transforms::eval};
 
 use crate::block::{Attention, Block, BlockContext, FeedForward};
-use crate::config::{NORM_EPS, QwenImageTransformerConfig, QuantizationRecord, TIMESTEP_PROJ_DIM};
+use crate::config::{NORM_EPS, QuantizationRecord, QwenImageTransformerConfig, TIMESTEP_PROJ_DIM};
 use crate::embeddings::TimestepEmbedder;
 use crate::error::{DitError, Result};
 use crate::linear::Linear;
@@ -256,7 +256,10 @@ impl QwenImageTransformer {
 
     /// Number of quantized Linear layers.
     pub fn quantized_layer_count(&self) -> usize {
-        self.linears().iter().filter(|(_, l)| l.is_quantized()).count()
+        self.linears()
+            .iter()
+            .filter(|(_, l)| l.is_quantized())
+            .count()
     }
 
     /// Module paths of the quantized Linear layers.

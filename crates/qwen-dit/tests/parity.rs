@@ -38,7 +38,8 @@ fn forward_matches_diffusers() -> Result<()> {
 
 #[test]
 fn rope_tables_match_diffusers() -> Result<()> {
-    let model_cfg = qwen_dit::QwenImageTransformerConfig::from_file(&fixture("transformer/config.json"))?;
+    let model_cfg =
+        qwen_dit::QwenImageTransformerConfig::from_file(&fixture("transformer/config.json"))?;
     let mut t = mlx_weights::load_file(&fixture("rope.safetensors"))?;
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("rope.json"))?)?;
@@ -55,9 +56,60 @@ fn rope_tables_match_diffusers() -> Result<()> {
             let reference: Vec<f32> = txt_ref.into_iter().chain(img_ref).collect();
             assert_eq!(reference.len(), v.len(), "{name} {kind} size (half {half})");
             // cos/sin of the same f32 angle: at most a couple of ulps apart.
-            let e = v.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let e = v
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(e <= 1e-6, "{name} {kind}: max abs err {e}");
         }
     }
+    Ok(())
+}
+
+/// The fixtures can see the bugs the parity test is meant to catch: forgetting the text
+/// mask, or RoPE tables for the wrong grid (same token count), moves the output far beyond
+/// the tolerance.
+#[test]
+fn fixtures_are_sensitive_to_mask_and_rope() -> Result<()> {
+    let model = QwenImageTransformer::load(&fixture("transformer"), Dtype::Float32, None)?;
+    let mut checked_mask = 0;
+    for case in cases()? {
+        let rope = RopeTables::new(model.config(), &[case.grid], case.txt_len)?;
+        if case.mask.is_some() {
+            let out = model.forward(
+                &case.hidden_states,
+                &case.encoder_hidden_states,
+                None,
+                &case.timestep,
+                &rope,
+            )?;
+            let e = rel_err(&out, &case.output)?;
+            assert!(
+                e > 100.0 * TOL,
+                "{}: dropping the mask only moved {e}",
+                case.name
+            );
+            checked_mask += 1;
+        }
+        let (f, h, w) = case.grid;
+        if h != w {
+            let wrong = RopeTables::new(model.config(), &[(f, w, h)], case.txt_len)?;
+            let out = model.forward(
+                &case.hidden_states,
+                &case.encoder_hidden_states,
+                case.mask.as_ref(),
+                &case.timestep,
+                &wrong,
+            )?;
+            let e = rel_err(&out, &case.output)?;
+            assert!(
+                e > 100.0 * TOL,
+                "{}: transposed RoPE grid only moved {e}",
+                case.name
+            );
+        }
+    }
+    assert!(checked_mask >= 2);
     Ok(())
 }

@@ -9,7 +9,11 @@ use mlx_rs::{Array, Dtype};
 /// `fixtures/data/dit/<rel>`: from the crate's manifest dir, else relative to the current dir
 /// (test binaries also run from the repository root on the GPU machine).
 pub fn fixture(rel: &str) -> PathBuf {
-    let a = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/data/dit")).join(rel);
+    let a = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/data/dit"
+    ))
+    .join(rel);
     if a.exists() {
         a
     } else {
@@ -26,9 +30,18 @@ pub fn values(a: &Array) -> Result<Vec<f32>> {
 
 /// max|a − b| / max|b| over all elements.
 pub fn rel_err(a: &Array, b: &Array) -> Result<f32> {
-    anyhow::ensure!(a.shape() == b.shape(), "shape {:?} vs {:?}", a.shape(), b.shape());
+    anyhow::ensure!(
+        a.shape() == b.shape(),
+        "shape {:?} vs {:?}",
+        a.shape(),
+        b.shape()
+    );
     let (x, y) = (values(a)?, values(b)?);
-    let num = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    let num = x
+        .iter()
+        .zip(&y)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
     let den = y.iter().map(|q| q.abs()).fold(0f32, f32::max);
     Ok(num / den.max(f32::MIN_POSITIVE))
 }
@@ -43,6 +56,8 @@ pub struct Case {
     pub mask: Option<Array>,
     pub timestep: Array,
     pub output: Array,
+    /// diffusers' forward with the model and inputs in bf16 (stored as f32).
+    pub output_bf16: Array,
 }
 
 pub fn cases() -> Result<Vec<Case>> {
@@ -62,6 +77,7 @@ pub fn cases() -> Result<Vec<Case>> {
             mask: take("encoder_hidden_states_mask"),
             timestep: take("timestep").context("timestep")?,
             output: take("output").context("output")?,
+            output_bf16: take("output_bf16").context("output_bf16")?,
         });
     }
     Ok(out)
