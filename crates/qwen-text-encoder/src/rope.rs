@@ -1,0 +1,171 @@
+//! Multimodal RoPE (M-RoPE) of Qwen2.5-VL's language model, for text positions.
+//!
+//! Mirrors `Qwen2_5_VLRotaryEmbedding` and `apply_rotary_pos_emb` in transformers'
+//! `modeling_qwen2_5_vl.py`. Every token has three position ids (temporal, height, width);
+//! the head's `head_dim / 2` frequency pairs are split into `mrope_section` groups and group
+//! `i` takes its angle from position component `i % 3`; the table is then duplicated
+//! (`cat(freq, freq)`) and applied by rotating halves (`x·cos + rotate_half(x)·sin`, with
+//! `rotate_half(x) = [-x₂, x₁]`) — not interleaved pairs as in the DiT.
+//!
+//! For pure text the three components are the same position, so the table equals the standard
+//! rotate-half RoPE table; [`mrope_cos_sin`] still builds it from the sections (tested against
+//! the plain formula), so a change of `mrope_section` or of the position layout stays correct.
+
+use mlx_rs::{Array, Dtype, ops};
+
+use crate::error::{Result, TextEncoderError};
+
+/// Inverse frequencies `θ^(-2j/d)`, `j < d/2`, computed in f32 as transformers does
+/// (`1 / base ** (arange(0, d, 2).float() / d)`).
+pub fn inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
+    let d = head_dim as f32;
+    let base = theta as f32;
+    (0..head_dim / 2)
+        .map(|j| 1.0 / base.powf((2 * j) as f32 / d))
+        .collect()
+}
+
+/// Builds the M-RoPE `(cos, sin)` tables, each `(T, head_dim)` in f32, for the three position
+/// components `positions[c][t]` (c = temporal, height, width).
+///
+/// Returns host vectors in row-major order; [`text_rope_tables`] wraps them as arrays.
+pub fn mrope_cos_sin(
+    positions: [&[i64]; 3],
+    head_dim: usize,
+    theta: f64,
+    mrope_section: &[usize],
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let half = head_dim / 2;
+    if mrope_section.iter().sum::<usize>() != half {
+        return Err(TextEncoderError::InvalidConfig(format!(
+            "mrope_section {mrope_section:?} does not sum to head_dim / 2 = {half}"
+        )));
+    }
+    let t_len = positions[0].len();
+    if positions.iter().any(|p| p.len() != t_len) {
+        return Err(TextEncoderError::InvalidInput(
+            "the three M-RoPE position rows differ in length".to_string(),
+        ));
+    }
+    // Component used by each frequency pair: section i → component i % 3.
+    let mut component = Vec::with_capacity(half);
+    for (i, &n) in mrope_section.iter().enumerate() {
+        component.extend(std::iter::repeat_n(i % 3, n));
+    }
+    let inv = inv_freq(head_dim, theta);
+    let mut cos = vec![0f32; t_len * head_dim];
+    let mut sin = vec![0f32; t_len * head_dim];
+    for t in 0..t_len {
+        for j in 0..half {
+            // The angle is rounded to f32 as in transformers (f32 positions × f32 inv_freq);
+            // cos/sin of that f32 angle are then evaluated accurately.
+            let angle = positions[component[j]][t] as f32 * inv[j];
+            let (s, c) = (angle as f64).sin_cos();
+            let row = t * head_dim;
+            cos[row + j] = c as f32;
+            cos[row + j + half] = c as f32;
+            sin[row + j] = s as f32;
+            sin[row + j + half] = s as f32;
+        }
+    }
+    Ok((cos, sin))
+}
+
+/// `(cos, sin)` arrays of shape `(T, head_dim)` in `dtype` for text positions `0..T` (all
+/// three M-RoPE components equal, as transformers builds them for text without images).
+pub fn text_rope_tables(
+    t_len: usize,
+    head_dim: usize,
+    theta: f64,
+    mrope_section: &[usize],
+    dtype: Dtype,
+) -> Result<(Array, Array)> {
+    let pos: Vec<i64> = (0..t_len as i64).collect();
+    let (cos, sin) = mrope_cos_sin([&pos, &pos, &pos], head_dim, theta, mrope_section)?;
+    let shape = [t_len as i32, head_dim as i32];
+    // transformers casts cos/sin to the activation dtype before applying them.
+    let cos = Array::from_slice(&cos, &shape).as_dtype(dtype)?;
+    let sin = Array::from_slice(&sin, &shape).as_dtype(dtype)?;
+    Ok((cos, sin))
+}
+
+/// `[-x₂, x₁]` where `x₁, x₂` are the first and second halves of the last axis.
+pub fn rotate_half(x: &Array) -> Result<Array> {
+    let parts = x.split_equal(2, -1)?;
+    Ok(ops::concatenate(
+        &[parts[1].negative()?, parts[0].clone()],
+        -1,
+    )?)
+}
+
+/// Applies rotate-half RoPE: `x·cos + rotate_half(x)·sin`; `x` is `(B, H, T, D)`, the tables
+/// `(T, D)` broadcast over batch and heads.
+pub fn apply_rope(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
+    Ok(x.multiply(cos)?.add(rotate_half(x)?.multiply(sin)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With identical positions in the three components, the M-RoPE table is the standard
+    /// rotate-half table `cos(p·θ^(-2j/d))` duplicated over both halves, for any sectioning.
+    #[test]
+    fn text_positions_reduce_to_standard_rope() {
+        let d = 16;
+        let theta = 10_000.0;
+        let pos: Vec<i64> = (0..40).collect();
+        for sections in [[2usize, 3, 3], [8, 0, 0], [1, 1, 6]] {
+            let (cos, sin) = mrope_cos_sin([&pos, &pos, &pos], d, theta, &sections).unwrap();
+            for t in 0..pos.len() {
+                for j in 0..d {
+                    let k = j % (d / 2);
+                    let a = t as f64 * theta.powf(-(2.0 * k as f64) / d as f64);
+                    // f32 angle rounding: |Δangle| ≤ t·2⁻²³·|θ^(-2k/d)|·few ≤ 1e-5 here.
+                    assert!((cos[t * d + j] as f64 - a.cos()).abs() < 2e-5);
+                    assert!((sin[t * d + j] as f64 - a.sin()).abs() < 2e-5);
+                }
+            }
+        }
+    }
+
+    /// Distinct positions per component pick the angle of the component that owns each
+    /// section (section i → component i % 3), as `recomposition_frequencies` does.
+    #[test]
+    fn sections_take_their_component() {
+        let d = 16;
+        let t: Vec<i64> = vec![3];
+        let h: Vec<i64> = vec![5];
+        let w: Vec<i64> = vec![7];
+        let (cos, _) = mrope_cos_sin([&t, &h, &w], d, 100.0, &[2, 3, 3]).unwrap();
+        let inv = inv_freq(d, 100.0);
+        let expect = |p: i64, j: usize| ((p as f32 * inv[j]) as f64).cos() as f32;
+        let owners = [3, 3, 5, 5, 5, 7, 7, 7];
+        for j in 0..8 {
+            assert_eq!(cos[j], expect(owners[j], j));
+            assert_eq!(cos[j + 8], expect(owners[j], j));
+        }
+        assert!(mrope_cos_sin([&t, &h, &w], d, 100.0, &[2, 3, 4]).is_err());
+    }
+
+    /// `apply_rope` rotates halves: out₁ = x₁cos − x₂sin, out₂ = x₂cos + x₁sin.
+    #[test]
+    fn apply_rope_rotates_halves() {
+        let d = 8;
+        let x: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.37).sin() + 0.1).collect();
+        let xa = Array::from_slice(&x, &[1, 1, 2, d as i32]);
+        let (cos, sin) = text_rope_tables(2, d, 50.0, &[1, 1, 2], Dtype::Float32).unwrap();
+        let out = apply_rope(&xa, &cos, &sin).unwrap();
+        let out: Vec<f32> = out.as_slice::<f32>().to_vec();
+        let inv = inv_freq(d, 50.0);
+        for t in 0..2 {
+            for j in 0..d / 2 {
+                let a = ((t as f32) * inv[j]) as f64;
+                let (s, c) = (a.sin() as f32, a.cos() as f32);
+                let (x1, x2) = (x[t * d + j], x[t * d + j + d / 2]);
+                assert!((out[t * d + j] - (x1 * c - x2 * s)).abs() < 1e-6);
+                assert!((out[t * d + j + d / 2] - (x2 * c + x1 * s)).abs() < 1e-6);
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Checkpoint key names of the language model and strict loading through `mlx-weights`.
+//!
+//! transformers 5.23 saves `Qwen2_5_VLForConditionalGeneration` with the historical key names
+//! (`model.embed_tokens.weight`, `model.layers.{i}.…`, `model.norm.weight`, `visual.…`,
+//! `lm_head.weight`); its in-memory layout (`model.language_model.…`, `model.visual.…`) also
+//! appears in some saves. Both are accepted: the prefix is chosen from the keys present.
+//! The vision tower and the LM head are not part of the text path and are skipped on purpose
+//! through [`IGNORED_PREFIXES`]; any other leftover key is an error.
+
+use std::path::Path;
+
+use mlx_rs::{Array, Dtype};
+use mlx_weights::{StrictLoader, Tensors};
+
+use crate::config::TextConfig;
+use crate::error::Result;
+
+/// Keys that exist in a Qwen2.5-VL checkpoint but are deliberately not loaded: the vision
+/// tower (both layouts) and the LM head (Qwen-Image uses the last hidden state).
+pub const IGNORED_PREFIXES: &[&str] = &["visual.", "model.visual.", "lm_head."];
+
+/// Prefix of the language model's keys in the nested (transformers 5.x in-memory) layout.
+pub const NESTED_PREFIX: &str = "model.language_model.";
+/// Prefix of the language model's keys in the historical layout.
+pub const FLAT_PREFIX: &str = "model.";
+
+/// The weights of one decoder layer, PyTorch layout (`Linear.weight` is `(out, in)`).
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    /// RMSNorm before attention, `(hidden,)`.
+    pub input_layernorm: Array,
+    /// Query projection `(heads·d, hidden)` and bias.
+    pub q_proj: (Array, Array),
+    /// Key projection `(kv·d, hidden)` and bias.
+    pub k_proj: (Array, Array),
+    /// Value projection `(kv·d, hidden)` and bias.
+    pub v_proj: (Array, Array),
+    /// Output projection `(hidden, heads·d)`, no bias.
+    pub o_proj: Array,
+    /// RMSNorm before the MLP, `(hidden,)`.
+    pub post_attention_layernorm: Array,
+    /// SwiGLU gate `(inter, hidden)`.
+    pub gate_proj: Array,
+    /// SwiGLU up `(inter, hidden)`.
+    pub up_proj: Array,
+    /// SwiGLU down `(hidden, inter)`.
+    pub down_proj: Array,
+}
+
+/// All weights of the language model's text path.
+#[derive(Debug, Clone)]
+pub struct TextModelWeights {
+    /// Token embedding table `(vocab, hidden)`.
+    pub embed_tokens: Array,
+    /// Decoder layers in order.
+    pub layers: Vec<LayerWeights>,
+    /// Final RMSNorm `(hidden,)`.
+    pub norm: Array,
+}
+
+/// The language model's key prefix in `tensors`: nested when any key uses it, else flat.
+pub fn language_model_prefix<'a>(keys: impl IntoIterator<Item = &'a str>) -> &'static str {
+    if keys.into_iter().any(|k| k.starts_with(NESTED_PREFIX)) {
+        NESTED_PREFIX
+    } else {
+        FLAT_PREFIX
+    }
+}
+
+/// Takes the text path's weights out of `tensors` (cast to `dtype`) and checks that nothing
+/// is missing, mis-shaped or unexpectedly left over.
+pub fn take_weights(tensors: Tensors, cfg: &TextConfig, dtype: Dtype) -> Result<TextModelWeights> {
+    let p = language_model_prefix(tensors.keys());
+    let mut l = StrictLoader::new(tensors, dtype);
+    let h = cfg.hidden_size as i32;
+    let q = (cfg.num_attention_heads * cfg.head_dim) as i32;
+    let kv = (cfg.num_key_value_heads * cfg.head_dim) as i32;
+    let inter = cfg.intermediate_size as i32;
+    let embed_tokens = l.take(
+        &format!("{p}embed_tokens.weight"),
+        &[cfg.vocab_size as i32, h],
+    );
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        let b = format!("{p}layers.{i}.");
+        let mut t = |name: &str, shape: &[i32]| l.take(&format!("{b}{name}"), shape);
+        layers.push(LayerWeights {
+            input_layernorm: t("input_layernorm.weight", &[h]),
+            q_proj: (
+                t("self_attn.q_proj.weight", &[q, h]),
+                t("self_attn.q_proj.bias", &[q]),
+            ),
+            k_proj: (
+                t("self_attn.k_proj.weight", &[kv, h]),
+                t("self_attn.k_proj.bias", &[kv]),
+            ),
+            v_proj: (
+                t("self_attn.v_proj.weight", &[kv, h]),
+                t("self_attn.v_proj.bias", &[kv]),
+            ),
+            o_proj: t("self_attn.o_proj.weight", &[h, q]),
+            post_attention_layernorm: t("post_attention_layernorm.weight", &[h]),
+            gate_proj: t("mlp.gate_proj.weight", &[inter, h]),
+            up_proj: t("mlp.up_proj.weight", &[inter, h]),
+            down_proj: t("mlp.down_proj.weight", &[h, inter]),
+        });
+    }
+    let norm = l.take(&format!("{p}norm.weight"), &[h]);
+    l.finish(IGNORED_PREFIXES)?;
+    Ok(TextModelWeights {
+        embed_tokens,
+        layers,
+        norm,
+    })
+}
+
+/// Loads `dir` (one `*.safetensors` or shards with an index) and takes the text path's
+/// weights from it.
+pub fn load_weights(dir: &Path, cfg: &TextConfig, dtype: Dtype) -> Result<TextModelWeights> {
+    let tensors = mlx_weights::load_component(dir)?;
+    take_weights(tensors, cfg, dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::TextEncoderError;
+
+    fn tiny_cfg() -> TextConfig {
+        TextConfig {
+            vocab_size: 5,
+            hidden_size: 4,
+            intermediate_size: 6,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            head_dim: 2,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1e4,
+            mrope_section: vec![1, 0, 0],
+        }
+    }
+
+    fn full_set(prefix: &str) -> Tensors {
+        let mut t = Tensors::new("test");
+        let z = |s: &[i32]| mlx_rs::ops::zeros::<f32>(s).unwrap();
+        t.insert(format!("{prefix}embed_tokens.weight"), z(&[5, 4]));
+        t.insert(format!("{prefix}norm.weight"), z(&[4]));
+        let b = format!("{prefix}layers.0.");
+        for (n, s) in [
+            ("input_layernorm.weight", vec![4]),
+            ("post_attention_layernorm.weight", vec![4]),
+            ("self_attn.q_proj.weight", vec![4, 4]),
+            ("self_attn.q_proj.bias", vec![4]),
+            ("self_attn.k_proj.weight", vec![2, 4]),
+            ("self_attn.k_proj.bias", vec![2]),
+            ("self_attn.v_proj.weight", vec![2, 4]),
+            ("self_attn.v_proj.bias", vec![2]),
+            ("self_attn.o_proj.weight", vec![4, 4]),
+            ("mlp.gate_proj.weight", vec![6, 4]),
+            ("mlp.up_proj.weight", vec![6, 4]),
+            ("mlp.down_proj.weight", vec![4, 6]),
+        ] {
+            t.insert(format!("{b}{n}"), z(&s));
+        }
+        t
+    }
+
+    #[test]
+    fn both_layouts_load_and_ignored_prefixes_are_skipped() {
+        for prefix in [FLAT_PREFIX, NESTED_PREFIX] {
+            let mut t = full_set(prefix);
+            t.insert(
+                "lm_head.weight",
+                mlx_rs::ops::zeros::<f32>(&[5, 4]).unwrap(),
+            );
+            t.insert(
+                "visual.blocks.0.x",
+                mlx_rs::ops::zeros::<f32>(&[1]).unwrap(),
+            );
+            t.insert(
+                "model.visual.blocks.0.x",
+                mlx_rs::ops::zeros::<f32>(&[1]).unwrap(),
+            );
+            let w = take_weights(t, &tiny_cfg(), Dtype::Float32).expect("loads");
+            assert_eq!(w.layers.len(), 1);
+            assert_eq!(w.embed_tokens.shape(), &[5, 4]);
+        }
+    }
+
+    #[test]
+    fn missing_unexpected_and_misshaped_keys_are_reported_together() {
+        let mut t = full_set(FLAT_PREFIX);
+        t.remove("model.layers.0.self_attn.q_proj.bias");
+        t.insert(
+            "model.layers.0.extra",
+            mlx_rs::ops::zeros::<f32>(&[1]).unwrap(),
+        );
+        t.insert(
+            "model.norm.weight",
+            mlx_rs::ops::zeros::<f32>(&[3]).unwrap(),
+        );
+        let err = take_weights(t, &tiny_cfg(), Dtype::Float32).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, TextEncoderError::Weights(_)), "{msg}");
+        assert!(msg.contains("q_proj.bias"), "{msg}");
+        assert!(msg.contains("model.layers.0.extra"), "{msg}");
+        assert!(msg.contains("model.norm.weight"), "{msg}");
+    }
+}

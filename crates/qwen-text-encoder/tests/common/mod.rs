@@ -1,0 +1,32 @@
+//! Shared helpers of the integration tests: fixture lookup and error measures.
+
+use std::path::PathBuf;
+
+/// `fixtures/data/text_encoder/<rel>`: next to the crate when built here, else relative to the
+/// current directory (test binaries also run from the repository root on the GPU machine).
+pub fn fixture(rel: &str) -> PathBuf {
+    let here = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/data/text_encoder"
+    ))
+    .join(rel);
+    if here.exists() {
+        return here;
+    }
+    PathBuf::from("fixtures/data/text_encoder").join(rel)
+}
+
+/// max |a − b| / max |b|: the error relative to the reference's scale. Element-wise relative
+/// error is meaningless for entries near zero (hidden states cross zero), so the error is
+/// measured against the tensor's largest magnitude.
+pub fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    // f32::max ignores NaN, so check finiteness first.
+    assert!(a.iter().all(|x| x.is_finite()), "non-finite output");
+    let scale = b
+        .iter()
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(f32::MIN_POSITIVE);
+    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    diff / scale
+}
