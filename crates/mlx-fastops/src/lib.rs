@@ -40,6 +40,7 @@
 
 pub mod backend;
 pub mod error;
+mod kernels;
 mod ops;
 pub mod reference;
 
@@ -54,22 +55,96 @@ use mlx_rs::Array;
 
 /// `LayerNorm(x)·(1 + scale) + shift` (LayerNorm over C without affine parameters).
 ///
-/// x (B, L, C); shift and scale (B, C) or (1, C), one vector per sample broadcast over L.
-/// Output (B, L, C) in x's dtype. See [`reference::layer_norm_modulate`] for the exact
-/// arithmetic; the fused kernels compute it in f32 and round once.
+/// x (B, L, C); shift and scale (B, C) or (1, C), one vector per sample broadcast over L
+/// (cast to x's dtype). Output (B, L, C) in x's dtype. See [`reference::layer_norm_modulate`]
+/// for the exact arithmetic; the fused kernels compute it in f32 from x's values and round
+/// once. Kernel limits: C ≤ 16384, B ≤ 65535 (else the reference runs).
 pub fn layer_norm_modulate(x: &Array, shift: &Array, scale: &Array, eps: f32) -> Result<Array> {
-    reference::layer_norm_modulate(x, shift, scale, eps)
+    match fused_path() {
+        Path::Reference => reference::layer_norm_modulate(x, shift, scale, eps),
+        p => match kernels::layer_norm_modulate(p, x, shift, scale, eps)? {
+            Some(out) => Ok(out),
+            None => reference::layer_norm_modulate(x, shift, scale, eps),
+        },
+    }
 }
 
 /// Rotary embedding on interleaved pairs `(x[2k], x[2k+1])` of the last axis with
 /// precomputed `cos`/`sin` tables broadcastable to x's shape with the last axis halved.
 ///
-/// Layouts and formula: [`reference::apply_rope`].
+/// Layouts and formula: [`reference::apply_rope`]. Kernel limits: rank ≤ 10, fewer than
+/// 2³¹ threads (one per 16 bytes of x).
 pub fn apply_rope(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
-    reference::apply_rope(x, cos, sin)
+    match fused_path() {
+        Path::Reference => reference::apply_rope(x, cos, sin),
+        p => match kernels::apply_rope(p, x, cos, sin)? {
+            Some(out) => Ok(out),
+            None => reference::apply_rope(x, cos, sin),
+        },
+    }
 }
 
-/// `x + gate·y` with x, y (B, L, C) and gate (B, C) or (1, C) broadcast over L.
+/// `x + gate·y` with x, y (B, L, C) and gate (B, C) or (1, C) broadcast over L; gate and y
+/// are cast to x's dtype. The fused kernels compute in f32 and round once.
 pub fn gated_residual(x: &Array, gate: &Array, y: &Array) -> Result<Array> {
-    reference::gated_residual(x, gate, y)
+    match fused_path() {
+        Path::Reference => reference::gated_residual(x, gate, y),
+        p => match kernels::gated_residual(p, x, gate, y)? {
+            Some(out) => Ok(out),
+            None => reference::gated_residual(x, gate, y),
+        },
+    }
+}
+
+/// The fused kernels called directly, on the backend of the current stream, ignoring
+/// [`set_force_reference`]. Each returns [`FastOpsError::Kernel`] when no kernel can run
+/// (CPU stream, unknown GPU backend, shapes outside the kernel's limits). For tests and
+/// benchmarks; models call the dispatching functions at the crate root.
+pub mod fused {
+    use mlx_rs::Array;
+
+    use crate::backend::{Backend, Path, current_backend};
+    use crate::error::{FastOpsError, Result};
+    use crate::kernels;
+
+    pub use crate::kernels::set_ln_modulate_threads;
+
+    fn path(op: &'static str) -> Result<Path> {
+        match current_backend() {
+            Backend::Cuda => Ok(Path::Cuda),
+            Backend::Metal => Ok(Path::Metal),
+            b => Err(FastOpsError::Kernel {
+                op,
+                msg: format!("no kernel for backend {b}"),
+            }),
+        }
+    }
+
+    fn some(op: &'static str, out: Option<Array>) -> Result<Array> {
+        out.ok_or_else(|| FastOpsError::Kernel {
+            op,
+            msg: "inputs outside the kernel's limits".into(),
+        })
+    }
+
+    /// The fused [`crate::layer_norm_modulate`].
+    pub fn layer_norm_modulate(x: &Array, shift: &Array, scale: &Array, eps: f32) -> Result<Array> {
+        const OP: &str = "layer_norm_modulate";
+        some(
+            OP,
+            kernels::layer_norm_modulate(path(OP)?, x, shift, scale, eps)?,
+        )
+    }
+
+    /// The fused [`crate::apply_rope`].
+    pub fn apply_rope(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
+        const OP: &str = "apply_rope";
+        some(OP, kernels::apply_rope(path(OP)?, x, cos, sin)?)
+    }
+
+    /// The fused [`crate::gated_residual`].
+    pub fn gated_residual(x: &Array, gate: &Array, y: &Array) -> Result<Array> {
+        const OP: &str = "gated_residual";
+        some(OP, kernels::gated_residual(path(OP)?, x, gate, y)?)
+    }
 }

@@ -1,0 +1,350 @@
+//! The fused kernels: launch planning shared by the CUDA and Metal implementations.
+//!
+//! Each op has a CUDA source (`*.cu`, the body of an MLX custom CUDA kernel, helpers in
+//! `common.cuh`) and a Metal source (`*.metal`, helpers in `common.metal`) that mirrors it
+//! line by line. Both are launched with the same grid, thread group and template arguments
+//! (`ensure_row_contiguous = true`: MLX copies non-row-contiguous inputs first). A planner
+//! returns `None` for inputs outside the kernel's limits; the caller then uses the reference.
+
+#[cfg(not(target_os = "macos"))]
+mod cuda;
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use mlx_rs::{Array, Dtype, Stream, ops};
+
+use crate::backend::Path;
+use crate::error::{FastOpsError, Result};
+use crate::ops::cast;
+use crate::reference::{check_rope, check_rows};
+
+/// A compile-time template argument of a kernel (mirrors `mlx_rs::fast::TemplateArg`,
+/// which mlx-rs only builds with its `metal` feature).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TemplateArg {
+    /// A type, emitted as `using NAME = <type>`.
+    Dtype(Dtype),
+    /// An integer constant.
+    Int(i32),
+}
+
+/// The shape and dtype of one kernel output.
+pub(crate) struct OutputSpec {
+    pub shape: Vec<i32>,
+    pub dtype: Dtype,
+}
+
+/// A kernel's identity and sources.
+struct Spec {
+    op: &'static str,
+    name: &'static str,
+    inputs: &'static [&'static str],
+    outputs: &'static [&'static str],
+    cuda: &'static str,
+    metal: &'static str,
+}
+
+/// One launch of a kernel.
+struct Launch<'a> {
+    inputs: Vec<&'a Array>,
+    outputs: Vec<OutputSpec>,
+    grid: (i32, i32, i32),
+    block: (i32, i32, i32),
+    template: Vec<(&'static str, TemplateArg)>,
+}
+
+const CUDA_HEADER: &str = include_str!("common.cuh");
+const METAL_HEADER: &str = include_str!("common.metal");
+
+const LN_MODULATE: Spec = Spec {
+    op: "layer_norm_modulate",
+    name: "fastops_ln_modulate",
+    inputs: &["x", "shift", "scale"],
+    outputs: &["out"],
+    cuda: include_str!("layer_norm_modulate.cu"),
+    metal: include_str!("layer_norm_modulate.metal"),
+};
+
+const ROPE: Spec = Spec {
+    op: "apply_rope",
+    name: "fastops_rope",
+    inputs: &["x", "tcos", "tsin"],
+    outputs: &["out"],
+    cuda: include_str!("apply_rope.cu"),
+    metal: include_str!("apply_rope.metal"),
+};
+
+const GATED: Spec = Spec {
+    op: "gated_residual",
+    name: "fastops_gated_residual",
+    inputs: &["x", "gate", "y"],
+    outputs: &["out"],
+    cuda: include_str!("gated_residual.cu"),
+    metal: include_str!("gated_residual.metal"),
+};
+
+fn unavailable(op: &'static str, msg: &str) -> FastOpsError {
+    FastOpsError::Kernel {
+        op,
+        msg: msg.to_string(),
+    }
+}
+
+fn run(path: Path, spec: &Spec, launch: Launch<'_>) -> Result<Array> {
+    let mut outs = match path {
+        Path::Cuda => run_cuda(spec, launch)?,
+        Path::Metal => run_metal(spec, launch)?,
+        Path::Reference => return Err(unavailable(spec.op, "the reference path has no kernel")),
+    };
+    outs.pop()
+        .ok_or_else(|| unavailable(spec.op, "the kernel returned no output"))
+}
+
+#[cfg(not(target_os = "macos"))]
+fn run_cuda(spec: &Spec, l: Launch<'_>) -> Result<Vec<Array>> {
+    let k = cuda::CudaKernel::new(
+        spec.op,
+        spec.name,
+        spec.inputs,
+        spec.outputs,
+        spec.cuda,
+        CUDA_HEADER,
+        true,
+    )?;
+    let stream = Stream::thread_local_or_default();
+    // SAFETY: the planners below size the grid so that every output element is written
+    // exactly once and every access stays inside the (row-contiguous) buffers; each
+    // kernel's bounds checks are documented in its source.
+    unsafe { k.apply(&l.inputs, &l.outputs, l.grid, l.block, &l.template, &stream) }
+}
+
+#[cfg(target_os = "macos")]
+fn run_cuda(spec: &Spec, _l: Launch<'_>) -> Result<Vec<Array>> {
+    let _ = CUDA_HEADER;
+    Err(unavailable(spec.op, "no CUDA backend on macOS"))
+}
+
+#[cfg(target_os = "macos")]
+fn run_metal(spec: &Spec, l: Launch<'_>) -> Result<Vec<Array>> {
+    use mlx_rs::fast::{
+        MetalKernel, MetalKernelApplyOptions, MetalKernelOptions, MetalKernelOutput,
+    };
+    let k = MetalKernel::new(
+        spec.name,
+        spec.inputs,
+        spec.outputs,
+        spec.metal,
+        MetalKernelOptions {
+            header: METAL_HEADER.to_string(),
+            ensure_row_contiguous: true,
+            atomic_outputs: false,
+        },
+    )?;
+    let outputs: Vec<MetalKernelOutput> = l
+        .outputs
+        .iter()
+        .map(|o| MetalKernelOutput {
+            shape: o.shape.clone(),
+            dtype: o.dtype,
+        })
+        .collect();
+    let options = MetalKernelApplyOptions {
+        template_args: l
+            .template
+            .iter()
+            .map(|(n, a)| {
+                let a = match *a {
+                    TemplateArg::Dtype(d) => mlx_rs::fast::TemplateArg::Dtype(d),
+                    TemplateArg::Int(v) => mlx_rs::fast::TemplateArg::Int(v),
+                };
+                (n.to_string(), a)
+            })
+            .collect(),
+        init_value: None,
+        verbose: std::env::var_os("MLX_FASTOPS_VERBOSE").is_some(),
+    };
+    // SAFETY: as for CUDA: the same grid writes every output element once, in bounds.
+    Ok(unsafe { k.apply(&l.inputs, &outputs, l.grid, l.block, options)? })
+}
+
+#[cfg(not(target_os = "macos"))]
+fn run_metal(spec: &Spec, _l: Launch<'_>) -> Result<Vec<Array>> {
+    let _ = (METAL_HEADER, spec.metal);
+    Err(unavailable(
+        spec.op,
+        "the Metal backend exists only on macOS",
+    ))
+}
+
+fn float_dtype(d: Dtype) -> bool {
+    matches!(d, Dtype::Float32 | Dtype::Float16 | Dtype::Bfloat16)
+}
+
+fn elem_bytes(d: Dtype) -> i32 {
+    if d == Dtype::Float32 { 4 } else { 2 }
+}
+
+/// Threads per row forced for layer_norm_modulate (0 = automatic); for tuning benches.
+static LN_TPB: AtomicI32 = AtomicI32::new(0);
+
+/// Forces the threads per row (a multiple of 32, ≤ 1024) of the layer_norm_modulate
+/// kernel; `None` restores the automatic choice. For benchmarks that tune the kernel.
+#[doc(hidden)]
+pub fn set_ln_modulate_threads(tpb: Option<u32>) {
+    LN_TPB.store(tpb.map_or(0, |t| t as i32), Ordering::SeqCst);
+}
+
+/// Largest C the layer_norm_modulate kernel keeps in registers.
+pub(crate) const LN_MAX_C: i32 = 16384;
+
+/// Threads per row for a row of `c` elements of `bytes`-byte type: about 3 accesses per
+/// thread (16-byte accesses when C is a multiple of the vector width).
+fn ln_threads(c: i32, bytes: i32) -> i32 {
+    let forced = LN_TPB.load(Ordering::SeqCst);
+    if forced > 0 {
+        return forced;
+    }
+    let w = 16 / bytes;
+    let nacc = if c % w == 0 { c / w } else { c };
+    let per = (nacc + 2) / 3;
+    ((per + 31) / 32 * 32).clamp(32, 1024)
+}
+
+/// Fused layer_norm_modulate on `path`; `None` when the inputs are outside its limits.
+pub(crate) fn layer_norm_modulate(
+    path: Path,
+    x: &Array,
+    shift: &Array,
+    scale: &Array,
+    eps: f32,
+) -> Result<Option<Array>> {
+    let s = check_rows(LN_MODULATE.op, x, &[("shift", shift), ("scale", scale)])?;
+    let dt = x.dtype();
+    if !float_dtype(dt)
+        || s.b == 0
+        || s.l == 0
+        || s.c == 0
+        || s.c > LN_MAX_C
+        || s.b > 65535
+        || (path == Path::Metal && (s.mb * s.c < 8 || x.size() < 8))
+    {
+        return Ok(None);
+    }
+    let tpb = ln_threads(s.c, elem_bytes(dt));
+    if i64::from(s.l) * i64::from(tpb) > i64::from(i32::MAX) {
+        return Ok(None);
+    }
+    let shift = cast(shift, dt)?;
+    let scale = cast(scale, dt)?;
+    let out = run(
+        path,
+        &LN_MODULATE,
+        Launch {
+            inputs: vec![x, &shift, &scale],
+            outputs: vec![OutputSpec {
+                shape: x.shape().to_vec(),
+                dtype: dt,
+            }],
+            grid: (s.l * tpb, s.b, 1),
+            block: (tpb, 1, 1),
+            template: vec![
+                ("T", TemplateArg::Dtype(dt)),
+                ("C", TemplateArg::Int(s.c)),
+                ("TPB", TemplateArg::Int(tpb)),
+                ("MB", TemplateArg::Int(s.mb)),
+                ("EPS_BITS", TemplateArg::Int(eps.to_bits() as i32)),
+            ],
+        },
+    )?;
+    Ok(Some(out))
+}
+
+/// Fused apply_rope on `path`; `None` when the inputs are outside its limits.
+pub(crate) fn apply_rope(path: Path, x: &Array, cos: &Array, sin: &Array) -> Result<Option<Array>> {
+    let tshape = check_rope(x, cos, sin)?;
+    let dt = x.dtype();
+    let xs = x.shape();
+    let nd = xs.len();
+    let d = xs[nd - 1];
+    let h2 = d / 2;
+    let rows: i64 = xs[..nd - 1].iter().map(|&v| i64::from(v)).product();
+    if nd > 10 || rows == 0 || h2 == 0 {
+        return Ok(None);
+    }
+    let w = 16 / elem_bytes(dt);
+    let p = if h2 % (w / 2) == 0 { w / 2 } else { 1 };
+    let threads = rows * i64::from(h2 / p);
+    let tsize: i64 = tshape.iter().map(|&v| i64::from(v)).product();
+    if threads > i64::from(i32::MAX) || (path == Path::Metal && (tsize < 8 || x.size() < 8)) {
+        return Ok(None);
+    }
+    let tdt = cos.dtype();
+    let tcos = ops::reshape(cos, &tshape)?;
+    let tsin = ops::reshape(cast(sin, tdt)?, &tshape)?;
+    let out = run(
+        path,
+        &ROPE,
+        Launch {
+            inputs: vec![x, &tcos, &tsin],
+            outputs: vec![OutputSpec {
+                shape: xs.to_vec(),
+                dtype: dt,
+            }],
+            grid: (threads as i32, 1, 1),
+            block: (256, 1, 1),
+            template: vec![
+                ("T", TemplateArg::Dtype(dt)),
+                ("TC", TemplateArg::Dtype(tdt)),
+                ("P", TemplateArg::Int(p)),
+            ],
+        },
+    )?;
+    Ok(Some(out))
+}
+
+/// Fused gated_residual on `path`; `None` when the inputs are outside its limits.
+pub(crate) fn gated_residual(
+    path: Path,
+    x: &Array,
+    gate: &Array,
+    y: &Array,
+) -> Result<Option<Array>> {
+    let s = check_rows(GATED.op, x, &[("gate", gate)])?;
+    if y.shape() != x.shape() {
+        return Err(FastOpsError::Shape {
+            op: GATED.op,
+            msg: format!("y {:?} must match x {:?}", y.shape(), x.shape()),
+        });
+    }
+    let dt = x.dtype();
+    let w = 16 / elem_bytes(dt);
+    let w = if s.c % w == 0 { w } else { 1 };
+    let threads = i64::from(s.b) * i64::from(s.l) * i64::from(s.c / w);
+    if threads == 0
+        || threads > i64::from(i32::MAX)
+        || (path == Path::Metal && (s.mb * s.c < 8 || x.size() < 8))
+    {
+        return Ok(None);
+    }
+    let gate = cast(gate, dt)?;
+    let y = cast(y, dt)?;
+    let out = run(
+        path,
+        &GATED,
+        Launch {
+            inputs: vec![x, &gate, &y],
+            outputs: vec![OutputSpec {
+                shape: x.shape().to_vec(),
+                dtype: dt,
+            }],
+            grid: (threads as i32, 1, 1),
+            block: (256, 1, 1),
+            template: vec![
+                ("T", TemplateArg::Dtype(dt)),
+                ("W", TemplateArg::Int(w)),
+                ("MB", TemplateArg::Int(s.mb)),
+            ],
+        },
+    )?;
+    Ok(Some(out))
+}
