@@ -131,8 +131,21 @@ impl Default for QwenImageTransformerConfig {
 impl QwenImageTransformerConfig {
     /// Parses a `config.json` text and validates it.
     pub fn from_json_str(text: &str) -> Result<Self, DitError> {
-        let cfg: Self = serde_json::from_str(text)
+        let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| DitError::InvalidConfig(format!("cannot parse config.json: {e}")))?;
+        let cfg: Self = serde_json::from_value(value.clone()).map_err(|e| {
+            // serde does not say which field failed: try them one at a time to name it.
+            let field = value.as_object().and_then(|obj| {
+                obj.iter().find_map(|(k, v)| {
+                    let one = serde_json::json!({ k.as_str(): v });
+                    serde_json::from_value::<Self>(one).err().map(|_| k.clone())
+                })
+            });
+            match field {
+                Some(f) => DitError::InvalidConfig(format!("field `{f}`: {e}")),
+                None => DitError::InvalidConfig(format!("cannot parse config.json: {e}")),
+            }
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -299,5 +312,101 @@ impl QwenImageTransformerConfig {
             .sum();
         let norms: u64 = self.norm_weights().iter().map(|(_, n)| *n as u64).sum();
         lin + norms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `transformer/config.json` of the published Qwen/Qwen-Image checkpoint (it carries an
+    /// extra `pooled_projection_dim` the model does not use).
+    const QWEN_IMAGE: &str = r#"{
+      "_class_name": "QwenImageTransformer2DModel",
+      "_diffusers_version": "0.34.0.dev0",
+      "attention_head_dim": 128,
+      "axes_dims_rope": [16, 56, 56],
+      "guidance_embeds": false,
+      "in_channels": 64,
+      "joint_attention_dim": 3584,
+      "num_attention_heads": 24,
+      "num_layers": 60,
+      "out_channels": 16,
+      "patch_size": 2,
+      "pooled_projection_dim": 768
+    }"#;
+
+    #[test]
+    fn published_config_parses_to_the_defaults() {
+        let c = QwenImageTransformerConfig::from_json_str(QWEN_IMAGE).unwrap();
+        assert_eq!(c, QwenImageTransformerConfig::default());
+        assert_eq!(c.inner_dim(), 3072);
+        assert_eq!(c.proj_out_dim(), 64);
+        assert_eq!(c.ffn_dim(), 12288);
+        // an empty object gives diffusers' defaults too
+        assert_eq!(
+            QwenImageTransformerConfig::from_json_str("{}").unwrap(),
+            QwenImageTransformerConfig::default()
+        );
+    }
+
+    #[test]
+    fn null_out_channels_means_in_channels() {
+        let c = QwenImageTransformerConfig::from_json_str(r#"{"out_channels": null}"#).unwrap();
+        assert_eq!(c.out_channels(), 64);
+        assert_eq!(c.proj_out_dim(), 256);
+    }
+
+    /// Parameter count by hand for Qwen-Image: per block 6 + 6 (modulation) + 8 (attention)
+    /// + 2·(4 + 4) (FFNs) = 36 d² weights plus biases and 4 head norms.
+    #[test]
+    fn param_count_of_qwen_image() {
+        let c = QwenImageTransformerConfig::default();
+        let d: u64 = 3072;
+        let block = 36 * d * d + (12 + 8 + 2 * (4 + 1)) * d + 4 * 128;
+        let rest = (256 * d + d)
+            + (d * d + d)
+            + 3584
+            + (64 * d + d)
+            + (3584 * d + d)
+            + (2 * d * d + 2 * d)
+            + (64 * d + 64);
+        assert_eq!(c.param_count(), 60 * block + rest);
+        assert_eq!(c.param_count(), 20_430_401_088);
+    }
+
+    #[test]
+    fn invalid_configs_are_rejected_with_the_field_named() {
+        let cases = [
+            (r#"{"axes_dims_rope": [16, 56, 48]}"#, "sum(axes_dims_rope)"),
+            (r#"{"axes_dims_rope": [16, 112]}"#, "3 entries"),
+            (r#"{"axes_dims_rope": [15, 57, 56]}"#, "even"),
+            (r#"{"num_layers": 0}"#, "num_layers"),
+            (r#"{"patch_size": "two"}"#, "patch_size"),
+            (
+                r#"{"quantization": {"group_size": 48, "bits": 4}}"#,
+                "quantization",
+            ),
+        ];
+        for (json, needle) in cases {
+            let err = QwenImageTransformerConfig::from_json_str(json).unwrap_err();
+            assert!(
+                matches!(err, DitError::InvalidConfig(_)) && err.to_string().contains(needle),
+                "{json}: {err}"
+            );
+        }
+        for flag in ["zero_cond_t", "use_additional_t_cond", "use_layer3d_rope"] {
+            let err = QwenImageTransformerConfig::from_json_str(&format!(r#"{{"{flag}": true}}"#))
+                .unwrap_err();
+            assert!(matches!(err, DitError::Unsupported(_)), "{flag}: {err}");
+        }
+    }
+
+    #[test]
+    fn config_file_errors_name_the_path() {
+        let err = QwenImageTransformerConfig::from_file(Path::new("/nonexistent/config.json"))
+            .unwrap_err();
+        assert!(matches!(err, DitError::Io { .. }));
+        assert!(err.to_string().contains("/nonexistent/config.json"));
     }
 }

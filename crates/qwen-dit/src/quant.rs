@@ -118,3 +118,69 @@ pub fn weight_bytes(
     let norms: u64 = config.norm_weights().iter().map(|(_, n)| *n as u64).sum();
     total + norms * float_bytes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_whole_paths() {
+        assert!(glob_match("proj_out", "proj_out"));
+        assert!(!glob_match("proj_out", "proj_out_x"));
+        assert!(glob_match(
+            "transformer_blocks.1.*",
+            "transformer_blocks.1.attn.to_q"
+        ));
+        assert!(!glob_match(
+            "transformer_blocks.1.*",
+            "transformer_blocks.10.attn.to_q"
+        ));
+        assert!(glob_match("*_mod.1", "transformer_blocks.7.img_mod.1"));
+        assert!(glob_match(
+            "*.attn.*_out*",
+            "transformer_blocks.7.attn.to_add_out"
+        ));
+        assert!(!glob_match(
+            "*.attn.*_out*",
+            "transformer_blocks.7.img_mlp.net.2"
+        ));
+        assert!(glob_match("*", "anything"));
+    }
+
+    #[test]
+    fn spec_selection_and_validation() {
+        let s = QuantizeSpec::new(4)
+            .keep_edge_blocks(60, 2, 1)
+            .keep("proj_out");
+        assert!(s.quantizes("transformer_blocks.2.attn.to_q", 3072));
+        assert!(!s.quantizes("transformer_blocks.1.attn.to_q", 3072));
+        assert!(!s.quantizes("transformer_blocks.59.txt_mlp.net.2", 12288));
+        assert!(!s.quantizes("proj_out", 3072));
+        assert!(!s.quantizes("img_in", 48), "in width not a multiple of 64");
+        assert!(s.validate().is_ok());
+        assert!(QuantizeSpec::new(7).validate().is_err());
+        assert!(QuantizeSpec::new(4).with_group_size(48).validate().is_err());
+    }
+
+    #[test]
+    fn weight_bytes_counts_quantized_and_float_parts() {
+        let c = QwenImageTransformerConfig {
+            num_layers: 1,
+            ..Default::default()
+        };
+        let f32_bytes = weight_bytes(&c, 4, None);
+        assert_eq!(f32_bytes, 4 * c.param_count());
+        // quantizing only proj_out (3072 → 64): its weight goes from 2 bytes to
+        // 4/8 + 2·2/64 bytes per element
+        let all_but = QuantizeSpec {
+            bits: 4,
+            group_size: 64,
+            keep_float: vec!["t*".into(), "img_in".into(), "norm_out*".into()],
+        };
+        let w = 3072u64 * 64;
+        assert_eq!(
+            weight_bytes(&c, 2, None) - weight_bytes(&c, 2, Some(&all_but)),
+            2 * w - (w / 2 + w / 64 * 4)
+        );
+    }
+}

@@ -152,3 +152,44 @@ impl RopeTables {
         &self.sin
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn positions(grid: (usize, usize, usize), txt: usize) -> Vec<[f32; 3]> {
+        // with axes (2, 2, 2) each axis has one frequency, 1.0: angles are the positions
+        let (a, _, _) = rope_angles(&[2, 2, 2], &[grid], txt).unwrap();
+        a.chunks(3).map(|c| [c[0], c[1], c[2]]).collect()
+    }
+
+    #[test]
+    fn image_positions_are_centred_and_text_follows() {
+        let p = positions((1, 5, 2), 2);
+        // text: max(5//2, 2//2) = 2, then 3
+        assert_eq!(p[0], [2.0, 2.0, 2.0]);
+        assert_eq!(p[1], [3.0, 3.0, 3.0]);
+        // odd height 5 → rows −3 … 1; width 2 → columns −1, 0
+        let rows: Vec<f32> = p[2..].iter().step_by(2).map(|q| q[1]).collect();
+        assert_eq!(rows, vec![-3.0, -2.0, -1.0, 0.0, 1.0]);
+        let cols: Vec<f32> = p[2..4].iter().map(|q| q[2]).collect();
+        assert_eq!(cols, vec![-1.0, 0.0]);
+        assert!(p[2..].iter().all(|q| q[0] == 0.0));
+    }
+
+    #[test]
+    fn several_images_get_frame_offsets() {
+        let (a, t, n) = rope_angles(&[2, 2, 2], &[(1, 2, 2), (1, 4, 2)], 1).unwrap();
+        assert_eq!((t, n), (1, 12));
+        // text starts after the largest half-extent (4//2 = 2)
+        assert_eq!(&a[0..3], &[2.0, 2.0, 2.0]);
+        // second image is frame 1
+        assert_eq!(a[3 * (1 + 4)], 1.0);
+    }
+
+    #[test]
+    fn bad_grids_are_rejected() {
+        assert!(rope_angles(&[2, 2, 2], &[], 3).is_err());
+        assert!(rope_angles(&[2, 2, 2], &[(1, 0, 3)], 3).is_err());
+    }
+}

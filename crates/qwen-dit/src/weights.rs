@@ -138,3 +138,35 @@ pub(crate) fn load_parts(
         proj_out,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_map_to_diffusers_names() {
+        assert_eq!(
+            canonical_key("transformer_blocks.12.img_mod_linear.scales").as_deref(),
+            Some("transformer_blocks.12.img_mod.1.scales")
+        );
+        assert_eq!(
+            canonical_key("transformer_blocks.0.attn.attn_to_out.0.bias").as_deref(),
+            Some("transformer_blocks.0.attn.to_out.0.bias")
+        );
+        assert_eq!(
+            canonical_key("transformer_blocks.3.txt_ff.mlp_out.weight").as_deref(),
+            Some("transformer_blocks.3.txt_mlp.net.2.weight")
+        );
+        // diffusers names and unrelated keys are left alone
+        assert_eq!(canonical_key("transformer_blocks.3.img_mod.1.weight"), None);
+        assert_eq!(
+            canonical_key("transformer_blocks.x.img_mod_linear.weight"),
+            None
+        );
+        assert_eq!(
+            canonical_key("transformer_blocks.3.img_mod_linearx.weight"),
+            None
+        );
+        assert_eq!(canonical_key("proj_out.weight"), None);
+    }
+}
