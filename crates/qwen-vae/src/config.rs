@@ -234,3 +234,75 @@ impl TilingConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_json_gives_the_diffusers_defaults() -> anyhow::Result<()> {
+        let c: VaeConfig = serde_json::from_str("{}")?;
+        assert_eq!(c, VaeConfig::default());
+        c.validate()?;
+        assert_eq!(c.spatial_compression_ratio(), 8);
+        assert_eq!(c.encoder_dims(), vec![96, 96, 192, 384, 384]);
+        assert_eq!(c.decoder_dims(), vec![384, 384, 384, 192, 96]);
+        assert_eq!(c.latents_std[15], 1.916);
+        Ok(())
+    }
+
+    #[test]
+    fn real_checkpoint_style_config_parses() -> anyhow::Result<()> {
+        let c: VaeConfig = serde_json::from_str(
+            r#"{"_class_name": "AutoencoderKLQwenImage", "_diffusers_version": "0.34.0",
+                "attn_scales": [], "base_dim": 96, "dim_mult": [1, 2, 4, 4], "dropout": 0.0,
+                "num_res_blocks": 2, "temperal_downsample": [false, true, true], "z_dim": 16}"#,
+        )?;
+        c.validate()?;
+        assert_eq!(c.latents_mean.len(), 16);
+        Ok(())
+    }
+
+    fn invalid(f: impl FnOnce(&mut VaeConfig)) -> String {
+        let mut c = VaeConfig::default();
+        f(&mut c);
+        match c.validate() {
+            Err(e) => e.to_string(),
+            Ok(()) => "accepted".into(),
+        }
+    }
+
+    #[test]
+    fn inconsistent_configs_are_rejected_with_clear_errors() {
+        assert!(invalid(|c| c.z_dim = 8).contains("latents_mean has 16 values, z_dim is 8"));
+        assert!(invalid(|c| c.latents_std.truncate(3)).contains("latents_std has 3 values"));
+        assert!(invalid(|c| c.latents_std[2] = 0.0).contains("> 0"));
+        assert!(invalid(|c| c.temperal_downsample.push(true)).contains("needs 3"));
+        assert!(invalid(|c| c.dim_mult.clear()).contains("dim_mult"));
+        assert!(invalid(|c| c.num_res_blocks = 0).contains("num_res_blocks"));
+        assert!(invalid(|c| c.base_dim = 0).contains("must be positive"));
+        assert!(
+            invalid(|c| {
+                c.base_dim = 3;
+                c.dim_mult = vec![1, 1];
+                c.temperal_downsample = vec![false];
+            })
+            .contains("even")
+        );
+    }
+
+    #[test]
+    fn tiling_validation() {
+        assert!(TilingConfig::default().validate(8).is_ok());
+        let t = |a, b, c, d| TilingConfig {
+            tile_sample_min_height: a,
+            tile_sample_min_width: b,
+            tile_sample_stride_height: c,
+            tile_sample_stride_width: d,
+        };
+        assert!(t(64, 64, 80, 48).validate(8).is_err()); // stride > tile
+        assert!(t(64, 64, 4, 48).validate(8).is_err()); // stride below one latent
+        assert!(t(60, 64, 48, 48).validate(8).is_err()); // not a whole number of latents
+        assert!(t(64, 32, 64, 8).validate(8).is_ok());
+    }
+}

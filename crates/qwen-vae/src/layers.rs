@@ -473,3 +473,215 @@ pub(crate) fn slice_axis(x: &Array, axis: usize, start: i32, end: i32) -> Result
     };
     Ok(a)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [−1, 1) (no RNG dependency).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    struct Spec {
+        b: usize,
+        t: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+        o: usize,
+        k: [usize; 3],
+        pad: [usize; 3],
+    }
+
+    fn conv_and_input(s: &Spec) -> (CausalConv3d, Vec<Vec<f32>>, Vec<f32>, Vec<f32>, Array) {
+        let [kt, kh, kw] = s.k;
+        let taps_v: Vec<Vec<f32>> = (0..kt)
+            .map(|t| values(s.o * kh * kw * s.c, 11 + t as u64))
+            .collect();
+        let taps = taps_v
+            .iter()
+            .map(|v| Array::from_slice(v, &[s.o as i32, kh as i32, kw as i32, s.c as i32]))
+            .collect();
+        let bias_v = values(s.o, 99);
+        let conv = CausalConv3d::from_taps(
+            taps,
+            Array::from_slice(&bias_v, &[s.o as i32]),
+            (1, 1, 1),
+            (s.pad[0] as i32, s.pad[1] as i32, s.pad[2] as i32),
+        );
+        let xv = values(s.b * s.t * s.h * s.w * s.c, 7);
+        let x = Array::from_slice(
+            &xv,
+            &[s.b as i32, s.t as i32, s.h as i32, s.w as i32, s.c as i32],
+        );
+        (conv, taps_v, bias_v, xv, x)
+    }
+
+    /// Direct evaluation of PyTorch's causal conv definition (f64 accumulation).
+    fn naive(s: &Spec, taps: &[Vec<f32>], bias: &[f32], x: &[f32]) -> Vec<f64> {
+        let [kt, kh, kw] = s.k;
+        let front = 2 * s.pad[0] as i64;
+        let (ph, pw) = (s.pad[1] as i64, s.pad[2] as i64);
+        let mut out = Vec::new();
+        for b in 0..s.b {
+            for t in 0..s.t {
+                for y in 0..s.h {
+                    for xx in 0..s.w {
+                        for o in 0..s.o {
+                            let mut acc = bias[o] as f64;
+                            for k in 0..kt {
+                                let st = t as i64 + k as i64 - front;
+                                if st < 0 {
+                                    continue;
+                                }
+                                for dy in 0..kh {
+                                    for dx in 0..kw {
+                                        let sy = y as i64 + dy as i64 - ph;
+                                        let sx = xx as i64 + dx as i64 - pw;
+                                        if sy < 0 || sx < 0 || sy >= s.h as i64 || sx >= s.w as i64
+                                        {
+                                            continue;
+                                        }
+                                        for i in 0..s.c {
+                                            let wi = ((o * kh + dy) * kw + dx) * s.c + i;
+                                            let xi = (((b * s.t + st as usize) * s.h
+                                                + sy as usize)
+                                                * s.w
+                                                + sx as usize)
+                                                * s.c
+                                                + i;
+                                            acc += taps[k][wi] as f64 * x[xi] as f64;
+                                        }
+                                    }
+                                }
+                            }
+                            out.push(acc);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - y).abs())
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn general_causal_conv_matches_the_definition_on_several_frames() -> anyhow::Result<()> {
+        // T = 4 frames: frames 0 and 1 see the zero time padding, later ones see only data.
+        // f32 sums of ≤ 81 products of values in [−1, 1]: 1e-5 absolute is ample.
+        for s in [
+            Spec {
+                b: 2,
+                t: 4,
+                h: 5,
+                w: 6,
+                c: 3,
+                o: 4,
+                k: [3, 3, 3],
+                pad: [1, 1, 1],
+            },
+            Spec {
+                b: 1,
+                t: 3,
+                h: 4,
+                w: 3,
+                c: 5,
+                o: 2,
+                k: [3, 1, 1],
+                pad: [1, 0, 0],
+            },
+            Spec {
+                b: 1,
+                t: 2,
+                h: 3,
+                w: 4,
+                c: 3,
+                o: 6,
+                k: [1, 1, 1],
+                pad: [0, 0, 0],
+            },
+        ] {
+            let (conv, taps, bias, xv, x) = conv_and_input(&s);
+            let y = conv.forward(&x, ConvPath::Causal3d)?;
+            assert_eq!(
+                y.shape(),
+                &[s.b as i32, s.t as i32, s.h as i32, s.w as i32, s.o as i32]
+            );
+            let d = max_abs_diff(y.as_slice::<f32>(), &naive(&s, &taps, &bias, &xv));
+            assert!(d < 1e-5, "general causal conv off by {d}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn single_frame_fast_path_equals_general_path() -> anyhow::Result<()> {
+        for s in [
+            Spec {
+                b: 2,
+                t: 1,
+                h: 5,
+                w: 7,
+                c: 3,
+                o: 4,
+                k: [3, 3, 3],
+                pad: [1, 1, 1],
+            },
+            Spec {
+                b: 1,
+                t: 1,
+                h: 3,
+                w: 3,
+                c: 4,
+                o: 5,
+                k: [1, 1, 1],
+                pad: [0, 0, 0],
+            },
+        ] {
+            let (conv, taps, bias, xv, x) = conv_and_input(&s);
+            let fast = conv.forward(&x, ConvPath::SingleFrame)?;
+            let general = conv.forward(&x, ConvPath::Causal3d)?;
+            assert_eq!(fast.shape(), general.shape());
+            let g: Vec<f64> = general
+                .as_slice::<f32>()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            // same arithmetic up to summation order
+            assert!(max_abs_diff(fast.as_slice::<f32>(), &g) < 1e-5);
+            let d = max_abs_diff(fast.as_slice::<f32>(), &naive(&s, &taps, &bias, &xv));
+            assert!(d < 1e-5, "fast path off by {d}");
+        }
+        // more than one frame is refused by the fast path
+        let s = Spec {
+            b: 1,
+            t: 2,
+            h: 3,
+            w: 3,
+            c: 2,
+            o: 2,
+            k: [3, 3, 3],
+            pad: [1, 1, 1],
+        };
+        let (conv, ..) = conv_and_input(&s);
+        let x = Array::from_slice(&values(36, 3), &[1, 2, 3, 3, 2]);
+        assert!(conv.forward(&x, ConvPath::SingleFrame).is_err());
+        Ok(())
+    }
+}
