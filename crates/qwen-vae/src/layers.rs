@@ -529,6 +529,7 @@ mod tests {
     }
 
     /// Direct evaluation of PyTorch's causal conv definition (f64 accumulation).
+    #[allow(clippy::needless_range_loop)] // index arithmetic mirrors the definition
     fn naive(s: &Spec, taps: &[Vec<f32>], bias: &[f32], x: &[f32]) -> Vec<f64> {
         let [kt, kh, kw] = s.k;
         let front = 2 * s.pad[0] as i64;
