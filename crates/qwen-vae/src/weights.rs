@@ -5,11 +5,13 @@
 //! `decoder.mid_block.attentions.0.to_qkv.weight`, `quant_conv.bias`, …); the model structs
 //! mirror that nesting, so names map by identity.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use mlx_rs::{Array, Dtype, ops::indexing::TryIndexOp};
 use mlx_weights::{StrictLoader, Tensors};
 
+use crate::config::VaeConfig;
 use crate::error::{Result, VaeError};
 
 /// PyTorch Conv3d kernel `(O, I, kt, kh, kw)` → one channels-last 2-D kernel `(O, kh, kw, I)`
@@ -79,6 +81,150 @@ impl Loader {
     pub(crate) fn finish(self) -> Result<()> {
         Ok(self.inner.finish(&[])?)
     }
+}
+
+/// Every tensor a diffusers `AutoencoderKLQwenImage` checkpoint for `cfg` holds, with its
+/// PyTorch shape (what [`crate::QwenImageVae::load`] expects; useful to build random test
+/// or benchmark checkpoints).
+pub fn checkpoint_shapes(cfg: &VaeConfig) -> BTreeMap<String, Vec<i32>> {
+    let mut m = BTreeMap::new();
+    let conv3 = |m: &mut BTreeMap<String, Vec<i32>>, p: &str, i: usize, o: usize, k: [usize; 3]| {
+        m.insert(
+            format!("{p}.weight"),
+            vec![o as i32, i as i32, k[0] as i32, k[1] as i32, k[2] as i32],
+        );
+        m.insert(format!("{p}.bias"), vec![o as i32]);
+    };
+    fn conv2(m: &mut BTreeMap<String, Vec<i32>>, p: &str, i: usize, o: usize, k: usize) {
+        m.insert(
+            format!("{p}.weight"),
+            vec![o as i32, i as i32, k as i32, k as i32],
+        );
+        m.insert(format!("{p}.bias"), vec![o as i32]);
+    }
+    fn norm(m: &mut BTreeMap<String, Vec<i32>>, p: &str, c: usize, images: bool) {
+        let s = if images {
+            vec![c as i32, 1, 1]
+        } else {
+            vec![c as i32, 1, 1, 1]
+        };
+        m.insert(format!("{p}.gamma"), s);
+    }
+    let res = |m: &mut BTreeMap<String, Vec<i32>>, p: &str, i: usize, o: usize| {
+        norm(m, &format!("{p}.norm1"), i, false);
+        norm(m, &format!("{p}.norm2"), o, false);
+        for (n, a) in [("conv1", i), ("conv2", o)] {
+            m.insert(format!("{p}.{n}.weight"), vec![o as i32, a as i32, 3, 3, 3]);
+            m.insert(format!("{p}.{n}.bias"), vec![o as i32]);
+        }
+        if i != o {
+            m.insert(
+                format!("{p}.conv_shortcut.weight"),
+                vec![o as i32, i as i32, 1, 1, 1],
+            );
+            m.insert(format!("{p}.conv_shortcut.bias"), vec![o as i32]);
+        }
+    };
+    let attn = |m: &mut BTreeMap<String, Vec<i32>>, p: &str, c: usize| {
+        norm(m, &format!("{p}.norm"), c, true);
+        conv2(m, &format!("{p}.to_qkv"), c, 3 * c, 1);
+        conv2(m, &format!("{p}.proj"), c, c, 1);
+    };
+    let z = cfg.z_dim;
+    let levels = cfg.dim_mult.len();
+    // encoder
+    let d = cfg.encoder_dims();
+    conv3(
+        &mut m,
+        "encoder.conv_in",
+        cfg.input_channels,
+        d[0],
+        [3, 3, 3],
+    );
+    let mut idx = 0;
+    let mut scale = 1.0f64;
+    for i in 0..levels {
+        let mut cin = d[i];
+        for _ in 0..cfg.num_res_blocks {
+            res(&mut m, &format!("encoder.down_blocks.{idx}"), cin, d[i + 1]);
+            idx += 1;
+            if cfg.attn_scales.contains(&scale) {
+                attn(&mut m, &format!("encoder.down_blocks.{idx}"), d[i + 1]);
+                idx += 1;
+            }
+            cin = d[i + 1];
+        }
+        if i != levels - 1 {
+            let p = format!("encoder.down_blocks.{idx}");
+            conv2(&mut m, &format!("{p}.resample.1"), d[i + 1], d[i + 1], 3);
+            if cfg.temperal_downsample[i] {
+                conv3(
+                    &mut m,
+                    &format!("{p}.time_conv"),
+                    d[i + 1],
+                    d[i + 1],
+                    [3, 1, 1],
+                );
+            }
+            idx += 1;
+            scale /= 2.0;
+        }
+    }
+    let top = d[levels];
+    res(&mut m, "encoder.mid_block.resnets.0", top, top);
+    attn(&mut m, "encoder.mid_block.attentions.0", top);
+    res(&mut m, "encoder.mid_block.resnets.1", top, top);
+    norm(&mut m, "encoder.norm_out", top, false);
+    conv3(&mut m, "encoder.conv_out", top, 2 * z, [3, 3, 3]);
+    conv3(&mut m, "quant_conv", 2 * z, 2 * z, [1, 1, 1]);
+    conv3(&mut m, "post_quant_conv", z, z, [1, 1, 1]);
+    // decoder
+    let d = cfg.decoder_dims();
+    conv3(&mut m, "decoder.conv_in", z, d[0], [3, 3, 3]);
+    res(&mut m, "decoder.mid_block.resnets.0", d[0], d[0]);
+    attn(&mut m, "decoder.mid_block.attentions.0", d[0]);
+    res(&mut m, "decoder.mid_block.resnets.1", d[0], d[0]);
+    let up: Vec<bool> = cfg.temperal_downsample.iter().rev().copied().collect();
+    for i in 0..levels {
+        let mut cin = if i > 0 { d[i] / 2 } else { d[i] };
+        for j in 0..=cfg.num_res_blocks {
+            res(
+                &mut m,
+                &format!("decoder.up_blocks.{i}.resnets.{j}"),
+                cin,
+                d[i + 1],
+            );
+            cin = d[i + 1];
+        }
+        if i != levels - 1 {
+            let p = format!("decoder.up_blocks.{i}.upsamplers.0");
+            conv2(
+                &mut m,
+                &format!("{p}.resample.1"),
+                d[i + 1],
+                d[i + 1] / 2,
+                3,
+            );
+            if up[i] {
+                conv3(
+                    &mut m,
+                    &format!("{p}.time_conv"),
+                    d[i + 1],
+                    2 * d[i + 1],
+                    [3, 1, 1],
+                );
+            }
+        }
+    }
+    norm(&mut m, "decoder.norm_out", d[levels], false);
+    conv3(
+        &mut m,
+        "decoder.conv_out",
+        d[levels],
+        cfg.input_channels,
+        [3, 3, 3],
+    );
+    m
 }
 
 #[cfg(test)]
@@ -187,6 +333,44 @@ mod tests {
                     );
                 }
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn checkpoint_shapes_match_the_diffusers_fixtures() -> anyhow::Result<()> {
+        for model in ["tiny", "tiny_attn"] {
+            let dir = std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../fixtures/data/vae"
+            ))
+            .join(model)
+            .join("vae");
+            let dir = if dir.exists() {
+                dir
+            } else {
+                std::path::Path::new("fixtures/data/vae")
+                    .join(model)
+                    .join("vae")
+            };
+            let cfg = VaeConfig::from_dir(&dir)?;
+            let t = mlx_weights::load_component(&dir)?;
+            let got: BTreeMap<String, Vec<i32>> = t
+                .keys()
+                .map(|k| {
+                    (
+                        k.to_string(),
+                        t.get(k).map(|a| a.shape().to_vec()).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let want = checkpoint_shapes(&cfg);
+            let diff: Vec<_> = want
+                .iter()
+                .filter(|(k, v)| got.get(*k) != Some(v))
+                .chain(got.iter().filter(|(k, _)| !want.contains_key(*k)))
+                .collect();
+            assert!(diff.is_empty(), "{model}: differs at {diff:?}");
         }
         Ok(())
     }
