@@ -2,7 +2,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use flow_scheduler::{FlowMatchEulerScheduler, SchedulerConfig};
-use mlx_rs::{Array, Dtype, random};
+use mlx_rs::{Dtype, random};
 use std::hint::black_box;
 
 fn bench_set_timesteps(c: &mut Criterion) {

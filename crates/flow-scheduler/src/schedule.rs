@@ -173,7 +173,8 @@ fn check_terminal_scale(zero: bool, last: f64) -> Result<()> {
 /// statically shifted in f32 when `use_dynamic_shifting` is off.
 fn train_sigma_bounds(config: &SchedulerConfig) -> (f64, f64) {
     let n = config.num_train_timesteps as f32;
-    let bounds = [n / n, 1.0f32 / n];
+    // σ_max = T / T, exactly 1 in IEEE arithmetic; σ_min = 1 / T rounded to f32.
+    let bounds = [1.0f32, 1.0f32 / n];
     let [max, min] = if config.use_dynamic_shifting {
         bounds
     } else {
