@@ -356,6 +356,50 @@ impl QwenImageTransformer {
         Ok(())
     }
 
+    /// Runs block `index` alone on residual streams — image `(B, N, inner_dim)`, text
+    /// `(B, T, inner_dim)` — at σ = `timestep`; returns the updated (image, text) streams.
+    /// For benchmarks and debugging: [`QwenImageTransformer::forward`] is the model.
+    pub fn forward_block(
+        &self,
+        index: usize,
+        img: &Array,
+        txt: &Array,
+        encoder_mask: Option<&Array>,
+        timestep: &Array,
+        rope: &RopeTables,
+    ) -> Result<(Array, Array)> {
+        let block = self.parts.blocks.get(index).ok_or_else(|| {
+            DitError::InvalidInput(format!(
+                "block {index} out of range (the model has {})",
+                self.parts.blocks.len()
+            ))
+        })?;
+        let d = self.config.inner_dim() as i32;
+        let (is, ts) = (img.shape(), txt.shape());
+        if is.len() != 3 || ts.len() != 3 || is[2] != d || ts[2] != d || is[0] != ts[0] {
+            return Err(DitError::InvalidInput(format!(
+                "streams must be (B, N, {d}) and (B, T, {d}), got {is:?} and {ts:?}"
+            )));
+        }
+        if rope.txt_len() != ts[1] as usize || rope.img_len() != is[1] as usize {
+            return Err(DitError::InvalidInput(
+                "RoPE tables do not match the stream lengths".into(),
+            ));
+        }
+        let temb = self.parts.time_embed.forward(timestep, self.dtype)?;
+        let silu_temb = silu(&temb)?;
+        let mask = joint_mask(encoder_mask, is[0], ts[1], is[1])?;
+        let ctx = BlockContext {
+            silu_temb: &silu_temb,
+            cos: rope.cos(),
+            sin: rope.sin(),
+            mask: mask.as_ref(),
+            heads: self.config.num_attention_heads as i32,
+            head_dim: self.config.attention_head_dim as i32,
+        };
+        block.forward(img, txt, &ctx)
+    }
+
     /// One denoising evaluation.
     ///
     /// - `hidden_states`: packed latents `(B, N, in_channels)`, N = the image tokens `rope`
@@ -438,15 +482,7 @@ impl QwenImageTransformer {
         let silu_temb = silu(&temb)?;
         // f32 tables: the RoPE rotation is computed in f32 and rounded once, as diffusers.
         let (cos, sin) = (rope.cos(), rope.sin());
-        let mask = match encoder_mask {
-            Some(m) => {
-                let zero = Array::from_int(0).as_dtype(m.dtype())?;
-                let txt_keep = ops::ne(m, zero)?;
-                let img_keep = ops::ones_dtype(&[b, n], Dtype::Bool)?;
-                Some(ops::concatenate(&[txt_keep, img_keep], 1)?.reshape(&[b, 1, 1, t + n])?)
-            }
-            None => None,
-        };
+        let mask = joint_mask(encoder_mask, b, t, n)?;
         let ctx = BlockContext {
             silu_temb: &silu_temb,
             cos,
@@ -466,4 +502,24 @@ impl QwenImageTransformer {
         let out = layer_norm_modulate(&img, shift, scale, NORM_EPS)?;
         p.proj_out.forward(&out)
     }
+}
+
+/// The boolean `(B, 1, 1, T+N)` key mask of the joint sequence: the text mask (non-zero =
+/// keep) followed by N image tokens that are always kept; `None` without a text mask.
+fn joint_mask(encoder_mask: Option<&Array>, b: i32, t: i32, n: i32) -> Result<Option<Array>> {
+    let Some(m) = encoder_mask else {
+        return Ok(None);
+    };
+    if m.shape() != [b, t] {
+        return Err(DitError::InvalidInput(format!(
+            "encoder_mask must be ({b}, {t}), got {:?}",
+            m.shape()
+        )));
+    }
+    let zero = Array::from_int(0).as_dtype(m.dtype())?;
+    let txt_keep = ops::ne(m, zero)?;
+    let img_keep = ops::ones_dtype(&[b, n], Dtype::Bool)?;
+    Ok(Some(
+        ops::concatenate(&[txt_keep, img_keep], 1)?.reshape(&[b, 1, 1, t + n])?,
+    ))
 }
