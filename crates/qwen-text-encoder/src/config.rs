@@ -232,7 +232,7 @@ impl Qwen2_5_VLTextConfig {
                 self.hidden_act
             ));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if !self.rms_norm_eps.is_finite() || self.rms_norm_eps <= 0.0 {
             return bad(format!("rms_norm_eps {} must be > 0", self.rms_norm_eps));
         }
         self.check_attention_kinds()?;
@@ -258,7 +258,7 @@ impl Qwen2_5_VLTextConfig {
             .rope_theta
             .or(self.rope_theta)
             .unwrap_or(DEFAULT_ROPE_THETA);
-        if !(rope_theta > 0.0) {
+        if !rope_theta.is_finite() || rope_theta <= 0.0 {
             return bad(format!("rope_theta {rope_theta} must be > 0"));
         }
         let mrope_section = rope

@@ -55,17 +55,17 @@ pub fn mrope_cos_sin(
     let inv = inv_freq(head_dim, theta);
     let mut cos = vec![0f32; t_len * head_dim];
     let mut sin = vec![0f32; t_len * head_dim];
-    for t in 0..t_len {
-        for j in 0..half {
+    let rows = cos.chunks_mut(head_dim).zip(sin.chunks_mut(head_dim));
+    for (t, (crow, srow)) in rows.enumerate() {
+        for (j, (&comp, &f)) in component.iter().zip(&inv).enumerate() {
             // The angle is rounded to f32 as in transformers (f32 positions × f32 inv_freq);
             // cos/sin of that f32 angle are then evaluated accurately.
-            let angle = positions[component[j]][t] as f32 * inv[j];
+            let angle = positions[comp][t] as f32 * f;
             let (s, c) = (angle as f64).sin_cos();
-            let row = t * head_dim;
-            cos[row + j] = c as f32;
-            cos[row + j + half] = c as f32;
-            sin[row + j] = s as f32;
-            sin[row + j + half] = s as f32;
+            crow[j] = c as f32;
+            crow[j + half] = c as f32;
+            srow[j] = s as f32;
+            srow[j + half] = s as f32;
         }
     }
     Ok((cos, sin))

@@ -19,6 +19,7 @@ pub fn fixture(rel: &str) -> PathBuf {
 /// max |a − b| / max |b|: the error relative to the reference's scale. Element-wise relative
 /// error is meaningless for entries near zero (hidden states cross zero), so the error is
 /// measured against the tensor's largest magnitude.
+#[allow(dead_code)] // each test binary compiles this module; not all use every helper
 pub fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     // f32::max ignores NaN, so check finiteness first.
