@@ -176,3 +176,34 @@ fn invalid_requests_are_errors() -> Result<()> {
     }
     Ok(())
 }
+
+/// bf16 end to end: the output must stay bf16 (no f32 promotion by a stray constant — the
+/// "bf16 trap") and close to the f32 reference. Bound: bf16 keeps 8 significant bits
+/// (2⁻⁸ ≈ 3.9e-3 relative per rounding); the weights, activations, RoPE tables and mask are all
+/// rounded and two layers plus the final norm compound about ten such roundings, so
+/// 5e-2 of the reference's scale is the expected order — a logic error is O(1).
+#[test]
+fn bf16_keeps_its_dtype_and_tracks_the_reference() -> Result<()> {
+    let c = cases()?;
+    let refs = reference()?;
+    let enc = TextEncoder::load(
+        &common::fixture("tiny/text_encoder"),
+        &common::fixture("tiny/tokenizer"),
+        Dtype::Bfloat16,
+    )?;
+    let case = &c["cases"][0];
+    assert_eq!(case["name"].as_str(), Some("batch_right"));
+    let prompts: Vec<&str> = case["prompts"]
+        .as_array()
+        .context("prompts")?
+        .iter()
+        .map(|p| p.as_str().expect("prompt"))
+        .collect();
+    let out = enc.encode_prompts(&prompts, 512)?;
+    assert_eq!(out.embeds.dtype(), Dtype::Bfloat16);
+    let want = refs.get("batch_right.embeds").context("embeds")?;
+    let err = common::max_rel_err(&f32s(&out.embeds)?, &f32s(want)?);
+    eprintln!("bf16 max rel err {err:.2e}");
+    assert!(err <= 5e-2, "bf16 max rel err {err:.3e}");
+    Ok(())
+}
