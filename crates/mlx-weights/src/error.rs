@@ -65,7 +65,11 @@ fn mismatch_message(
         parts.push(format!("{} missing: {}", missing.len(), list(missing)));
     }
     if !unexpected.is_empty() {
-        parts.push(format!("{} unexpected: {}", unexpected.len(), list(unexpected)));
+        parts.push(format!(
+            "{} unexpected: {}",
+            unexpected.len(),
+            list(unexpected)
+        ));
     }
     if !mismatched.is_empty() {
         let shown: Vec<String> = mismatched

@@ -272,7 +272,9 @@ pub fn load_component(dir: &Path) -> Result<Tensors, WeightsError> {
         if !missing.is_empty() {
             return Err(WeightsError::Format {
                 path: index_path.clone(),
-                msg: format!("tensors listed in the index but absent from their shards: {missing:?}"),
+                msg: format!(
+                    "tensors listed in the index but absent from their shards: {missing:?}"
+                ),
             });
         }
     } else if st_files.is_empty() {

@@ -60,8 +60,14 @@ pub fn runtime_info() -> anyhow::Result<RuntimeInfo> {
 
         let mut cuda = false;
         let mut metal = false;
-        check(mlx_sys::mlx_cuda_is_available(&mut cuda), "mlx_cuda_is_available")?;
-        check(mlx_sys::mlx_metal_is_available(&mut metal), "mlx_metal_is_available")?;
+        check(
+            mlx_sys::mlx_cuda_is_available(&mut cuda),
+            "mlx_cuda_is_available",
+        )?;
+        check(
+            mlx_sys::mlx_metal_is_available(&mut metal),
+            "mlx_metal_is_available",
+        )?;
         let backend = if metal {
             Backend::Metal
         } else if cuda {
@@ -71,15 +77,24 @@ pub fn runtime_info() -> anyhow::Result<RuntimeInfo> {
         };
 
         let mut dev = mlx_sys::mlx_device_new();
-        check(mlx_sys::mlx_get_default_device(&mut dev), "mlx_get_default_device")?;
+        check(
+            mlx_sys::mlx_get_default_device(&mut dev),
+            "mlx_get_default_device",
+        )?;
         let mut s = mlx_sys::mlx_string_new();
-        check(mlx_sys::mlx_device_tostring(&mut s, dev), "mlx_device_tostring")?;
+        check(
+            mlx_sys::mlx_device_tostring(&mut s, dev),
+            "mlx_device_tostring",
+        )?;
         let default_device = CStr::from_ptr(mlx_sys::mlx_string_data(s))
             .to_string_lossy()
             .into_owned();
         mlx_sys::mlx_string_free(s);
         let mut ty = mlx_sys::mlx_device_type__MLX_CPU;
-        check(mlx_sys::mlx_device_get_type(&mut ty, dev), "mlx_device_get_type")?;
+        check(
+            mlx_sys::mlx_device_get_type(&mut ty, dev),
+            "mlx_device_get_type",
+        )?;
         let default_is_gpu = ty == mlx_sys::mlx_device_type__MLX_GPU;
 
         let mut device_properties = Vec::new();
@@ -180,7 +195,10 @@ mod tests {
         }
         assert!(!info.default_device.is_empty());
         if info.backend == Backend::Cpu {
-            assert!(!info.default_is_gpu, "CPU backend with a GPU default device");
+            assert!(
+                !info.default_is_gpu,
+                "CPU backend with a GPU default device"
+            );
         }
         let text = info.to_string();
         assert!(text.contains("backend:"));
