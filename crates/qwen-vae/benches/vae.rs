@@ -1,7 +1,7 @@
 //! Criterion benches for the VAE decoder (and encoder) at a small random configuration.
 //!
 //! Weights are random (timing does not depend on their values); the config is the real
-//! architecture at reduced width (`base_dim` 32 instead of 96), so the shapes of the work are
+//! architecture at reduced width (`base_dim` 16 instead of 96), so the shapes of the work are
 //! representative while CPU runs stay short. Outputs are evaluated before the clock stops.
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -26,7 +26,7 @@ fn random_checkpoint(cfg: &VaeConfig) -> anyhow::Result<mlx_weights::Tensors> {
 
 fn bench(c: &mut Criterion) {
     let cfg = VaeConfig {
-        base_dim: 32,
+        base_dim: 16,
         ..VaeConfig::default()
     };
     let build = || -> anyhow::Result<QwenImageVae> {
@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
         .unwrap_or_else(|e| panic!("{e}"));
     let mut g = c.benchmark_group("vae");
     g.sample_size(10);
-    g.bench_function(format!("decode/f32/b32_1x16x{h}x{w}"), |b| {
+    g.bench_function(format!("decode/f32/b16_1x16x{h}x{w}"), |b| {
         b.iter(|| {
             let img = vae.decode(&z).unwrap_or_else(|e| panic!("{e}"));
             img.eval().unwrap_or_else(|e| panic!("{e}"));
@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
         tile_sample_stride_height: 48,
         tile_sample_stride_width: 48,
     };
-    g.bench_function(format!("decode_tiled64/f32/b32_1x16x{h}x{w}"), |b| {
+    g.bench_function(format!("decode_tiled64/f32/b16_1x16x{h}x{w}"), |b| {
         b.iter(|| {
             let img = vae
                 .decode_tiled(&z, &tiles)
@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
     });
     let image: Array = normal::<f32>(&[1, 3, 1, h * 8, w * 8], None, Some(0.5), None)
         .unwrap_or_else(|e| panic!("{e}"));
-    g.bench_function(format!("encode/f32/b32_1x3x{}x{}", h * 8, w * 8), |b| {
+    g.bench_function(format!("encode/f32/b16_1x3x{}x{}", h * 8, w * 8), |b| {
         b.iter(|| {
             let d = vae.encode(&image).unwrap_or_else(|e| panic!("{e}"));
             d.mean.eval().unwrap_or_else(|e| panic!("{e}"));
