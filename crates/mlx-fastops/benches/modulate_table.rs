@@ -13,6 +13,9 @@ use mlx_fastops as fo;
 use mlx_rs::{Array, Dtype};
 
 const K: usize = 32;
+
+/// One op of a measurement, building output `i` from input set `i % SETS`.
+type OpFn<'a> = dyn Fn(usize) -> anyhow::Result<Array> + 'a;
 const SETS: usize = 4;
 
 fn randn(shape: &[i32], seed: u64, dt: Dtype) -> anyhow::Result<Array> {
@@ -56,6 +59,12 @@ fn main() -> anyhow::Result<()> {
     let dt = Dtype::Bfloat16;
     let c = 3072;
     let eps = 1e-6;
+    if std::env::args().any(|a| a == "--ncu") {
+        return ncu_pass(dt, c, eps);
+    }
+    if std::env::args().any(|a| a == "--diag") {
+        return diagnostics(dt, c, eps, reps);
+    }
     let mut rows = Vec::new();
     for t in [32, 64, 128, 256, 512] {
         let l = 4096 + t;
@@ -169,5 +178,149 @@ fn main() -> anyhow::Result<()> {
     for (tpb, ms) in sweep {
         println!("| {tpb} | {ms:.4} |");
     }
+    Ok(())
+}
+
+/// A short pass for `ncu` (kernel durations without host overhead): each fused variant and
+/// the unfused chain at 1×4224×3072, evaluated one op at a time, 3 times each.
+fn ncu_pass(dt: Dtype, c: i32, eps: f32) -> anyhow::Result<()> {
+    let l = 4224;
+    let xs = (0..SETS)
+        .map(|i| randn(&[1, l, c], 40 + i as u64, dt))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sh = randn(&[1, c], 6, dt)?;
+    let sc = randn(&[1, c], 7, dt)?;
+    for tpb in [None, Some(32), Some(64), Some(96), Some(192), Some(384)] {
+        fo::fused::set_ln_modulate_threads(tpb);
+        for i in 0..3 {
+            fo::fused::layer_norm_modulate(&xs[i % SETS], &sh, &sc, eps)?.eval()?;
+        }
+    }
+    fo::fused::set_ln_modulate_threads(None);
+    for i in 0..3 {
+        fo::reference::layer_norm_modulate(&xs[i % SETS], &sh, &sc, eps)?.eval()?;
+        fo::fused::gated_residual(&xs[i % SETS], &sc, &xs[(i + 1) % SETS])?.eval()?;
+        let q = mlx_rs::ops::reshape(&xs[i % SETS], &[1, 24, l, 128])?;
+        let theta = randn(&[l, 64], 8, Dtype::Float32)?;
+        let (cos, sin) = (mlx_rs::ops::cos(&theta)?, mlx_rs::ops::sin(&theta)?);
+        fo::fused::apply_rope(&q, &cos, &sin)?.eval()?;
+    }
+    println!("ncu pass done");
+    Ok(())
+}
+
+/// Median over `reps` (after 2 warm-ups) of (host build ms/op, eval ms/op) for `k` ops.
+fn split_ms(
+    reps: usize,
+    k: usize,
+    f: &dyn Fn(usize) -> anyhow::Result<Array>,
+) -> anyhow::Result<(f64, f64)> {
+    let mut b = Vec::new();
+    let mut e = Vec::new();
+    for r in 0..reps + 2 {
+        let t0 = Instant::now();
+        let outs = (0..k).map(f).collect::<anyhow::Result<Vec<_>>>()?;
+        let t1 = Instant::now();
+        mlx_rs::transforms::eval(outs.iter())?;
+        let t2 = Instant::now();
+        if r >= 2 {
+            b.push((t1 - t0).as_secs_f64() * 1e3 / k as f64);
+            e.push((t2 - t1).as_secs_f64() * 1e3 / k as f64);
+        }
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v[v.len() / 2]
+    };
+    Ok((med(b), med(e)))
+}
+
+/// Median ms/op of a dependent chain of `k` ops (each consumes the previous output).
+fn chain_ms(
+    reps: usize,
+    k: usize,
+    x0: &Array,
+    f: &dyn Fn(&Array) -> anyhow::Result<Array>,
+) -> anyhow::Result<f64> {
+    let mut ts = Vec::new();
+    for r in 0..reps + 2 {
+        let t0 = Instant::now();
+        let mut y = x0.clone();
+        for _ in 0..k {
+            y = f(&y)?;
+        }
+        y.eval()?;
+        if r >= 2 {
+            ts.push(t0.elapsed().as_secs_f64() * 1e3 / k as f64);
+        }
+    }
+    ts.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    Ok(ts[ts.len() / 2])
+}
+
+/// Where the wall time of a custom-kernel op goes: host build vs eval, batch size, and
+/// dependent chains, for the fused modulation, MLX's x·1 and the unfused chain.
+fn diagnostics(dt: Dtype, c: i32, eps: f32, reps: usize) -> anyhow::Result<()> {
+    let l = 4224;
+    let xs = (0..SETS)
+        .map(|i| randn(&[1, l, c], 50 + i as u64, dt))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sh = randn(&[1, c], 9, dt)?;
+    let sc = randn(&[1, c], 10, dt)?;
+    let one = Array::from_f32(1.0).as_dtype(dt)?;
+    println!(
+        "diagnostics at 1x{l}x{c} bf16, MLX_MAX_OPS_PER_BUFFER={:?}",
+        std::env::var("MLX_MAX_OPS_PER_BUFFER").ok()
+    );
+    println!("| op | K per eval | host build ms/op | eval ms/op | total ms/op |");
+    println!("|---|---|---|---|---|");
+    let fused = |i: usize| {
+        Ok(fo::fused::layer_norm_modulate(
+            &xs[i % SETS],
+            &sh,
+            &sc,
+            eps,
+        )?)
+    };
+    let copy = |i: usize| Ok(mlx_rs::ops::multiply(&xs[i % SETS], &one)?);
+    let unfused = |i: usize| {
+        Ok(fo::reference::layer_norm_modulate(
+            &xs[i % SETS],
+            &sh,
+            &sc,
+            eps,
+        )?)
+    };
+    let gated = |i: usize| {
+        Ok(fo::fused::gated_residual(
+            &xs[i % SETS],
+            &sc,
+            &xs[(i + 1) % SETS],
+        )?)
+    };
+    let ops: [(&str, &OpFn); 4] = [
+        ("ln_mod fused", &fused),
+        ("x·1 (MLX)", &copy),
+        ("ln_mod unfused", &unfused),
+        ("gated fused", &gated),
+    ];
+    for (name, f) in ops {
+        for k in [1, 4, 32, 128] {
+            let (b, e) = split_ms(reps, k, f)?;
+            println!("| {name} | {k} | {b:.4} | {e:.4} | {:.4} |", b + e);
+        }
+    }
+    println!("\n| dependent chain of 32 | ms/op |");
+    println!("|---|---|");
+    let f = chain_ms(reps, 32, &xs[0], &|y| {
+        Ok(fo::fused::layer_norm_modulate(y, &sh, &sc, eps)?)
+    })?;
+    println!("| ln_mod fused | {f:.4} |");
+    let f = chain_ms(reps, 32, &xs[0], &|y| Ok(mlx_rs::ops::multiply(y, &one)?))?;
+    println!("| x·1 (MLX) | {f:.4} |");
+    let f = chain_ms(reps, 32, &xs[0], &|y| {
+        Ok(fo::reference::layer_norm_modulate(y, &sh, &sc, eps)?)
+    })?;
+    println!("| ln_mod unfused | {f:.4} |");
     Ok(())
 }

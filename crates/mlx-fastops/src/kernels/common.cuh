@@ -67,7 +67,8 @@ template <typename T, int C, int TPB, int W>
 __device__ __forceinline__ void fo_ln_modulate_row(
     const T* xr, const T* sh, const T* sc, T* yr, float eps, float* red, int tid) {
   constexpr int NACC = C / W;
-  constexpr int APT = (NACC + TPB - 1) / TPB;
+  // at least 1: the vector instantiation exists (unused) even when C < W
+  constexpr int APT = NACC > 0 ? (NACC + TPB - 1) / TPB : 1;
   float v[APT * W];
   float s = 0.0f;
 #pragma unroll

@@ -47,7 +47,8 @@ inline void fo_ln_modulate_row(
     const device T* xr, const device T* sh, const device T* sc, device T* yr, float eps,
     threadgroup float* red, int tid) {
   constexpr int NACC = C / W;
-  constexpr int APT = (NACC + TPB - 1) / TPB;
+  // at least 1: the vector instantiation exists (unused) even when C < W
+  constexpr int APT = NACC > 0 ? (NACC + TPB - 1) / TPB : 1;
   float v[APT * W];
   float s = 0.0f;
   for (int i = 0; i < APT; ++i) {

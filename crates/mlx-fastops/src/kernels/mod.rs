@@ -37,6 +37,9 @@ pub(crate) struct OutputSpec {
 /// A kernel's identity and sources.
 struct Spec {
     op: &'static str,
+    /// Base name; the kernel is registered as `<name>_<hash of the sources>` because MLX
+    /// caches compiled kernels by name (in memory and, for CUDA, as PTX on disk under
+    /// `$TMPDIR/mlx/<version>/ptx`), so an edited source must not reuse an old name.
     name: &'static str,
     inputs: &'static [&'static str],
     outputs: &'static [&'static str],
@@ -51,6 +54,31 @@ struct Launch<'a> {
     grid: (i32, i32, i32),
     block: (i32, i32, i32),
     template: Vec<(&'static str, TemplateArg)>,
+}
+
+/// FNV-1a over the bytes of `parts`.
+const fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut p = 0;
+    while p < parts.len() {
+        let b = parts[p].as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            h ^= b[i] as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            i += 1;
+        }
+        p += 1;
+    }
+    h
+}
+
+impl Spec {
+    /// The registered kernel name: base name plus a hash of every source it is built from.
+    fn full_name(&self) -> String {
+        let h = fnv1a(&[CUDA_HEADER, METAL_HEADER, self.cuda, self.metal]);
+        format!("{}_{:08x}", self.name, h as u32)
+    }
 }
 
 const CUDA_HEADER: &str = include_str!("common.cuh");
@@ -101,16 +129,32 @@ fn run(path: Path, spec: &Spec, launch: Launch<'_>) -> Result<Array> {
 }
 
 #[cfg(not(target_os = "macos"))]
+thread_local! {
+    /// Kernel objects by base name, created once per thread (creating one copies the
+    /// sources; compilation is cached by MLX either way).
+    static CUDA_KERNELS: std::cell::RefCell<std::collections::HashMap<&'static str, std::rc::Rc<cuda::CudaKernel>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+#[cfg(not(target_os = "macos"))]
 fn run_cuda(spec: &Spec, l: Launch<'_>) -> Result<Vec<Array>> {
-    let k = cuda::CudaKernel::new(
-        spec.op,
-        spec.name,
-        spec.inputs,
-        spec.outputs,
-        spec.cuda,
-        CUDA_HEADER,
-        true,
-    )?;
+    let cached = CUDA_KERNELS.with_borrow(|m| m.get(spec.name).cloned());
+    let k = match cached {
+        Some(k) => k,
+        None => {
+            let k = std::rc::Rc::new(cuda::CudaKernel::new(
+                spec.op,
+                &spec.full_name(),
+                spec.inputs,
+                spec.outputs,
+                spec.cuda,
+                CUDA_HEADER,
+                true,
+            )?);
+            CUDA_KERNELS.with_borrow_mut(|m| m.insert(spec.name, k.clone()));
+            k
+        }
+    };
     let stream = Stream::thread_local_or_default();
     // SAFETY: the planners below size the grid so that every output element is written
     // exactly once and every access stays inside the (row-contiguous) buffers; each
@@ -130,7 +174,7 @@ fn run_metal(spec: &Spec, l: Launch<'_>) -> Result<Vec<Array>> {
         MetalKernel, MetalKernelApplyOptions, MetalKernelOptions, MetalKernelOutput,
     };
     let k = MetalKernel::new(
-        spec.name,
+        &spec.full_name(),
         spec.inputs,
         spec.outputs,
         spec.metal,
