@@ -1,8 +1,49 @@
-//! The qwen-image pipeline: text → prompt embeddings → denoising with the flow-matching
-//! scheduler → VAE decode → image, assembled from the stage crates of qwen-image-rs
-//! (`qwen-text-encoder`, `qwen-dit`, `flow-scheduler`, `qwen-vae`, `mlx-fastops`).
+//! # qwen_image
 //!
-//! This crate is the only one that knows all stages; the `qwen-image` binary is a thin
-//! command line over it.
+//! The Qwen-Image text-to-image pipeline on MLX: prompt → text embeddings
+//! (`qwen-text-encoder`) → denoising of 2×2-packed latents by the MMDiT (`qwen-dit`) under the
+//! flow-matching Euler schedule (`flow-scheduler`), with true classifier-free guidance →
+//! unpacking → VAE decode (`qwen-vae`) → 8-bit RGB. This crate is the only one that knows all
+//! stages; the `qwen-image` binary is a thin command line over it.
+//!
+//! It mirrors diffusers 0.42.1 `QwenImagePipeline`
+//! (`diffusers/pipelines/qwenimage/pipeline_qwenimage.py`): `prepare_latents` /
+//! `_pack_latents` / `_unpack_latents` ([`latents`]), `calculate_shift` +
+//! `retrieve_timesteps` (μ from the packed sequence length), true CFG with norm rescale only
+//! when `true_cfg_scale > 1` and a negative prompt is given, the transformer called with
+//! `t / 1000`, and the VAE decode with `latents_mean` / `latents_std` ([`pipeline`]).
+//! Every size comes from the checkpoint's configs ([`checkpoint`]).
+//!
+//! Memory is staged: the text encoder is loaded, used and freed before the transformer is
+//! loaded; the VAE is loaded after denoising.
+//!
+//! ```no_run
+//! use qwen_image::{GenerateRequest, Noise, PipelineOptions, QwenImagePipeline};
+//!
+//! # fn main() -> Result<(), qwen_image::PipelineError> {
+//! let dir = qwen_image::hub::resolve_model("Qwen/Qwen-Image", &qwen_image::hub::HubEnv::from_process(), false)?;
+//! let options = PipelineOptions { dtype: mlx_rs::Dtype::Bfloat16, ..Default::default() };
+//! let mut pipe = QwenImagePipeline::load(&dir, options)?;
+//! let mut req = GenerateRequest::new("a red fox in the snow, watercolor");
+//! req.negative_prompt = Some(" ".into());
+//! req.noise = Noise::Seed(42);
+//! let images = pipe.generate(&req)?;
+//! qwen_image::output::write_png("fox.png".as_ref(), &images[0])?;
+//! # Ok(()) }
+//! ```
 
+pub mod checkpoint;
+pub mod error;
+pub mod hub;
 pub mod info;
+pub mod latents;
+pub mod output;
+pub mod pipeline;
+
+pub use checkpoint::{CheckpointConfigs, ComponentPaths};
+pub use error::{PipelineError, Result};
+pub use output::Image;
+pub use pipeline::{
+    Event, GenerateRequest, Generation, Noise, Phase, PhaseStats, PipelineOptions,
+    QwenImagePipeline, Timings,
+};

@@ -1,6 +1,14 @@
 //! `qwen-image`: generate images with Qwen-Image on MLX.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use mlx_rs::Dtype;
+use qwen_image::info::human_bytes;
+use qwen_image::{Event, GenerateRequest, Noise, Phase, PipelineOptions, QwenImagePipeline};
 
 /// Qwen-Image text-to-image inference on MLX (Metal, CUDA or CPU).
 #[derive(Debug, Parser)]
@@ -14,14 +22,279 @@ struct Cli {
 enum Command {
     /// Print the MLX version, the backend in use, the default device and its memory.
     Info,
+    /// Generate images from a text prompt.
+    ///
+    /// Example: qwen-image generate --model Qwen/Qwen-Image --prompt "a red fox in the snow,
+    /// watercolor" --negative-prompt " " --seed 42 --output fox.png
+    Generate(GenerateArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Debug, clap::Args)]
+struct GenerateArgs {
+    /// Checkpoint: a directory in the diffusers layout (model_index.json, transformer/, vae/,
+    /// text_encoder/, tokenizer/, scheduler/) or a Hugging Face id such as Qwen/Qwen-Image,
+    /// looked up in the local Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else
+    /// ~/.cache/huggingface/hub).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    model: String,
+    /// The text prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Negative prompt. True CFG (two transformer passes per step) runs only with a negative
+    /// prompt and --true-cfg-scale > 1.
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// True classifier-free guidance scale.
+    #[arg(long, default_value_t = 4.0)]
+    true_cfg_scale: f32,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Image width in pixels (a multiple of 16).
+    #[arg(long, default_value_t = 1024)]
+    width: usize,
+    /// Image height in pixels (a multiple of 16).
+    #[arg(long, default_value_t = 1024)]
+    height: usize,
+    /// Seed of the initial noise (MLX's generator); image i of --num-images uses seed + i.
+    /// Random (and printed) when absent.
+    #[arg(long, conflicts_with = "init_latents")]
+    seed: Option<u64>,
+    /// Initial noise from a safetensors file: a float32 tensor `latents` of shape
+    /// (N, 1, 16, H/8, W/8) (diffusers' unpacked noise layout; N = --num-images).
+    #[arg(long, value_name = "FILE")]
+    init_latents: Option<PathBuf>,
+    /// Compute dtype [default: bf16 on a GPU, f32 on the CPU].
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    /// Quantize the transformer's Linear layers to 4 or 8 bits when loading (MLX affine,
+    /// group size 64).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["4", "8"]))]
+    quantize: Option<String>,
+    /// Number of images. With N > 1 the files are FILE-0.png, FILE-1.png, … next to --output.
+    #[arg(long, default_value_t = 1)]
+    num_images: usize,
+    /// Output PNG (written atomically: nothing appears under this name unless the run
+    /// succeeds).
+    #[arg(long, value_name = "FILE.png", default_value = "qwen-image.png")]
+    output: PathBuf,
+    /// Maximum prompt length in tokens after the template (1..=1024).
+    #[arg(long, default_value_t = qwen_text_encoder::DEFAULT_MAX_SEQUENCE_LENGTH)]
+    max_sequence_length: usize,
+    /// Never download: fail when a hub id is not in the local cache (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // splitmix64 of time and pid
+    let mut z = nanos ^ ((std::process::id() as u64) << 32);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) % (1 << 53)
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let t_total = Instant::now();
+    // Cheap checks first: nothing heavy runs before the output is known to be writable.
+    anyhow::ensure!(args.num_images >= 1, "--num-images must be at least 1");
+    let outputs = qwen_image::output::output_paths(&args.output, args.num_images);
+    for o in &outputs {
+        qwen_image::output::check_output(o)?;
+    }
+    let runtime = qwen_image::info::runtime_info()?;
+    let dtype = match args.dtype {
+        Some(DtypeArg::F32) => Dtype::Float32,
+        Some(DtypeArg::Bf16) => Dtype::Bfloat16,
+        Some(DtypeArg::F16) => Dtype::Float16,
+        None if runtime.default_is_gpu => Dtype::Bfloat16,
+        None => Dtype::Float32,
+    };
+    let quantize = args
+        .quantize
+        .as_deref()
+        .map(|b| b.parse::<i32>().map(qwen_dit::QuantizeSpec::new))
+        .transpose()
+        .context("--quantize")?;
+
+    let t_open = Instant::now();
+    let env = qwen_image::hub::HubEnv::from_process();
+    let model_dir = qwen_image::hub::resolve_model(&args.model, &env, !args.offline)?;
+    let options = PipelineOptions {
+        dtype,
+        quantize,
+        keep_transformer: false,
+    };
+    let mut pipe = QwenImagePipeline::load(&model_dir, options)
+        .with_context(|| format!("checkpoint {}", model_dir.display()))?;
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let mut req = GenerateRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        true_cfg_scale: args.true_cfg_scale,
+        steps: args.steps,
+        width: args.width,
+        height: args.height,
+        num_images: args.num_images,
+        noise: Noise::Seed(seed),
+        max_sequence_length: args.max_sequence_length,
+    };
+    pipe.validate(&req)?;
+    if let Some(path) = &args.init_latents {
+        let (h, w) = pipe.latent_size(req.width, req.height);
+        let z = pipe.configs().latent_channels();
+        req.noise = Noise::Latents(qwen_image::latents::load_init_latents(
+            path,
+            req.num_images,
+            z,
+            h,
+            w,
+        )?);
+        pipe.validate(&req)?;
+    }
+    let open_time = t_open.elapsed();
+
+    eprintln!(
+        "qwen-image: {} on {} ({}), {:?}, {}×{}, {} steps, true CFG {}",
+        model_dir.display(),
+        runtime.backend,
+        runtime.default_device,
+        dtype,
+        req.width,
+        req.height,
+        req.steps,
+        if req.does_true_cfg() {
+            format!("on (scale {})", req.true_cfg_scale)
+        } else {
+            "off".into()
+        }
+    );
+    let total_steps = (req.steps * req.num_images) as u64;
+    let mut bar: Option<ProgressBar> = None;
+    let mut on_event = |e: Event| match e {
+        Event::PhaseStart(Phase::Denoise) => {
+            let b = ProgressBar::new(total_steps);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "denoising {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar = Some(b);
+        }
+        Event::PhaseStart(p) => eprintln!("{p} …"),
+        Event::PhaseEnd(Phase::Denoise, _) => {
+            if let Some(b) = bar.take() {
+                b.finish();
+            }
+        }
+        Event::PhaseEnd(..) => {}
+        Event::Step {
+            image,
+            num_images,
+            elapsed,
+            ..
+        } => {
+            if let Some(b) = &bar {
+                if num_images > 1 {
+                    b.set_message(format!(
+                        "image {}/{num_images}, {:.0} ms/step",
+                        image + 1,
+                        elapsed.as_secs_f64() * 1e3
+                    ));
+                } else {
+                    b.set_message(format!("{:.0} ms/step", elapsed.as_secs_f64() * 1e3));
+                }
+                b.inc(1);
+            }
+        }
+        Event::Warning(w) => match &bar {
+            Some(b) => b.println(format!("warning: {w}")),
+            None => eprintln!("warning: {w}"),
+        },
+    };
+    let result = pipe.generate_with(&req, &mut on_event)?;
+    let t_write = Instant::now();
+    for (img, path) in result.images.iter().zip(&outputs) {
+        qwen_image::output::write_png(path, img)?;
+        println!("wrote {} ({}×{})", path.display(), img.width, img.height);
+    }
+    let write_time = t_write.elapsed();
+
+    let t = &result.timings;
+    match &req.noise {
+        Noise::Seed(s) if req.num_images > 1 => {
+            println!("seed:     {s} (image i uses seed {s} + i)")
+        }
+        Noise::Seed(s) => println!("seed:     {s}"),
+        Noise::Latents(_) => println!(
+            "noise:    {}",
+            args.init_latents
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ),
+    }
+    println!(
+        "load:     {} (checkpoint check {}, text encoder {}, transformer {}, VAE {})",
+        secs(open_time + t.load_total()),
+        secs(open_time),
+        secs(t.load_text_encoder.time),
+        secs(t.load_transformer.time),
+        secs(t.load_vae.time)
+    );
+    println!("encode:   {}", secs(t.encode.time));
+    println!(
+        "denoise:  {} ({} steps, {:.1} ms/step{})",
+        secs(t.denoise.time),
+        t.step_times.len(),
+        t.mean_step().as_secs_f64() * 1e3,
+        if req.does_true_cfg() {
+            ", 2 transformer passes each"
+        } else {
+            ""
+        }
+    );
+    println!("decode:   {}", secs(t.decode.time));
+    println!("write:    {}", secs(write_time));
+    println!("total:    {}", secs(t_total.elapsed()));
+    println!(
+        "peak memory: {} (text encoder {}, denoise {}, decode {})",
+        human_bytes(t.peak_memory()),
+        human_bytes(t.encode.peak_memory.max(t.load_text_encoder.peak_memory)),
+        human_bytes(t.denoise.peak_memory.max(t.load_transformer.peak_memory)),
+        human_bytes(t.decode.peak_memory.max(t.load_vae.peak_memory))
+    );
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Info => {
-            print!("{}", qwen_image::info::runtime_info()?);
+    let result = match cli.command {
+        Command::Info => qwen_image::info::runtime_info().map(|i| print!("{i}")),
+        Command::Generate(args) => generate(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
-    Ok(())
 }

@@ -1,0 +1,179 @@
+//! Output files: names for several images, an up-front writability check, and atomic PNG
+//! writes (a temporary file in the destination folder, renamed into place), so a failed run
+//! never leaves a partial or stale image under the requested name.
+
+use std::fs;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use image::ImageEncoder;
+use image::codecs::png::PngEncoder;
+
+use crate::error::{PipelineError, Result};
+
+/// An 8-bit RGB image, row-major, 3 bytes per pixel.
+pub use qwen_vae::RgbImage as Image;
+
+fn out_err(path: &Path, msg: impl Into<String>) -> PipelineError {
+    PipelineError::Output {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// The files `n` images go to: `output` itself for one image, otherwise
+/// `<stem>-0.png`, `<stem>-1.png`, … next to it.
+pub fn output_paths(output: &Path, n: usize) -> Vec<PathBuf> {
+    if n == 1 {
+        return vec![output.to_path_buf()];
+    }
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let ext = output
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
+    (0..n)
+        .map(|i| output.with_file_name(format!("{stem}-{i}.{ext}")))
+        .collect()
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Checks, before any heavy work, that `path` can receive a PNG: it ends in `.png`, is not a
+/// directory, and its folder exists and accepts a new file (probed by creating and removing
+/// a temporary file).
+pub fn check_output(path: &Path) -> Result<()> {
+    let is_png = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !is_png {
+        return Err(out_err(path, "the output must be a .png file"));
+    }
+    if path.is_dir() {
+        return Err(out_err(path, "is a directory"));
+    }
+    let dir = parent_dir(path);
+    if !dir.is_dir() {
+        return Err(out_err(
+            path,
+            format!("folder {} does not exist", dir.display()),
+        ));
+    }
+    let probe = dir.join(format!(".qwen-image-probe-{}", std::process::id()));
+    match fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+        }
+        Err(e) => {
+            return Err(out_err(
+                path,
+                format!("cannot write into {}: {e}", dir.display()),
+            ));
+        }
+    }
+    if let Ok(meta) = fs::metadata(path)
+        && meta.permissions().readonly()
+    {
+        return Err(out_err(path, "exists and is read-only"));
+    }
+    Ok(())
+}
+
+/// Encodes `image` as PNG into `path` atomically (temporary file in the same folder, then
+/// rename).
+pub fn write_png(path: &Path, image: &Image) -> Result<()> {
+    if image.data.len() != image.width * image.height * 3 {
+        return Err(out_err(
+            path,
+            format!(
+                "image buffer has {} bytes for {}×{} RGB",
+                image.data.len(),
+                image.width,
+                image.height
+            ),
+        ));
+    }
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image.png".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let file = fs::File::create(&tmp).map_err(|e| out_err(path, e.to_string()))?;
+        let mut w = BufWriter::new(file);
+        PngEncoder::new(&mut w)
+            .write_image(
+                &image.data,
+                image.width as u32,
+                image.height as u32,
+                image::ExtendedColorType::Rgb8,
+            )
+            .map_err(|e| out_err(path, format!("PNG encoding failed: {e}")))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| out_err(path, e.error().to_string()))?;
+        file.sync_all().map_err(|e| out_err(path, e.to_string()))?;
+        fs::rename(&tmp, path).map_err(|e| out_err(path, e.to_string()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_names_for_several_images() {
+        assert_eq!(
+            output_paths(Path::new("out/fox.png"), 1),
+            vec![PathBuf::from("out/fox.png")]
+        );
+        assert_eq!(
+            output_paths(Path::new("out/fox.png"), 3),
+            vec![
+                PathBuf::from("out/fox-0.png"),
+                PathBuf::from("out/fox-1.png"),
+                PathBuf::from("out/fox-2.png")
+            ]
+        );
+    }
+
+    #[test]
+    fn png_round_trip_and_checks() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let path = tmp.path().join("a.png");
+        check_output(&path)?;
+        let img = Image {
+            width: 3,
+            height: 2,
+            data: (0..18).map(|i| (i * 13) as u8).collect(),
+        };
+        write_png(&path, &img)?;
+        let back = image::open(&path)?.to_rgb8();
+        assert_eq!(back.dimensions(), (3, 2));
+        assert_eq!(back.into_raw(), img.data);
+        // no temporary file left behind
+        assert_eq!(fs::read_dir(tmp.path())?.count(), 1);
+
+        assert!(check_output(&tmp.path().join("a.jpg")).is_err());
+        assert!(check_output(&tmp.path().join("missing/a.png")).is_err());
+        let d = tmp.path().join("d.png");
+        fs::create_dir(&d)?;
+        assert!(check_output(&d).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,595 @@
+//! The text-to-image pipeline (diffusers `QwenImagePipeline.__call__`), with memory staging:
+//! the text encoder is loaded, run and freed before the transformer is loaded; the VAE is
+//! loaded only after denoising.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use flow_scheduler::FlowMatchEulerScheduler;
+use mlx_rs::ops::indexing::IndexOp;
+use mlx_rs::{Array, Dtype, ops};
+use qwen_dit::{QuantizeSpec, QwenImageTransformer, RopeTables};
+use qwen_text_encoder::{MAX_SEQUENCE_LENGTH_LIMIT, TextEncoder};
+use qwen_vae::QwenImageVae;
+
+use crate::checkpoint::{CheckpointConfigs, ComponentPaths};
+use crate::error::{PipelineError, Result};
+use crate::latents::{pack_latents, seeded_noise, unpack_latents};
+use crate::output::Image;
+
+/// The pipeline divides the scheduler's timestep by this before the transformer sees it
+/// (`timestep / 1000` in `QwenImagePipeline.__call__`).
+const TIMESTEP_DIVISOR: f32 = 1000.0;
+
+/// How a pipeline is loaded.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Compute dtype of every component (f32, bf16 or f16; fp16 activations overflow in the
+    /// DiT, prefer bf16 on GPUs and f32 on CPUs).
+    pub dtype: Dtype,
+    /// Quantize the transformer's float Linear layers when loading it.
+    pub quantize: Option<QuantizeSpec>,
+    /// Keep the transformer loaded between [`QwenImagePipeline::generate`] calls (faster
+    /// repeated generation) instead of freeing it before the VAE decode (lower peak memory).
+    pub keep_transformer: bool,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            dtype: Dtype::Float32,
+            quantize: None,
+            keep_transformer: true,
+        }
+    }
+}
+
+/// Where the initial noise comes from.
+#[derive(Debug, Clone)]
+pub enum Noise {
+    /// MLX's normal generator; image `i` uses seed `seed + i` (so image 3 of a run with seed
+    /// 42 is image 0 of a run with seed 45).
+    Seed(u64),
+    /// Given unpacked latents `(num_images, 1, z_dim, H/r, W/r)` (diffusers' noise layout).
+    Latents(Array),
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// The prompt (must not be empty).
+    pub prompt: String,
+    /// The negative prompt; true CFG runs only with one and `true_cfg_scale > 1`.
+    pub negative_prompt: Option<String>,
+    /// True classifier-free guidance scale (diffusers' default 4.0).
+    pub true_cfg_scale: f32,
+    /// Denoising steps (≥ 1; diffusers' default 50).
+    pub steps: usize,
+    /// Image width in pixels, a multiple of [`CheckpointConfigs::size_multiple`] (16).
+    pub width: usize,
+    /// Image height in pixels, a multiple of [`CheckpointConfigs::size_multiple`] (16).
+    pub height: usize,
+    /// Number of images (generated one after another with the same prompt).
+    pub num_images: usize,
+    /// Initial noise.
+    pub noise: Noise,
+    /// Prompt tokens kept after the template (1..=1024, default 512).
+    pub max_sequence_length: usize,
+}
+
+impl GenerateRequest {
+    /// A request with diffusers' defaults: 1024×1024, 50 steps, true CFG scale 4, no negative
+    /// prompt, one image, seed 0, max_sequence_length 512.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: None,
+            true_cfg_scale: 4.0,
+            steps: 50,
+            width: 1024,
+            height: 1024,
+            num_images: 1,
+            noise: Noise::Seed(0),
+            max_sequence_length: qwen_text_encoder::DEFAULT_MAX_SEQUENCE_LENGTH,
+        }
+    }
+
+    /// Whether this request runs true CFG (scale > 1 and a negative prompt).
+    pub fn does_true_cfg(&self) -> bool {
+        self.true_cfg_scale > 1.0 && self.negative_prompt.is_some()
+    }
+}
+
+/// Pipeline phases, for progress reports and timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Loading the tokenizer and text encoder.
+    LoadTextEncoder,
+    /// Encoding the prompt(s).
+    Encode,
+    /// Loading the transformer.
+    LoadTransformer,
+    /// The denoising loop.
+    Denoise,
+    /// Loading the VAE.
+    LoadVae,
+    /// Decoding latents to images.
+    Decode,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::LoadTextEncoder => "loading text encoder",
+            Phase::Encode => "encoding prompt",
+            Phase::LoadTransformer => "loading transformer",
+            Phase::Denoise => "denoising",
+            Phase::LoadVae => "loading VAE",
+            Phase::Decode => "decoding",
+        })
+    }
+}
+
+/// What the pipeline reports while it runs.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A phase begins.
+    PhaseStart(Phase),
+    /// A phase ended after the given time.
+    PhaseEnd(Phase, Duration),
+    /// A denoising step finished (its latents are evaluated).
+    Step {
+        /// Image index (0-based).
+        image: usize,
+        /// Images in the request.
+        num_images: usize,
+        /// Step index (0-based).
+        step: usize,
+        /// Steps per image.
+        steps: usize,
+        /// Time this step took.
+        elapsed: Duration,
+    },
+    /// A non-fatal remark (prompt truncated, CFG disabled…).
+    Warning(String),
+}
+
+/// Time and peak memory of one phase.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseStats {
+    /// Wall time.
+    pub time: Duration,
+    /// MLX peak memory during the phase, in bytes.
+    pub peak_memory: usize,
+}
+
+/// Timings of one [`QwenImagePipeline::generate_with`] call.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    /// Loading the text encoder (tokenizer + weights).
+    pub load_text_encoder: PhaseStats,
+    /// Encoding the prompt (and negative prompt).
+    pub encode: PhaseStats,
+    /// Loading the transformer (zero when it was already loaded).
+    pub load_transformer: PhaseStats,
+    /// The denoising loops of all images.
+    pub denoise: PhaseStats,
+    /// Time of every denoising step, all images in order.
+    pub step_times: Vec<Duration>,
+    /// Loading the VAE.
+    pub load_vae: PhaseStats,
+    /// Decoding all images.
+    pub decode: PhaseStats,
+}
+
+impl Timings {
+    /// Mean time per denoising step.
+    pub fn mean_step(&self) -> Duration {
+        if self.step_times.is_empty() {
+            Duration::ZERO
+        } else {
+            self.step_times.iter().sum::<Duration>() / self.step_times.len() as u32
+        }
+    }
+
+    /// Total time spent loading weights.
+    pub fn load_total(&self) -> Duration {
+        self.load_text_encoder.time + self.load_transformer.time + self.load_vae.time
+    }
+
+    /// The largest per-phase peak.
+    pub fn peak_memory(&self) -> usize {
+        [
+            self.load_text_encoder,
+            self.encode,
+            self.load_transformer,
+            self.denoise,
+            self.load_vae,
+            self.decode,
+        ]
+        .iter()
+        .map(|p| p.peak_memory)
+        .max()
+        .unwrap_or(0)
+    }
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The images, 8-bit RGB.
+    pub images: Vec<Image>,
+    /// Per-phase time and memory.
+    pub timings: Timings,
+    /// Remarks made on the way (also sent as [`Event::Warning`]).
+    pub warnings: Vec<String>,
+}
+
+/// Qwen-Image text-to-image on MLX.
+pub struct QwenImagePipeline {
+    paths: ComponentPaths,
+    configs: CheckpointConfigs,
+    options: PipelineOptions,
+    transformer: Option<QwenImageTransformer>,
+}
+
+impl std::fmt::Debug for QwenImagePipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QwenImagePipeline")
+            .field("root", &self.paths.root)
+            .field("dtype", &self.options.dtype)
+            .field("transformer_loaded", &self.transformer.is_some())
+            .finish()
+    }
+}
+
+struct PhaseTimer {
+    start: Instant,
+}
+
+impl PhaseTimer {
+    fn start(phase: Phase, on_event: &mut dyn FnMut(Event)) -> Self {
+        on_event(Event::PhaseStart(phase));
+        let _ = mlx_rs::memory::reset_peak_memory();
+        Self {
+            start: Instant::now(),
+        }
+    }
+
+    fn end(self, phase: Phase, on_event: &mut dyn FnMut(Event)) -> PhaseStats {
+        let time = self.start.elapsed();
+        on_event(Event::PhaseEnd(phase, time));
+        PhaseStats {
+            time,
+            peak_memory: mlx_rs::memory::peak_memory().unwrap_or(0),
+        }
+    }
+}
+
+fn scalar(v: f32, dtype: Dtype) -> Result<Array> {
+    Ok(Array::from_f32(v).as_dtype(dtype)?)
+}
+
+/// True CFG as the pipeline computes it: `comb = neg + s·(cond − neg)`, then
+/// `comb · ‖cond‖ / ‖comb‖` with L2 norms per token over channels. Computed in f32 and
+/// returned in `cond`'s dtype.
+pub fn true_cfg_combine(cond: &Array, neg: &Array, scale: f32) -> Result<Array> {
+    let dt = cond.dtype();
+    let c = cond.as_dtype(Dtype::Float32)?;
+    let n = neg.as_dtype(Dtype::Float32)?;
+    let comb = n.add(&c.subtract(&n)?.multiply(&Array::from_f32(scale))?)?;
+    let c_norm = ops::sqrt(&ops::sum_axis(&c.square()?, -1, true)?)?;
+    let comb_norm = ops::sqrt(&ops::sum_axis(&comb.square()?, -1, true)?)?;
+    Ok(comb.multiply(&c_norm.divide(&comb_norm)?)?.as_dtype(dt)?)
+}
+
+impl QwenImagePipeline {
+    /// Opens a checkpoint folder in the diffusers layout: reads `model_index.json` and every
+    /// component config, checks that they fit together and that every weight file is
+    /// complete. No weights are loaded here (see the type's staging).
+    pub fn load(model_dir: &Path, options: PipelineOptions) -> Result<Self> {
+        if !matches!(
+            options.dtype,
+            Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float16
+        ) {
+            return Err(PipelineError::InvalidRequest(format!(
+                "dtype {:?} is not supported (f32, bf16 or f16)",
+                options.dtype
+            )));
+        }
+        if let Some(q) = &options.quantize {
+            q.validate()?;
+        }
+        let paths = ComponentPaths::from_root(model_dir)?;
+        let configs = paths.read_configs()?;
+        paths.check_files()?;
+        // The tokenizer is small: load it now so that a broken one fails before heavy work.
+        qwen_text_encoder::QwenTokenizer::from_dir(&paths.tokenizer)?;
+        Ok(Self {
+            paths,
+            configs,
+            options,
+            transformer: None,
+        })
+    }
+
+    /// The component folders.
+    pub fn paths(&self) -> &ComponentPaths {
+        &self.paths
+    }
+
+    /// The component configs.
+    pub fn configs(&self) -> &CheckpointConfigs {
+        &self.configs
+    }
+
+    /// The options the pipeline was loaded with.
+    pub fn options(&self) -> &PipelineOptions {
+        &self.options
+    }
+
+    /// Latent grid `(h, w)` for an image size.
+    pub fn latent_size(&self, width: usize, height: usize) -> (usize, usize) {
+        let r = self.configs.vae_scale_factor();
+        (height / r, width / r)
+    }
+
+    fn scheduler(&self, req: &GenerateRequest) -> Result<FlowMatchEulerScheduler> {
+        let mut sched = FlowMatchEulerScheduler::new(self.configs.scheduler.clone())?;
+        let p = self.configs.patch_size();
+        let (h, w) = self.latent_size(req.width, req.height);
+        let seq_len = (h / p) * (w / p);
+        let mu = if sched.config().use_dynamic_shifting {
+            Some(sched.mu(seq_len)?)
+        } else {
+            None
+        };
+        sched.set_timesteps(req.steps, mu)?;
+        Ok(sched)
+    }
+
+    /// Checks a request against this checkpoint without doing any heavy work.
+    pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
+        let bad = |m: String| Err(PipelineError::InvalidRequest(m));
+        if req.prompt.trim().is_empty() {
+            return bad("the prompt is empty".into());
+        }
+        if req.steps == 0 {
+            return bad("steps must be at least 1".into());
+        }
+        if req.num_images == 0 {
+            return bad("the number of images must be at least 1".into());
+        }
+        let m = self.configs.size_multiple();
+        for (name, v) in [("width", req.width), ("height", req.height)] {
+            if v == 0 || v % m != 0 {
+                return bad(format!(
+                    "{name} {v} is not a positive multiple of {m} (the VAE's {}× compression × \
+                     the transformer's {}×{} patches); try {}",
+                    self.configs.vae_scale_factor(),
+                    self.configs.patch_size(),
+                    self.configs.patch_size(),
+                    (v.div_ceil(m).max(1)) * m
+                ));
+            }
+        }
+        if req.max_sequence_length == 0 || req.max_sequence_length > MAX_SEQUENCE_LENGTH_LIMIT {
+            return bad(format!(
+                "max sequence length must be in 1..={MAX_SEQUENCE_LENGTH_LIMIT}, got {}",
+                req.max_sequence_length
+            ));
+        }
+        if !req.true_cfg_scale.is_finite() {
+            return bad(format!(
+                "true CFG scale must be finite, got {}",
+                req.true_cfg_scale
+            ));
+        }
+        if let Noise::Latents(a) = &req.noise {
+            let (h, w) = self.latent_size(req.width, req.height);
+            let want = [
+                req.num_images as i32,
+                1,
+                self.configs.latent_channels() as i32,
+                h as i32,
+                w as i32,
+            ];
+            if a.shape() != want || a.dtype() != Dtype::Float32 {
+                return bad(format!(
+                    "initial latents are {:?} {:?}; this request needs float32 {want:?}",
+                    a.dtype(),
+                    a.shape()
+                ));
+            }
+        }
+        // The schedule is cheap to build and rejects what the scheduler cannot run.
+        self.scheduler(req)?;
+        Ok(())
+    }
+
+    /// Generates images (see [`Self::generate_with`] for progress reports and timings).
+    pub fn generate(&mut self, req: &GenerateRequest) -> Result<Vec<Image>> {
+        Ok(self.generate_with(req, &mut |_| {})?.images)
+    }
+
+    /// Generates images, reporting phases and steps to `on_event`.
+    ///
+    /// Staging: load text encoder → encode prompt (and negative prompt) → free the encoder →
+    /// load the transformer (unless kept from an earlier call) → denoise each image (one
+    /// evaluation per step) → free the transformer unless
+    /// [`PipelineOptions::keep_transformer`] → load the VAE → decode → free the VAE.
+    pub fn generate_with(
+        &mut self,
+        req: &GenerateRequest,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Generation> {
+        self.validate(req)?;
+        let dt = self.options.dtype;
+        let mut timings = Timings::default();
+        let mut warnings = Vec::new();
+        let mut warn = |w: String, on_event: &mut dyn FnMut(Event)| {
+            on_event(Event::Warning(w.clone()));
+            warnings.push(w);
+        };
+        let cfg = req.does_true_cfg();
+        if req.true_cfg_scale > 1.0 && req.negative_prompt.is_none() {
+            warn(
+                format!(
+                    "true CFG scale is {} but there is no negative prompt: classifier-free \
+                     guidance is off",
+                    req.true_cfg_scale
+                ),
+                on_event,
+            );
+        } else if req.true_cfg_scale <= 1.0 && req.negative_prompt.is_some() {
+            warn(
+                "a negative prompt is given but true CFG scale ≤ 1: it is not used".into(),
+                on_event,
+            );
+        }
+
+        // 1. Text: load, encode, free.
+        let t = PhaseTimer::start(Phase::LoadTextEncoder, on_event);
+        let encoder = TextEncoder::load(&self.paths.text_encoder, &self.paths.tokenizer, dt)?;
+        timings.load_text_encoder = t.end(Phase::LoadTextEncoder, on_event);
+        let t = PhaseTimer::start(Phase::Encode, on_event);
+        let cond = encoder.encode_prompts(&[req.prompt.as_str()], req.max_sequence_length)?;
+        let neg = match (&req.negative_prompt, cfg) {
+            (Some(n), true) => {
+                Some(encoder.encode_prompts(&[n.as_str()], req.max_sequence_length)?)
+            }
+            _ => None,
+        };
+        let mut to_eval = vec![&cond.embeds];
+        if let Some(n) = &neg {
+            to_eval.push(&n.embeds);
+        }
+        mlx_rs::transforms::eval(to_eval)?;
+        drop(encoder);
+        mlx_rs::memory::clear_cache()?;
+        timings.encode = t.end(Phase::Encode, on_event);
+        for w in cond
+            .warnings
+            .iter()
+            .chain(neg.iter().flat_map(|n| n.warnings.iter()))
+        {
+            warn(w.clone(), on_event);
+        }
+
+        // 2. Transformer.
+        if self.transformer.is_none() {
+            let t = PhaseTimer::start(Phase::LoadTransformer, on_event);
+            let model = QwenImageTransformer::load(
+                &self.paths.transformer,
+                dt,
+                self.options.quantize.clone(),
+            )?;
+            self.transformer = Some(model);
+            timings.load_transformer = t.end(Phase::LoadTransformer, on_event);
+        }
+        let latents = self.denoise(
+            req,
+            &cond.embeds,
+            neg.as_ref().map(|n| &n.embeds),
+            &mut timings,
+            on_event,
+        );
+        if !self.options.keep_transformer {
+            self.transformer = None;
+            mlx_rs::memory::clear_cache()?;
+        }
+        let latents = latents?;
+        drop((cond, neg));
+
+        // 3. VAE.
+        let t = PhaseTimer::start(Phase::LoadVae, on_event);
+        let vae = QwenImageVae::load(&self.paths.vae, dt)?;
+        timings.load_vae = t.end(Phase::LoadVae, on_event);
+        let t = PhaseTimer::start(Phase::Decode, on_event);
+        let (h, w) = self.latent_size(req.width, req.height);
+        let mut images = Vec::with_capacity(latents.len());
+        for packed in &latents {
+            let z = unpack_latents(packed, h, w, self.configs.patch_size())?;
+            let decoded = vae.decode(&vae.denormalize_latents(&z)?)?;
+            images.extend(qwen_vae::to_rgb8(&decoded)?);
+        }
+        drop(vae);
+        mlx_rs::memory::clear_cache()?;
+        timings.decode = t.end(Phase::Decode, on_event);
+        Ok(Generation {
+            images,
+            timings,
+            warnings,
+        })
+    }
+
+    /// The denoising loops; returns each image's final packed latents (evaluated).
+    fn denoise(
+        &self,
+        req: &GenerateRequest,
+        cond: &Array,
+        neg: Option<&Array>,
+        timings: &mut Timings,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Vec<Array>> {
+        let dit = self
+            .transformer
+            .as_ref()
+            .ok_or_else(|| PipelineError::InvalidRequest("transformer not loaded".into()))?;
+        let dt = self.options.dtype;
+        let p = self.configs.patch_size();
+        let (h, w) = self.latent_size(req.width, req.height);
+        let grid = [(1usize, h / p, w / p)];
+        let rope_cond = RopeTables::new(dit.config(), &grid, cond.shape()[1] as usize)?;
+        let rope_neg = match neg {
+            Some(n) => Some(RopeTables::new(dit.config(), &grid, n.shape()[1] as usize)?),
+            None => None,
+        };
+        let sched = self.scheduler(req)?;
+        let divisor = scalar(TIMESTEP_DIVISOR, dt)?;
+        let t = PhaseTimer::start(Phase::Denoise, on_event);
+        let mut out = Vec::with_capacity(req.num_images);
+        for image in 0..req.num_images {
+            let noise = match &req.noise {
+                Noise::Seed(s) => seeded_noise(
+                    s.wrapping_add(image as u64),
+                    self.configs.latent_channels(),
+                    h,
+                    w,
+                )?,
+                Noise::Latents(a) => {
+                    let i = image as i32;
+                    a.index(i..i + 1)
+                }
+            };
+            // The pipeline prepares latents in the prompt embeddings' dtype.
+            let mut x = pack_latents(&noise.as_dtype(dt)?, p)?;
+            for (i, &ts) in sched.timesteps().iter().enumerate() {
+                let start = Instant::now();
+                // `timestep = t.to(latents.dtype)`, then `timestep / 1000`.
+                let sigma = Array::from_slice(&[ts], &[1])
+                    .as_dtype(dt)?
+                    .divide(&divisor)?;
+                let mut v = dit.forward(&x, cond, None, &sigma, &rope_cond)?;
+                if let (Some(n), Some(rope_n)) = (neg, &rope_neg) {
+                    let vn = dit.forward(&x, n, None, &sigma, rope_n)?;
+                    v = true_cfg_combine(&v, &vn, req.true_cfg_scale)?;
+                }
+                x = sched.step(&v, i, &x)?;
+                x.eval()?;
+                let elapsed = start.elapsed();
+                timings.step_times.push(elapsed);
+                on_event(Event::Step {
+                    image,
+                    num_images: req.num_images,
+                    step: i,
+                    steps: req.steps,
+                    elapsed,
+                });
+            }
+            out.push(x);
+        }
+        timings.denoise = t.end(Phase::Denoise, on_event);
+        Ok(out)
+    }
+}

@@ -1,0 +1,121 @@
+//! Shared helpers of the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `fixtures/data/pipeline`, found from the crate (or from the current directory, for test
+/// binaries run elsewhere from the repository root).
+pub fn fixtures() -> PathBuf {
+    let from_crate = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/data/pipeline"
+    ));
+    if from_crate.is_dir() {
+        from_crate.to_path_buf()
+    } else {
+        PathBuf::from("fixtures/data/pipeline")
+    }
+}
+
+/// One reference case of `cases.json`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Case {
+    pub model: String,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub true_cfg_scale: f32,
+    pub steps: usize,
+    pub width: usize,
+    pub height: usize,
+    pub max_sequence_length: usize,
+    pub true_cfg: bool,
+}
+
+pub fn case(name: &str) -> Case {
+    let text = std::fs::read_to_string(fixtures().join("cases.json")).expect("cases.json");
+    let all: std::collections::BTreeMap<String, Case> =
+        serde_json::from_str(&text).expect("cases.json parses");
+    all.get(name).cloned().expect("case exists")
+}
+
+/// The reference 8-bit image (H, W, 3) of a case.
+pub fn reference_image(name: &str) -> (usize, usize, Vec<u8>) {
+    let t = mlx_weights::load_file(&fixtures().join(format!("{name}.safetensors"))).unwrap();
+    let img = t.get("image").expect("image tensor");
+    let s = img.shape().to_vec();
+    let data = img.as_slice::<u8>().to_vec();
+    (s[1] as usize, s[0] as usize, data)
+}
+
+/// PSNR in dB of two 8-bit buffers (peak 255); `f64::INFINITY` when identical.
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+}
+
+/// The `qwen-image` binary with a clean Hugging Face environment (offline, empty cache).
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qwen-image"));
+    c.env("HF_HUB_OFFLINE", "1");
+    c
+}
+
+/// `generate` arguments reproducing a reference case (f32, its initial latents).
+pub fn case_args(name: &str, output: &Path) -> Vec<String> {
+    let c = case(name);
+    let mut args = vec![
+        "generate".to_string(),
+        "--model".into(),
+        fixtures().join(&c.model).display().to_string(),
+        "--prompt".into(),
+        c.prompt.clone(),
+        "--true-cfg-scale".into(),
+        c.true_cfg_scale.to_string(),
+        "--steps".into(),
+        c.steps.to_string(),
+        "--width".into(),
+        c.width.to_string(),
+        "--height".into(),
+        c.height.to_string(),
+        "--dtype".into(),
+        "f32".into(),
+        "--max-sequence-length".into(),
+        c.max_sequence_length.to_string(),
+        "--init-latents".into(),
+        fixtures()
+            .join(format!("{name}.safetensors"))
+            .display()
+            .to_string(),
+        "--output".into(),
+        output.display().to_string(),
+    ];
+    if let Some(n) = &c.negative_prompt {
+        args.push("--negative-prompt".into());
+        args.push(n.clone());
+    }
+    args
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run qwen-image")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
