@@ -205,9 +205,9 @@ impl ComponentPaths {
     /// every safetensors file.
     pub fn check_files(&self) -> Result<()> {
         let tok = &self.tokenizer;
-        if !tok.join("tokenizer.json").is_file()
-            && !(tok.join("vocab.json").is_file() && tok.join("merges.txt").is_file())
-        {
+        let has_json = tok.join("tokenizer.json").is_file();
+        let has_bpe = tok.join("vocab.json").is_file() && tok.join("merges.txt").is_file();
+        if !(has_json || has_bpe) {
             return Err(checkpoint(
                 tok,
                 "no tokenizer: expected tokenizer.json, or vocab.json and merges.txt",

@@ -26,7 +26,7 @@ enum Command {
     ///
     /// Example: qwen-image generate --model Qwen/Qwen-Image --prompt "a red fox in the snow,
     /// watercolor" --negative-prompt " " --seed 42 --output fox.png
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -284,16 +284,33 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The error and its causes, `: `-separated, skipping causes whose text an outer message
+/// already includes (several stage errors print their source themselves).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => qwen_image::info::runtime_info().map(|i| print!("{i}")),
-        Command::Generate(args) => generate(args),
+        Command::Generate(args) => generate(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

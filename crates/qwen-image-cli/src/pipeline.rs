@@ -277,7 +277,7 @@ pub fn true_cfg_combine(cond: &Array, neg: &Array, scale: f32) -> Result<Array> 
     let dt = cond.dtype();
     let c = cond.as_dtype(Dtype::Float32)?;
     let n = neg.as_dtype(Dtype::Float32)?;
-    let comb = n.add(&c.subtract(&n)?.multiply(&Array::from_f32(scale))?)?;
+    let comb = n.add(&c.subtract(&n)?.multiply(Array::from_f32(scale))?)?;
     let c_norm = ops::sqrt(&ops::sum_axis(&c.square()?, -1, true)?)?;
     let comb_norm = ops::sqrt(&ops::sum_axis(&comb.square()?, -1, true)?)?;
     Ok(comb.multiply(&c_norm.divide(&comb_norm)?)?.as_dtype(dt)?)

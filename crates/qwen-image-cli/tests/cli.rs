@@ -1,0 +1,345 @@
+//! The `qwen-image generate` command: bad input fails early with a clear message and a
+//! non-zero exit, without writing anything; good input behaves as documented.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const CASE: &str = "tiny_square_cfg";
+
+fn base_args(out: &Path) -> Vec<String> {
+    case_args(CASE, out)
+}
+
+fn set(args: &mut Vec<String>, flag: &str, value: &str) {
+    if let Some(i) = args.iter().position(|a| a == flag) {
+        args[i + 1] = value.to_string();
+    } else {
+        args.push(flag.to_string());
+        args.push(value.to_string());
+    }
+}
+
+fn remove(args: &mut Vec<String>, flag: &str) {
+    if let Some(i) = args.iter().position(|a| a == flag) {
+        args.drain(i..i + 2);
+    }
+}
+
+/// Runs and expects failure whose stderr contains every `needles`; checks no output exists
+/// and nothing heavy ran (no phase started) — `heavy_ok` allows phases.
+fn fails(args: &[String], out: &Path, needles: &[&str]) -> String {
+    let o = run(bin().args(args));
+    let all = text(&o);
+    assert!(!o.status.success(), "expected failure:\n{all}");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{all}");
+    }
+    assert!(
+        !err.contains("loading text encoder"),
+        "heavy work started before the error:\n{all}"
+    );
+    assert!(!out.exists(), "output written on failure:\n{all}");
+    if let Some(dir) = out.parent()
+        && let Ok(rd) = fs::read_dir(dir)
+    {
+        let left: Vec<_> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp") || n.contains("probe"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
+    err
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap();
+    for e in fs::read_dir(src).unwrap().flatten() {
+        let p = e.path();
+        let q = dst.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &q);
+        } else {
+            fs::copy(&p, &q).unwrap();
+        }
+    }
+}
+
+fn tiny_copy(tmp: &Path) -> PathBuf {
+    let m = tmp.join("model");
+    copy_dir(&fixtures().join("tiny"), &m);
+    m
+}
+
+#[test]
+fn size_not_a_multiple_of_16() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    let mut a = base_args(&out);
+    set(&mut a, "--width", "40");
+    fails(&a, &out, &["width 40", "multiple of 16"]);
+    let mut a = base_args(&out);
+    set(&mut a, "--height", "0");
+    fails(&a, &out, &["height 0", "multiple of 16"]);
+}
+
+#[test]
+fn empty_prompt_zero_steps_and_other_bad_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    let mut a = base_args(&out);
+    set(&mut a, "--prompt", "  ");
+    fails(&a, &out, &["prompt is empty"]);
+    let mut a = base_args(&out);
+    set(&mut a, "--steps", "0");
+    fails(&a, &out, &["steps must be at least 1"]);
+    let mut a = base_args(&out);
+    set(&mut a, "--max-sequence-length", "2000");
+    fails(&a, &out, &["max sequence length"]);
+    let mut a = base_args(&out);
+    set(&mut a, "--num-images", "0");
+    fails(&a, &out, &["at least 1"]);
+    let mut a = base_args(&out);
+    set(&mut a, "--quantize", "3");
+    fails(&a, &out, &["--quantize"]);
+    let mut a = base_args(&out);
+    set(&mut a, "--dtype", "f64");
+    fails(&a, &out, &["--dtype"]);
+}
+
+#[test]
+fn unwritable_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    // folder does not exist
+    let out = tmp.path().join("no/such/dir/o.png");
+    fails(&base_args(&out), &out, &["does not exist"]);
+    // parent is a regular file
+    let file = tmp.path().join("plain");
+    fs::write(&file, b"x").unwrap();
+    let out = file.join("o.png");
+    fails(&base_args(&out), &out, &["does not exist"]);
+    // not a PNG name
+    let out = tmp.path().join("o.jpg");
+    fails(&base_args(&out), &out, &[".png"]);
+    // a directory
+    let out = tmp.path().join("d.png");
+    fs::create_dir(&out).unwrap();
+    let o = run(bin().args(base_args(&out)));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is a directory"));
+}
+
+#[test]
+fn missing_component_and_missing_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    let m = tiny_copy(tmp.path());
+    fs::remove_dir_all(m.join("vae")).unwrap();
+    let mut a = base_args(&out);
+    set(&mut a, "--model", m.to_str().unwrap());
+    fails(&a, &out, &["vae/", "incomplete checkpoint"]);
+
+    let m2 = tmp.path().join("model2");
+    copy_dir(&fixtures().join("tiny"), &m2);
+    fs::remove_file(m2.join("model_index.json")).unwrap();
+    set(&mut a, "--model", m2.to_str().unwrap());
+    fails(&a, &out, &["model_index.json", "missing"]);
+
+    let m3 = tmp.path().join("model3");
+    copy_dir(&fixtures().join("tiny"), &m3);
+    fs::remove_file(m3.join("tokenizer/tokenizer.json")).unwrap();
+    set(&mut a, "--model", m3.to_str().unwrap());
+    fails(&a, &out, &["tokenizer", "vocab.json"]);
+
+    set(&mut a, "--model", tmp.path().join("nope").to_str().unwrap());
+    fails(&a, &out, &["no such directory"]);
+}
+
+#[test]
+fn corrupt_weights_are_found_before_loading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    let m = tiny_copy(tmp.path());
+    let w = m.join("transformer/diffusion_pytorch_model.safetensors");
+    let bytes = fs::read(&w).unwrap();
+    fs::write(&w, &bytes[..bytes.len() - 100]).unwrap();
+    let mut a = base_args(&out);
+    set(&mut a, "--model", m.to_str().unwrap());
+    fails(
+        &a,
+        &out,
+        &["diffusion_pytorch_model.safetensors", "truncated"],
+    );
+    fs::write(&w, b"garbage").unwrap();
+    fails(&a, &out, &["corrupt safetensors"]);
+    // a broken config
+    fs::write(&w, &bytes).unwrap();
+    fs::write(m.join("vae/config.json"), b"{ not json").unwrap();
+    fails(&a, &out, &["vae", "config"]);
+}
+
+#[test]
+fn inconsistent_components() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    let m = tiny_copy(tmp.path());
+    // swap in the other checkpoint's VAE (z_dim 6 instead of 4)
+    fs::remove_dir_all(m.join("vae")).unwrap();
+    copy_dir(&fixtures().join("tiny_slow/vae"), &m.join("vae"));
+    let mut a = base_args(&out);
+    set(&mut a, "--model", m.to_str().unwrap());
+    fails(&a, &out, &["in_channels", "z_dim"]);
+}
+
+fn write_latents(path: &Path, key: &str, a: mlx_rs::Array) {
+    let mut map = std::collections::BTreeMap::new();
+    map.insert(key.to_string(), a);
+    mlx_weights::save_file(path, &map).unwrap();
+}
+
+#[test]
+fn bad_init_latents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    let mut a = base_args(&out);
+    let lat = tmp.path().join("l.safetensors");
+    set(&mut a, "--init-latents", lat.to_str().unwrap());
+    fails(&a, &out, &["init latents", "no such file"]);
+
+    // wrong shape: the 48×48 case needs (1, 1, 4, 6, 6)
+    write_latents(
+        &lat,
+        "latents",
+        mlx_rs::Array::zeros::<f32>(&[1, 1, 4, 6, 8]).unwrap(),
+    );
+    fails(&a, &out, &["[1, 1, 4, 6, 8]", "[1, 1, 4, 6, 6]"]);
+    // packed layout is rejected too
+    write_latents(
+        &lat,
+        "latents",
+        mlx_rs::Array::zeros::<f32>(&[1, 9, 16]).unwrap(),
+    );
+    fails(&a, &out, &["shape"]);
+    // wrong dtype
+    let z16 = mlx_rs::Array::zeros::<f32>(&[1, 1, 4, 6, 6])
+        .unwrap()
+        .as_dtype(mlx_rs::Dtype::Float16)
+        .unwrap();
+    write_latents(&lat, "latents", z16);
+    fails(&a, &out, &["float32", "Float16"]);
+    // missing tensor
+    write_latents(
+        &lat,
+        "noise",
+        mlx_rs::Array::zeros::<f32>(&[1, 1, 4, 6, 6]).unwrap(),
+    );
+    fails(&a, &out, &["no tensor named `latents`", "noise"]);
+    // not a safetensors file
+    fs::write(&lat, b"hello").unwrap();
+    fails(&a, &out, &["init latents"]);
+    // --seed and --init-latents together
+    let mut b = base_args(&out);
+    b.push("--seed".into());
+    b.push("1".into());
+    fails(&b, &out, &["--seed"]);
+    // with a model that is not there, nothing runs either
+    remove(&mut b, "--seed");
+}
+
+#[test]
+fn hub_id_not_in_cache_says_how_to_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    let mut a = base_args(&out);
+    set(&mut a, "--model", "Qwen/Qwen-Image");
+    let o = run(bin()
+        .args(&a)
+        .env("HF_HUB_CACHE", tmp.path().join("cache"))
+        .env_remove("HF_HOME"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("hf download Qwen/Qwen-Image"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn hub_id_resolves_to_the_cached_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("hf/hub");
+    let repo = cache.join("models--Qwen--Qwen-Image");
+    copy_dir(&fixtures().join("tiny"), &repo.join("snapshots/0123abcd"));
+    fs::create_dir_all(repo.join("refs")).unwrap();
+    fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    let out = tmp.path().join("o.png");
+    let mut a = base_args(&out);
+    set(&mut a, "--model", "Qwen/Qwen-Image");
+    let o = run(bin()
+        .args(&a)
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HOME", tmp.path().join("hf")));
+    assert!(o.status.success(), "{}", text(&o));
+    let got = image::open(&out).unwrap().to_rgb8();
+    let (_, _, want) = reference_image(CASE);
+    assert!(psnr(got.as_raw(), &want) >= 40.0);
+}
+
+#[test]
+fn seeds_and_several_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("img.png");
+    let mut a = base_args(&out);
+    remove(&mut a, "--init-latents");
+    set(&mut a, "--seed", "7");
+    set(&mut a, "--num-images", "2");
+    set(&mut a, "--steps", "2");
+    let o = run(bin().args(&a));
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("seed:     7"), "{stdout}");
+    assert!(stdout.contains("peak memory"), "{stdout}");
+    assert!(!out.exists());
+    let i0 = image::open(tmp.path().join("img-0.png")).unwrap().to_rgb8();
+    let i1 = image::open(tmp.path().join("img-1.png")).unwrap().to_rgb8();
+    assert_ne!(i0.as_raw(), i1.as_raw());
+
+    // image 1 of seed 7 is image 0 of seed 8; runs are deterministic
+    let out2 = tmp.path().join("single.png");
+    let mut b = a.clone();
+    set(&mut b, "--seed", "8");
+    set(&mut b, "--num-images", "1");
+    set(&mut b, "--output", out2.to_str().unwrap());
+    let o = run(bin().args(&b));
+    assert!(o.status.success(), "{}", text(&o));
+    let s = image::open(&out2).unwrap().to_rgb8();
+    assert_eq!(s.as_raw(), i1.as_raw());
+}
+
+#[test]
+fn help_lists_every_flag() {
+    let o = run(bin().args(["generate", "--help"]));
+    assert!(o.status.success());
+    let h = String::from_utf8_lossy(&o.stdout);
+    for flag in [
+        "--model",
+        "--prompt",
+        "--negative-prompt",
+        "--true-cfg-scale",
+        "--steps",
+        "--width",
+        "--height",
+        "--seed",
+        "--init-latents",
+        "--dtype",
+        "--quantize",
+        "--num-images",
+        "--output",
+        "--max-sequence-length",
+    ] {
+        assert!(h.contains(flag), "help lacks {flag}:\n{h}");
+    }
+}
