@@ -11,8 +11,11 @@ use qwen_image::info::human_bytes;
 use qwen_image::{Event, GenerateRequest, Noise, Phase, PipelineOptions, QwenImagePipeline};
 
 /// Qwen-Image text-to-image inference on MLX (Metal, CUDA or CPU).
+///
+/// `qwen-image generate --model Qwen/Qwen-Image --prompt "..." --output out.png` generates an
+/// image; `qwen-image info` shows the MLX runtime. See `qwen-image generate --help`.
 #[derive(Debug, Parser)]
-#[command(name = "qwen-image", version, about)]
+#[command(name = "qwen-image", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +44,8 @@ struct GenerateArgs {
     /// Checkpoint: a directory in the diffusers layout (model_index.json, transformer/, vae/,
     /// text_encoder/, tokenizer/, scheduler/) or a Hugging Face id such as Qwen/Qwen-Image,
     /// looked up in the local Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else
-    /// ~/.cache/huggingface/hub).
+    /// ~/.cache/huggingface/hub). A hub id missing from the cache is downloaded with the
+    /// `hf` CLI when it is installed; otherwise the error names the command to run.
     #[arg(long, value_name = "DIR|HUB_ID")]
     model: String,
     /// The text prompt.
@@ -272,6 +276,9 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         }
     );
     println!("decode:   {}", secs(t.decode.time));
+    if args.quantize.is_some() || result.quantized_layers > 0 {
+        println!("quantized transformer layers: {}", result.quantized_layers);
+    }
     println!("write:    {}", secs(write_time));
     println!("total:    {}", secs(t_total.elapsed()));
     println!(

@@ -149,6 +149,9 @@ pub enum Event {
         steps: usize,
         /// Time this step took.
         elapsed: Duration,
+        /// dtype of the latents after the step (the compute dtype; anything else means a
+        /// constant promoted the graph).
+        latents_dtype: Dtype,
     },
     /// A non-fatal remark (prompt truncated, CFG disabled…).
     Warning(String),
@@ -223,6 +226,8 @@ pub struct Generation {
     pub timings: Timings,
     /// Remarks made on the way (also sent as [`Event::Warning`]).
     pub warnings: Vec<String>,
+    /// Linear layers of the transformer that run quantized.
+    pub quantized_layers: usize,
 }
 
 /// Qwen-Image text-to-image on MLX.
@@ -487,6 +492,10 @@ impl QwenImagePipeline {
             self.transformer = Some(model);
             timings.load_transformer = t.end(Phase::LoadTransformer, on_event);
         }
+        let quantized_layers = self
+            .transformer
+            .as_ref()
+            .map_or(0, |t| t.quantized_layer_count());
         let latents = self.denoise(
             req,
             &cond.embeds,
@@ -520,6 +529,7 @@ impl QwenImagePipeline {
             images,
             timings,
             warnings,
+            quantized_layers,
         })
     }
 
@@ -585,11 +595,54 @@ impl QwenImagePipeline {
                     step: i,
                     steps: req.steps,
                     elapsed,
+                    latents_dtype: x.dtype(),
                 });
             }
             out.push(x);
         }
         timings.denoise = t.end(Phase::Denoise, on_event);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against the formula evaluated in f64 on the host: comb = n + s(c − n), rescaled per
+    /// token to ‖c‖. f32 vs f64: relative error ≤ 1e-5 (a few f32 roundings of O(1) values).
+    #[test]
+    fn true_cfg_matches_the_formula_and_keeps_the_dtype() -> anyhow::Result<()> {
+        let (t, d) = (3usize, 5usize);
+        let c: Vec<f32> = (0..t * d)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let n: Vec<f32> = (0..t * d)
+            .map(|i| ((i * 5 % 13) as f32 - 6.0) / 4.0)
+            .collect();
+        let s = 4.0f32;
+        let got = true_cfg_combine(
+            &Array::from_slice(&c, &[1, t as i32, d as i32]),
+            &Array::from_slice(&n, &[1, t as i32, d as i32]),
+            s,
+        )?;
+        let got = got.as_slice::<f32>().to_vec();
+        for tok in 0..t {
+            let r = tok * d..(tok + 1) * d;
+            let comb: Vec<f64> = r
+                .clone()
+                .map(|i| n[i] as f64 + s as f64 * (c[i] as f64 - n[i] as f64))
+                .collect();
+            let cn = r.clone().map(|i| (c[i] as f64).powi(2)).sum::<f64>().sqrt();
+            let kn = comb.iter().map(|x| x * x).sum::<f64>().sqrt();
+            for (j, i) in r.enumerate() {
+                let want = comb[j] * cn / kn;
+                assert!((got[i] as f64 - want).abs() <= 1e-5 * want.abs().max(1.0));
+            }
+        }
+        let bf = Array::from_slice(&c, &[1, t as i32, d as i32]).as_dtype(Dtype::Bfloat16)?;
+        let out = true_cfg_combine(&bf, &bf, s)?;
+        assert_eq!(out.dtype(), Dtype::Bfloat16);
+        Ok(())
     }
 }

@@ -107,3 +107,46 @@ fn validation_errors_name_the_problem() -> anyhow::Result<()> {
     assert!(pipe.validate(&r).is_err());
     Ok(())
 }
+
+/// bf16 end to end on the CPU: every step's latents stay bf16 (a strong f32 constant would
+/// promote them), and the image stays near the f32 reference. The bar (≥ 20 dB) only rules
+/// out a broken bf16 path (garbage/NaN images are < 12 dB here); bf16 itself is not compared
+/// to a bf16 reference because diffusers' bf16 rounds differently step by step.
+#[test]
+fn bf16_stays_bf16() -> anyhow::Result<()> {
+    let name = "tiny_square_cfg";
+    let c = case(name);
+    let mut pipe = QwenImagePipeline::load(
+        &fixtures().join(&c.model),
+        PipelineOptions {
+            dtype: mlx_rs::Dtype::Bfloat16,
+            quantize: None,
+            keep_transformer: false,
+        },
+    )?;
+    let (h, w) = pipe.latent_size(c.width, c.height);
+    let mut req = GenerateRequest::new(c.prompt.clone());
+    req.negative_prompt = c.negative_prompt.clone();
+    req.steps = c.steps;
+    req.width = c.width;
+    req.height = c.height;
+    req.noise = Noise::Latents(qwen_image::latents::load_init_latents(
+        &fixtures().join(format!("{name}.safetensors")),
+        1,
+        pipe.configs().latent_channels(),
+        h,
+        w,
+    )?);
+    let mut dtypes = Vec::new();
+    let out = pipe.generate_with(&req, &mut |e| {
+        if let Event::Step { latents_dtype, .. } = e {
+            dtypes.push(latents_dtype)
+        }
+    })?;
+    assert_eq!(dtypes, vec![mlx_rs::Dtype::Bfloat16; c.steps]);
+    let (_, _, want) = reference_image(name);
+    let p = psnr(&out.images[0].data, &want);
+    eprintln!("bf16 vs f32 reference: {p:.1} dB");
+    assert!(p >= 20.0, "{p}");
+    Ok(())
+}
