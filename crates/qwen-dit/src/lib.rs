@@ -33,8 +33,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Elementwise primitives live in the private `ops` module (plain mlx-rs fallbacks with the
-//! planned `mlx-fastops` signatures).
+//! Attention, norms, GELU, adaLN modulation, RoPE and gated residuals come from
+//! `mlx-fastops` (fused CUDA/Metal kernels on GPU, plain-MLX references on CPU), all called
+//! from the private `ops` module. Numerics: parity with diffusers is tested in f32 on CPU
+//! (max rel. error < 1e-6 on the tiny reference model) and in bf16 against diffusers' own
+//! bf16 forward (≤ 1e-2).
 
 mod block;
 pub mod config;

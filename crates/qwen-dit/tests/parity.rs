@@ -18,6 +18,10 @@ const TOL: f32 = 1e-4;
 
 #[test]
 fn forward_matches_diffusers() -> Result<()> {
+    on_cpu(forward_matches_diffusers_cpu)
+}
+
+fn forward_matches_diffusers_cpu() -> Result<()> {
     let model = QwenImageTransformer::load(&fixture("transformer"), Dtype::Float32, None)?;
     for case in cases()? {
         let rope = RopeTables::new(model.config(), &[case.grid], case.txt_len)?;
@@ -72,6 +76,10 @@ fn rope_tables_match_diffusers() -> Result<()> {
 /// the tolerance.
 #[test]
 fn fixtures_are_sensitive_to_mask_and_rope() -> Result<()> {
+    on_cpu(fixtures_are_sensitive_cpu)
+}
+
+fn fixtures_are_sensitive_cpu() -> Result<()> {
     let model = QwenImageTransformer::load(&fixture("transformer"), Dtype::Float32, None)?;
     let mut checked_mask = 0;
     for case in cases()? {

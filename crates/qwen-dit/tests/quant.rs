@@ -54,6 +54,10 @@ fn run(model: &QwenImageTransformer, i: &Inputs) -> Result<Array> {
 /// output (> 1e-3 at 4 bits, > 1e-5 at 8 bits), so the comparison is not vacuous.
 #[test]
 fn quantized_forward_matches_dequantized_weights() -> Result<()> {
+    on_cpu(quantized_forward_matches_dequantized_weights_cpu)
+}
+
+fn quantized_forward_matches_dequantized_weights_cpu() -> Result<()> {
     let c = cfg();
     let float = QwenImageTransformer::random(c.clone(), Dtype::Float32, 11)?;
     let i = inputs(&c)?;
