@@ -7,7 +7,7 @@ interleaved-pair RoPE (as diffusers' apply_rotary_emb_qwen, use_real=False), bf1
 Method: like the MLX table, K=32 ops over 4 rotating input sets per measurement (inputs
 larger than L2 together), timed with CUDA events, median of 15 repetitions after warm-up.
 
-Usage: python3 torch_modulate.py [--quick]
+Usage: python3 torch_modulate.py [--quick | --ncu]
 """
 import sys
 
@@ -37,6 +37,7 @@ def time_ms(fn, reps):
 
 
 def main():
+    ncu = "--ncu" in sys.argv  # one shape, 3 calls of each op: for `ncu` kernel timings
     reps = 5 if "--quick" in sys.argv else 15
     dev = "cuda"
     dt = torch.bfloat16
@@ -44,7 +45,7 @@ def main():
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")
     rows = []
     g = torch.Generator(device=dev).manual_seed(0)
-    for t in (32, 64, 128, 256, 512):
+    for t in ((128,) if ncu else (32, 64, 128, 256, 512)):
         l = 4096 + t
         xs = [torch.randn(1, l, c, device=dev, dtype=dt, generator=g) for _ in range(SETS)]
         ys = [torch.randn(1, l, c, device=dev, dtype=dt, generator=g) for _ in range(SETS)]
@@ -67,6 +68,12 @@ def main():
             qc = torch.view_as_complex(q.float().reshape(*q.shape[:-1], -1, 2))
             return torch.view_as_real(qc * freqs).flatten(3).type_as(q)
 
+        if ncu:
+            for i in range(3):
+                modulate(i), gated(i), rope(i)
+            torch.cuda.synchronize()
+            print("ncu pass done")
+            return
         m = time_ms(modulate, reps)
         gt = time_ms(gated, reps)
         r = time_ms(rope, reps)

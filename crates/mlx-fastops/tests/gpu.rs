@@ -277,6 +277,61 @@ fn gated_cases(rep: &mut Report, seed: &mut u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The checks must be able to fail: the fused output compared with a reference of a
+/// slightly wrong formula (shift dropped, sin negated, gate halved) must be rejected at the
+/// bf16 tolerance.
+fn sensitivity_cases(rep: &mut Report) -> anyhow::Result<()> {
+    let dt = Dtype::Bfloat16;
+    let mut probes: Vec<(&str, fo::Result<Array>, Vec<f32>)> = Vec::new();
+    let (x, xf) = input(&[2, 64, 256], 950, 0.3, 1.0, dt)?;
+    let (sh, _) = input(&[2, 256], 951, 0.0, 0.3, dt)?;
+    let (sc, scf) = input(&[2, 256], 952, 0.0, 1.0, dt)?;
+    let zero = Array::from_slice(&vec![0f32; 512], &[2, 256]);
+    let wrong = host(&on_cpu(|| {
+        fo::reference::layer_norm_modulate(&xf, &zero, &scf, 1e-6)
+    })?)?;
+    probes.push((
+        "ln_modulate vs reference without shift",
+        fo::fused::layer_norm_modulate(&x, &sh, &sc, 1e-6),
+        wrong,
+    ));
+    let (q, qf) = input(&[1, 2, 40, 16], 953, 0.0, 1.0, dt)?;
+    let theta = randn(&[40, 8], 954, 0.0, 0.3)?;
+    let (c, s) = (ops::cos(&theta)?, ops::sin(&theta)?);
+    let neg = ops::negative(&s)?;
+    let wrong = host(&on_cpu(|| fo::reference::apply_rope(&qf, &c, &neg))?)?;
+    probes.push((
+        "rope vs reference with sin negated",
+        fo::fused::apply_rope(&q, &c, &s),
+        wrong,
+    ));
+    let (y, yf) = input(&[2, 64, 256], 955, 0.0, 1.0, dt)?;
+    let (g, gf) = input(&[2, 256], 956, 0.5, 0.2, dt)?;
+    let half = ops::multiply(&gf, Array::from_f32(0.5))?;
+    let wrong = host(&on_cpu(|| fo::reference::gated_residual(&xf, &half, &yf))?)?;
+    probes.push((
+        "gated vs reference with gate halved",
+        fo::fused::gated_residual(&x, &g, &y),
+        wrong,
+    ));
+    for (what, got, wrong) in probes {
+        let before = rep.failures;
+        rep.check(&format!("(must FAIL) {what}"), dt, got, &wrong)?;
+        let rejected = rep.failures > before;
+        // a rejected probe is the expected outcome: undo its failure count
+        rep.failures = before;
+        rep.cases += 1;
+        println!(
+            "{:<6} sensitivity: {what} rejected = {rejected}",
+            if rejected { "ok" } else { "FAIL" }
+        );
+        if !rejected {
+            rep.failures += 1;
+        }
+    }
+    Ok(())
+}
+
 fn dispatch_cases(rep: &mut Report) -> anyhow::Result<()> {
     let dt = Dtype::Bfloat16;
     let (x, _) = input(&[1, 64, 256], 900, 0.0, 1.0, dt)?;
@@ -329,6 +384,7 @@ fn main() -> anyhow::Result<()> {
     rope_cases(&mut rep, &mut seed)?;
     gated_cases(&mut rep, &mut seed)?;
     dispatch_cases(&mut rep)?;
+    sensitivity_cases(&mut rep)?;
     println!("gpu tests: {} cases, {} failures", rep.cases, rep.failures);
     if rep.failures > 0 {
         anyhow::bail!("{} gpu test case(s) failed", rep.failures);
