@@ -48,9 +48,6 @@ pub enum PipelineError {
         #[source]
         source: std::io::Error,
     },
-    /// The run was cancelled by the step callback.
-    #[error("cancelled at step {0}")]
-    Cancelled(usize),
     /// Text encoder error.
     #[error("text encoder: {0}")]
     TextEncoder(#[from] qwen_text_encoder::TextEncoderError),
