@@ -295,6 +295,13 @@ impl QwenImageVae {
         self.encode_with_path(image, ConvPath::SingleFrame)
     }
 
+    /// Encodes and normalises as the Qwen-Image edit pipeline does with its image latents:
+    /// `(mode − latents_mean) · (1/latents_std)` with the mode (= mean) of the distribution,
+    /// `(B, z, 1, h, w)`.
+    pub fn encode_normalized(&self, image: &Array) -> Result<Array> {
+        self.normalize_latents(&self.encode(image)?.mean)
+    }
+
     /// [`Self::encode`] with a chosen convolution implementation.
     pub fn encode_with_path(&self, image: &Array, path: ConvPath) -> Result<LatentDist> {
         let x = self.image_in(image)?;

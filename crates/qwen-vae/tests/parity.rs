@@ -143,6 +143,12 @@ fn check_encode(model: &str, case: &str) -> Result<()> {
     let s = image.shape();
     let d4 = c.vae.encode(&image.reshape(&[s[0], s[1], s[3], s[4]])?)?;
     assert_close("4-D input", &d4.mean, &d.mean, 0.0)?;
+    assert_close(
+        "encode_normalized",
+        &c.vae.encode_normalized(&image)?,
+        &c.get(&format!("{case}.normalized"))?,
+        TOL,
+    )?;
     let n = c.vae.normalize_latents(&d.mean)?;
     assert_close(
         &format!("{model}/{case} normalized"),
