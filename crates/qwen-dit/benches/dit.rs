@@ -7,7 +7,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mlx_rs::{Array, Dtype, random};
-use qwen_dit::{QwenImageTransformer, QwenImageTransformerConfig, RopeTables};
+use qwen_dit::{QuantizeSpec, QwenImageTransformer, QwenImageTransformerConfig, RopeTables};
 
 struct Setup {
     model: QwenImageTransformer,
@@ -93,10 +93,20 @@ fn full(c: &mut Criterion) {
     if std::env::var("QWEN_DIT_BENCH_FULL").as_deref() != Ok("1") {
         return;
     }
-    // Qwen-Image at 1024×1024 (64×64 tokens) with a 32-token prompt, bf16.
+    // Qwen-Image at 1024×1024 (64×64 tokens) with a 32-token prompt, bf16, then the same
+    // weights quantized to 8 and 4 bits (group 64).
     let cfg = QwenImageTransformerConfig::default();
-    let s = setup(cfg, Dtype::Bfloat16, (64, 64), 32);
+    let mut s = setup(cfg, Dtype::Bfloat16, (64, 64), 32);
     run(c, &s, true);
+    let float = s.model.clone();
+    for bits in [8, 4] {
+        let mut q = float.clone();
+        q.quantize(&QuantizeSpec::new(bits)).unwrap();
+        s.model = q;
+        s.name = s.name.replace("bfloat16", &format!("bfloat16-q{bits}"));
+        run(c, &s, true);
+        s.name = s.name.replace(&format!("bfloat16-q{bits}"), "bfloat16");
+    }
 }
 
 criterion_group! {

@@ -55,7 +55,8 @@ impl QwenImageTransformer {
         Self::from_tensors(config, tensors, dtype, quant)
     }
 
-    /// Builds the model from already-read tensors (diffusers or aliased names).
+    /// Builds the model from already-read tensors (diffusers or aliased names); see
+    /// [`QwenImageTransformer::load`]. The weights are evaluated before this returns.
     pub fn from_tensors(
         config: QwenImageTransformerConfig,
         tensors: mlx_weights::Tensors,
@@ -64,6 +65,9 @@ impl QwenImageTransformer {
     ) -> Result<Self> {
         config.validate()?;
         check_dtype(dtype)?;
+        if let Some(q) = &quant {
+            q.validate()?;
+        }
         let parts = load_parts(&config, tensors, dtype)?;
         let mut model = Self {
             config,
@@ -73,6 +77,9 @@ impl QwenImageTransformer {
         if let Some(q) = quant {
             model.quantize(&q)?;
         }
+        // Materialise the (cast) weights now, so the checkpoint's buffers are released here
+        // and the first denoising step does not pay for the casts.
+        model.eval_weights()?;
         Ok(model)
     }
 
