@@ -17,7 +17,7 @@ fn first_masked_case() -> Result<Case> {
 }
 
 fn run(model: &QwenImageTransformer, c: &Case) -> Result<Array> {
-    let rope = RopeTables::new(model.config(), &[c.grid], c.txt_len)?;
+    let rope = RopeTables::new(model.config(), &c.grids, c.txt_len)?;
     Ok(model.forward(
         &c.hidden_states,
         &c.encoder_hidden_states,
@@ -56,10 +56,10 @@ fn half_precision_forward_keeps_dtype_and_is_close() -> Result<()> {
 fn forward_rejects_inconsistent_inputs() -> Result<()> {
     let model = QwenImageTransformer::load(&fixture("transformer"), Dtype::Float32, None)?;
     let c = first_masked_case()?;
-    let (f, h, w) = c.grid;
+    let (f, h, w) = c.grids[0];
     // RoPE for another text length / grid
     for rope in [
-        RopeTables::new(model.config(), &[c.grid], c.txt_len + 1)?,
+        RopeTables::new(model.config(), &c.grids, c.txt_len + 1)?,
         RopeTables::new(model.config(), &[(f, h + 1, w)], c.txt_len)?,
     ] {
         let r = model.forward(
@@ -71,7 +71,7 @@ fn forward_rejects_inconsistent_inputs() -> Result<()> {
         );
         assert!(matches!(r, Err(DitError::InvalidInput(_))), "{r:?}");
     }
-    let rope = RopeTables::new(model.config(), &[c.grid], c.txt_len)?;
+    let rope = RopeTables::new(model.config(), &c.grids, c.txt_len)?;
     let bad_mask = Array::ones::<f32>(&[1, c.txt_len as i32])?;
     let r = model.forward(
         &c.hidden_states,
@@ -111,7 +111,7 @@ fn all_ones_mask_equals_no_mask() -> Result<()> {
 fn all_ones_mask_equals_no_mask_cpu() -> Result<()> {
     let model = QwenImageTransformer::load(&fixture("transformer"), Dtype::Float32, None)?;
     let c = first_masked_case()?;
-    let rope = RopeTables::new(model.config(), &[c.grid], c.txt_len)?;
+    let rope = RopeTables::new(model.config(), &c.grids, c.txt_len)?;
     let b = c.hidden_states.dim(0);
     let ones = Array::ones::<i32>(&[b, c.txt_len as i32])?;
     let t1 = Array::from_slice(&[0.7f32], &[1]);

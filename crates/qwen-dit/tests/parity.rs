@@ -24,7 +24,7 @@ fn forward_matches_diffusers() -> Result<()> {
 fn forward_matches_diffusers_cpu() -> Result<()> {
     let model = QwenImageTransformer::load(&fixture("transformer"), Dtype::Float32, None)?;
     for case in cases()? {
-        let rope = RopeTables::new(model.config(), &[case.grid], case.txt_len)?;
+        let rope = RopeTables::new(model.config(), &case.grids, case.txt_len)?;
         let out = model.forward(
             &case.hidden_states,
             &case.encoder_hidden_states,
@@ -48,10 +48,10 @@ fn rope_tables_match_diffusers() -> Result<()> {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("rope.json"))?)?;
     for (name, m) in meta.as_object().unwrap() {
-        let g: Vec<usize> = serde_json::from_value(m["grid"].clone())?;
+        let g: Vec<(usize, usize, usize)> = serde_json::from_value(m["grids"].clone())?;
         let tl = m["txt_len"].as_u64().unwrap() as usize;
-        let rope = RopeTables::new(&model_cfg, &[(g[0], g[1], g[2])], tl)?;
-        let n_img = g.iter().product::<usize>();
+        let rope = RopeTables::new(&model_cfg, &g, tl)?;
+        let n_img: usize = g.iter().map(|(f, h, w)| f * h * w).sum();
         for (kind, ours) in [("cos", rope.cos()), ("sin", rope.sin())] {
             let v = values(ours)?;
             let half = v.len() / (tl + n_img);
@@ -83,7 +83,7 @@ fn fixtures_are_sensitive_cpu() -> Result<()> {
     let model = QwenImageTransformer::load(&fixture("transformer"), Dtype::Float32, None)?;
     let mut checked_mask = 0;
     for case in cases()? {
-        let rope = RopeTables::new(model.config(), &[case.grid], case.txt_len)?;
+        let rope = RopeTables::new(model.config(), &case.grids, case.txt_len)?;
         if case.mask.is_some() {
             let out = model.forward(
                 &case.hidden_states,
@@ -100,9 +100,11 @@ fn fixtures_are_sensitive_cpu() -> Result<()> {
             );
             checked_mask += 1;
         }
-        let (f, h, w) = case.grid;
+        let (f, h, w) = case.grids[0];
         if h != w {
-            let wrong = RopeTables::new(model.config(), &[(f, w, h)], case.txt_len)?;
+            let mut grids = case.grids.clone();
+            grids[0] = (f, w, h);
+            let wrong = RopeTables::new(model.config(), &grids, case.txt_len)?;
             let out = model.forward(
                 &case.hidden_states,
                 &case.encoder_hidden_states,

@@ -49,7 +49,8 @@ pub fn rel_err(a: &Array, b: &Array) -> Result<f32> {
 /// One reference case of `cases.safetensors` / `cases.json`.
 pub struct Case {
     pub name: String,
-    pub grid: (usize, usize, usize),
+    /// The image grids (frames, h, w) of one sample.
+    pub grids: Vec<(usize, usize, usize)>,
     pub txt_len: usize,
     pub hidden_states: Array,
     pub encoder_hidden_states: Array,
@@ -66,11 +67,11 @@ pub fn cases() -> Result<Vec<Case>> {
         serde_json::from_str(&std::fs::read_to_string(fixture("cases.json"))?)?;
     let mut out = Vec::new();
     for (name, m) in meta.as_object().context("cases.json")? {
-        let g: Vec<usize> = serde_json::from_value(m["grid"].clone())?;
+        let g: Vec<(usize, usize, usize)> = serde_json::from_value(m["grids"].clone())?;
         let mut take = |k: &str| t.remove(&format!("{name}.{k}"));
         out.push(Case {
             name: name.clone(),
-            grid: (g[0], g[1], g[2]),
+            grids: g,
             txt_len: m["txt_len"].as_u64().context("txt_len")? as usize,
             hidden_states: take("hidden_states").context("hidden_states")?,
             encoder_hidden_states: take("encoder_hidden_states").context("ehs")?,
