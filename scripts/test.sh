@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command: prepare the build (idempotent, see setup.sh) and run every test of the
-# workspace on the CPU in f32. Extra arguments go to `cargo test` (e.g. `-p qwen-dit`).
+# workspace on the CPU in f32 (libraries, binaries, integration tests, doctests; benches are
+# compiled by `cargo clippy --all-targets` in CI but not run). Extra arguments go to
+# `cargo test` (e.g. `-p qwen-dit`).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -10,4 +12,4 @@ export RUST_TEST_THREADS=${RUST_TEST_THREADS:-$(nproc)}
 if [ $# -gt 0 ]; then
   exec cargo test "$@"
 fi
-exec cargo test --workspace --all-targets
+exec cargo test --workspace
