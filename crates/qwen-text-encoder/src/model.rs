@@ -17,7 +17,7 @@ use mlx_rs::{Array, Dtype, fast, ops};
 
 use crate::config::TextConfig;
 use crate::error::{Result, TextEncoderError};
-use crate::rope::{apply_rope, text_rope_tables};
+use crate::rope::{apply_text_rope, text_rope_periods};
 use crate::weights::{LayerWeights, TextModelWeights};
 
 /// The language model of Qwen2.5-VL, text path only (no vision tower, no LM head).
@@ -106,13 +106,10 @@ impl QwenTextModel {
         }
         let (b, t) = (shape[0], shape[1]);
         let c = &self.cfg;
-        let (cos, sin) = text_rope_tables(
-            t as usize,
-            c.head_dim,
-            c.rope_theta,
-            &c.mrope_section,
-            self.dtype,
-        )?;
+        // Text-only input: the three M-RoPE components share the position 0..T (transformers'
+        // default position ids, whatever the padding), which reduces to rotate-half RoPE with
+        // the config's θ and head_dim (see `rope`).
+        let periods = text_rope_periods(c.head_dim, c.rope_theta);
         let flat = input_ids.reshape(&[-1])?;
         let mut h =
             self.w
@@ -120,7 +117,7 @@ impl QwenTextModel {
                 .take_axis(&flat, 0)?
                 .reshape(&[b, t, c.hidden_size as i32])?;
         for layer in &self.w.layers {
-            h = self.layer(layer, &h, mask, &cos, &sin)?;
+            h = self.layer(layer, &h, mask, &periods)?;
         }
         Ok(fast::rms_norm(&h, Some(&self.w.norm), c.rms_norm_eps)?)
     }
@@ -130,8 +127,7 @@ impl QwenTextModel {
         w: &LayerWeights,
         h: &Array,
         mask: Option<&Array>,
-        cos: &Array,
-        sin: &Array,
+        periods: &Array,
     ) -> Result<Array> {
         let c = &self.cfg;
         let (b, t) = (h.shape()[0], h.shape()[1]);
@@ -142,8 +138,8 @@ impl QwenTextModel {
             Ok(y.reshape(&[b, t, n as i32, d])?
                 .transpose_axes(&[0, 2, 1, 3])?)
         };
-        let q = apply_rope(&heads(&w.q_proj, c.num_attention_heads)?, cos, sin)?;
-        let k = apply_rope(&heads(&w.k_proj, c.num_key_value_heads)?, cos, sin)?;
+        let q = apply_text_rope(&heads(&w.q_proj, c.num_attention_heads)?, periods)?;
+        let k = apply_text_rope(&heads(&w.k_proj, c.num_key_value_heads)?, periods)?;
         let v = heads(&w.v_proj, c.num_key_value_heads)?;
         let scale = (c.head_dim as f32).powf(-0.5);
         let o = match mask {

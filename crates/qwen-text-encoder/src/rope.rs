@@ -89,6 +89,23 @@ pub fn text_rope_tables(
     Ok((cos, sin))
 }
 
+/// Per-pair periods `θ^(2j/d) = 1 / inv_freq[j]` as MLX's fused RoPE takes them (`freqs`).
+///
+/// For text the three M-RoPE components share one position, so every pair's angle is
+/// `p · inv_freq[j]` whatever `mrope_section` says ([`mrope_cos_sin`] proves the reduction in
+/// its tests); the fused kernel then rotates halves (`traditional = false`) with these periods.
+pub fn text_rope_periods(head_dim: usize, theta: f64) -> Array {
+    let periods: Vec<f32> = inv_freq(head_dim, theta).iter().map(|f| 1.0 / f).collect();
+    Array::from_slice(&periods, &[(head_dim / 2) as i32])
+}
+
+/// Fused rotate-half RoPE for text positions `0..T` along axis −2 of `x` `(B, H, T, D)`:
+/// equal to [`apply_rope`] with [`text_rope_tables`] (tested), in one kernel.
+pub fn apply_text_rope(x: &Array, periods: &Array) -> Result<Array> {
+    let d = x.shape().last().copied().unwrap_or(0);
+    Ok(mlx_rs::fast::rope(x, d, false, None, 1.0, 0, periods)?)
+}
+
 /// `[-x₂, x₁]` where `x₁, x₂` are the first and second halves of the last axis.
 pub fn rotate_half(x: &Array) -> Result<Array> {
     let parts = x.split_equal(2, -1)?;
@@ -107,6 +124,7 @@ pub fn apply_rope(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mlx_rs::ops::indexing::IndexOp;
 
     /// With identical positions in the three components, the M-RoPE table is the standard
     /// rotate-half table `cos(p·θ^(-2j/d))` duplicated over both halves, for any sectioning.
@@ -146,6 +164,32 @@ mod tests {
             assert_eq!(cos[j + 8], expect(owners[j], j));
         }
         assert!(mrope_cos_sin([&t, &h, &w], d, 100.0, &[2, 3, 4]).is_err());
+    }
+
+    /// The fused kernel with periods equals the table formula, up to the largest positions the
+    /// pipeline uses (1024 + 34 template tokens and more). Bound: f32 angles up to ~1100 rad
+    /// carry ~1e-4 absolute rounding whichever way they are formed, hence 1e-3 on unit inputs.
+    #[test]
+    fn fused_rope_equals_the_table_formula() {
+        let (b, h, t, d) = (1, 3, 1200, 16);
+        let n = (b * h * t * d) as usize;
+        let x: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.618).sin()).collect();
+        let xa = Array::from_slice(&x, &[b, h, t, d]);
+        let (cos, sin) =
+            text_rope_tables(t as usize, d as usize, 1e4, &[2, 3, 3], Dtype::Float32).unwrap();
+        let want = apply_rope(&xa, &cos, &sin).unwrap();
+        let got = apply_text_rope(&xa, &text_rope_periods(d as usize, 1e4)).unwrap();
+        let diff = got
+            .subtract(&want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(None)
+            .unwrap();
+        let early = got.subtract(&want).unwrap().abs().unwrap();
+        let early = early.index((.., .., ..64, ..)).max(None).unwrap();
+        assert!(diff.item::<f32>() < 1e-3, "{}", diff.item::<f32>());
+        assert!(early.item::<f32>() < 1e-5, "{}", early.item::<f32>());
     }
 
     /// `apply_rope` rotates halves: out₁ = x₁cos − x₂sin, out₂ = x₂cos + x₁sin.
