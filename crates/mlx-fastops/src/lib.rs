@@ -18,13 +18,22 @@
 //! Each fused op has three implementations behind one entry point (see [`backend`]):
 //! a CUDA kernel (MLX custom CUDA kernel through the raw mlx-sys FFI) when the current
 //! stream is a GPU of MLX's CUDA backend, a Metal kernel (`mlx_rs::fast::MetalKernel`) on
-//! a macOS GPU, and the reference of plain MLX ops ([`reference`]) on the CPU, when
+//! a macOS GPU, and the reference of plain MLX ops ([`reference`](mod@reference)) on the CPU, when
 //! `MLX_FASTOPS_REFERENCE=1` is set or [`set_force_reference`]`(true)` was called, and for
 //! shapes outside a kernel's limits. [`fused_path`] says which one runs.
 //!
 //! The Metal kernels are line-by-line mirrors of the CUDA kernels; they have not been run
 //! (the project's machines have no Apple GPU), only the CUDA kernels were measured and
 //! tested on a GPU (NVIDIA H100).
+//!
+//! ## Performance (NVIDIA H100, MLX 0.32.2 CUDA, bf16 1×4224×3072)
+//! `layer_norm_modulate`: fused kernel 18.4 µs (ncu; 2.8 TB/s, floor ≈ 17 µs) vs 131.7 µs
+//! for the unfused MLX chain (7.2×) and ≈ 96 µs for PyTorch eager's kernels; in wall time
+//! per op inside a batch of 32, 0.030–0.035 ms vs 0.135–0.170 ms unfused (4.2–4.9×, capped
+//! by MLX's per-op overhead: MLX's own single `x·1` pass takes 0.025–0.031 ms) and
+//! 0.100–0.114 ms for PyTorch eager. `apply_rope` (1×24×4224×128): 0.036 ms vs 0.41 ms for
+//! the reference; `gated_residual`: 0.039 ms vs 0.063 ms. Full tables and method in the
+//! crate README; raw logs in `results/`.
 //!
 //! ## Using it on its own
 //! ```
