@@ -20,7 +20,7 @@ inline bool fo_aligned16() {
 
 // Sum over the 32 lanes of a SIMD-group; every lane gets the total.
 inline float fo_warp_sum(float v) {
-  return simd_sum(v);
+  return metal::simd_sum(v);
 }
 
 // Sum over a threadgroup of TPB threads (a multiple of 32); every thread gets the total.
@@ -32,10 +32,10 @@ inline float fo_block_sum(float v, threadgroup float* red, int tid) {
     const int lane = tid & 31;
     const int warp = tid >> 5;
     if (lane == 0) red[warp] = v;
-    threadgroup_barrier(mem_flags::mem_threadgroup);
+    metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup);
     v = lane < TPB / 32 ? red[lane] : 0.0f;
     v = fo_warp_sum(v);
-    threadgroup_barrier(mem_flags::mem_threadgroup);
+    metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup);
   }
   return v;
 }

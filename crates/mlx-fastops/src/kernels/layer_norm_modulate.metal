@@ -3,7 +3,7 @@
   // Line-by-line mirror of layer_norm_modulate.cu. NOT RUN (no Apple GPU here).
   threadgroup float fo_red[32];
   const int tid = (int)thread_position_in_threadgroup.x;
-  const float eps = as_type<float>(EPS_BITS);
+  const float eps = metal::as_type<float>(EPS_BITS);
   const size_t row = (size_t)threadgroup_position_in_grid.y * threadgroups_per_grid.x + threadgroup_position_in_grid.x;
   const size_t mrow = MB == 1 ? 0 : (size_t)threadgroup_position_in_grid.y;
   const device T* xr = x + row * C;
