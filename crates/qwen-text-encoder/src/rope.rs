@@ -188,8 +188,16 @@ mod tests {
             .unwrap();
         let early = got.subtract(&want).unwrap().abs().unwrap();
         let early = early.index((.., .., ..64, ..)).max(None).unwrap();
-        assert!(diff.item::<f32>() < 1e-3, "{}", diff.item::<f32>());
-        assert!(early.item::<f32>() < 1e-5, "{}", early.item::<f32>());
+        assert!(
+            diff.item_exact::<f32>().unwrap() < 1e-3,
+            "{}",
+            diff.item_exact::<f32>().unwrap()
+        );
+        assert!(
+            early.item_exact::<f32>().unwrap() < 1e-5,
+            "{}",
+            early.item_exact::<f32>().unwrap()
+        );
     }
 
     /// `apply_rope` rotates halves: out₁ = x₁cos − x₂sin, out₂ = x₂cos + x₁sin.
