@@ -189,14 +189,14 @@ mod tests {
         let early = got.subtract(&want).unwrap().abs().unwrap();
         let early = early.index((.., .., ..64, ..)).max(None).unwrap();
         assert!(
-            diff.item_exact::<f32>().unwrap() < 1e-3,
+            diff.item_exact::<f32>() < 1e-3,
             "{}",
-            diff.item_exact::<f32>().unwrap()
+            diff.item_exact::<f32>()
         );
         assert!(
-            early.item_exact::<f32>().unwrap() < 1e-5,
+            early.item_exact::<f32>() < 1e-5,
             "{}",
-            early.item_exact::<f32>().unwrap()
+            early.item_exact::<f32>()
         );
     }
 
