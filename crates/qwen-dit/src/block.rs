@@ -47,6 +47,9 @@ pub(crate) struct Attention {
 pub(crate) struct BlockContext<'a> {
     /// SiLU of the timestep embedding, `(B, D)`.
     pub(crate) silu_temb: &'a Array,
+    /// `zero_cond_t` models: SiLU of the σ = 0 embedding and the number of leading image
+    /// tokens (the first image) modulated with `silu_temb`; the rest use this one.
+    pub(crate) zero_cond: Option<(&'a Array, i32)>,
     /// RoPE cos, `(T+N, 1, head_dim/2)`, f32.
     pub(crate) cos: &'a Array,
     /// RoPE sin, same shape.
@@ -130,6 +133,50 @@ impl Attention {
     }
 }
 
+/// The image stream's modulation: one parameter set for every token, or (`zero_cond_t`) one
+/// for the first `n0` tokens and another for the rest.
+enum ImgMod {
+    Uniform(Vec<Array>),
+    Split(Vec<Array>, Vec<Array>, i32),
+}
+
+impl ImgMod {
+    /// `LayerNorm(x)·(1 + scale_k) + shift_k` with set `k` (0: attention, 1: MLP).
+    fn modulate(&self, x: &Array, k: usize) -> Result<Array> {
+        match self {
+            ImgMod::Uniform(m) => layer_norm_modulate(x, &m[3 * k], &m[3 * k + 1], NORM_EPS),
+            ImgMod::Split(a, b, n0) => {
+                let parts = ops::split_at_indices(x, &[*n0], 1)?;
+                Ok(ops::concatenate(
+                    &[
+                        layer_norm_modulate(&parts[0], &a[3 * k], &a[3 * k + 1], NORM_EPS)?,
+                        layer_norm_modulate(&parts[1], &b[3 * k], &b[3 * k + 1], NORM_EPS)?,
+                    ],
+                    1,
+                )?)
+            }
+        }
+    }
+
+    /// `x + gate_k · y` with set `k`.
+    fn gate(&self, x: &Array, y: &Array, k: usize) -> Result<Array> {
+        match self {
+            ImgMod::Uniform(m) => gated_residual(x, &m[3 * k + 2], y),
+            ImgMod::Split(a, b, n0) => {
+                let xs = ops::split_at_indices(x, &[*n0], 1)?;
+                let ys = ops::split_at_indices(y, &[*n0], 1)?;
+                Ok(ops::concatenate(
+                    &[
+                        gated_residual(&xs[0], &a[3 * k + 2], &ys[0])?,
+                        gated_residual(&xs[1], &b[3 * k + 2], &ys[1])?,
+                    ],
+                    1,
+                )?)
+            }
+        }
+    }
+}
+
 impl Block {
     /// `(image stream, text stream)` → updated `(image stream, text stream)`.
     pub(crate) fn forward(
@@ -138,19 +185,24 @@ impl Block {
         txt: &Array,
         ctx: &BlockContext<'_>,
     ) -> Result<(Array, Array)> {
-        let im = mod_params(&self.img_mod.forward(ctx.silu_temb)?)?;
+        let im_t = mod_params(&self.img_mod.forward(ctx.silu_temb)?)?;
+        let im = match ctx.zero_cond {
+            Some((silu_zero, n0)) if n0 < img.dim(1) => {
+                ImgMod::Split(im_t, mod_params(&self.img_mod.forward(silu_zero)?)?, n0)
+            }
+            // no zero_cond_t, or no reference-image tokens: every token uses σ
+            _ => ImgMod::Uniform(im_t),
+        };
         let tm = mod_params(&self.txt_mod.forward(ctx.silu_temb)?)?;
 
-        let img_in = layer_norm_modulate(img, &im[0], &im[1], NORM_EPS)?;
+        let img_in = im.modulate(img, 0)?;
         let txt_in = layer_norm_modulate(txt, &tm[0], &tm[1], NORM_EPS)?;
         let (img_attn, txt_attn) = self.attn.forward(&img_in, &txt_in, ctx)?;
-        let img = gated_residual(img, &im[2], &img_attn)?;
+        let img = im.gate(img, &img_attn, 0)?;
         let txt = gated_residual(txt, &tm[2], &txt_attn)?;
 
-        let img_ff = self
-            .img_mlp
-            .forward(&layer_norm_modulate(&img, &im[3], &im[4], NORM_EPS)?)?;
-        let mut img = gated_residual(&img, &im[5], &img_ff)?;
+        let img_ff = self.img_mlp.forward(&im.modulate(&img, 1)?)?;
+        let mut img = im.gate(&img, &img_ff, 1)?;
         let txt_ff = self
             .txt_mlp
             .forward(&layer_norm_modulate(&txt, &tm[3], &tm[4], NORM_EPS)?)?;

@@ -57,7 +57,8 @@ pub struct QwenImageTransformerConfig {
     /// RoPE dimensions of the (frame, height, width) axes; they sum to `attention_head_dim`.
     #[serde(default = "d_axes_dims_rope")]
     pub axes_dims_rope: Vec<usize>,
-    /// Qwen-Image-Edit-2511 per-token zero-timestep conditioning (not supported: must be false).
+    /// Qwen-Image-Edit-2511 conditioning: the tokens of every image after the first (the
+    /// reference images) are modulated with the embedding of σ = 0 instead of σ.
     #[serde(default)]
     pub zero_cond_t: bool,
     /// Qwen-Image-Layered additional timestep conditioning (not supported: must be false).
@@ -227,13 +228,12 @@ impl QwenImageTransformerConfig {
             return bad(format!("inner_dim {} is too large", self.inner_dim()));
         }
         for (name, on) in [
-            ("zero_cond_t", self.zero_cond_t),
             ("use_additional_t_cond", self.use_additional_t_cond),
             ("use_layer3d_rope", self.use_layer3d_rope),
         ] {
             if on {
                 return Err(DitError::Unsupported(format!(
-                    "{name}=true (Qwen-Image-Edit-2511 / Layered variants) is not implemented"
+                    "{name}=true (Qwen-Image-Layered) is not implemented"
                 )));
             }
         }
@@ -395,7 +395,7 @@ mod tests {
                 "{json}: {err}"
             );
         }
-        for flag in ["zero_cond_t", "use_additional_t_cond", "use_layer3d_rope"] {
+        for flag in ["use_additional_t_cond", "use_layer3d_rope"] {
             let err = QwenImageTransformerConfig::from_json_str(&format!(r#"{{"{flag}": true}}"#))
                 .unwrap_err();
             assert!(matches!(err, DitError::Unsupported(_)), "{flag}: {err}");

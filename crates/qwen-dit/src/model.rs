@@ -363,6 +363,18 @@ impl QwenImageTransformer {
         Ok(())
     }
 
+    /// `zero_cond_t` models: SiLU of the embedding of σ = 0 (for the reference images'
+    /// tokens), one row per row of `timestep`; `None` otherwise.
+    fn zero_cond_embedding(&self, timestep: &Array) -> Result<Option<Array>> {
+        if !self.config.zero_cond_t {
+            return Ok(None);
+        }
+        let zero = ops::zeros_like(timestep)?;
+        Ok(Some(silu(
+            &self.parts.time_embed.forward(&zero, self.dtype)?,
+        )?))
+    }
+
     /// Runs block `index` alone on residual streams — image `(B, N, inner_dim)`, text
     /// `(B, T, inner_dim)` — at σ = `timestep`; returns the updated (image, text) streams.
     /// For benchmarks and debugging: [`QwenImageTransformer::forward`] is the model.
@@ -395,9 +407,11 @@ impl QwenImageTransformer {
         }
         let temb = self.parts.time_embed.forward(timestep, self.dtype)?;
         let silu_temb = silu(&temb)?;
+        let silu_zero = self.zero_cond_embedding(timestep)?;
         let mask = joint_mask(encoder_mask, is[0], ts[1], is[1])?;
         let ctx = BlockContext {
             silu_temb: &silu_temb,
+            zero_cond: silu_zero.as_ref().map(|z| (z, rope.first_img_len() as i32)),
             cos: rope.cos(),
             sin: rope.sin(),
             mask: mask.as_ref(),
@@ -487,11 +501,13 @@ impl QwenImageTransformer {
         )?)?;
         let temb = p.time_embed.forward(timestep, dt)?;
         let silu_temb = silu(&temb)?;
+        let silu_zero = self.zero_cond_embedding(timestep)?;
         // f32 tables: the RoPE rotation is computed in f32 and rounded once, as diffusers.
         let (cos, sin) = (rope.cos(), rope.sin());
         let mask = joint_mask(encoder_mask, b, t, n)?;
         let ctx = BlockContext {
             silu_temb: &silu_temb,
+            zero_cond: silu_zero.as_ref().map(|z| (z, rope.first_img_len() as i32)),
             cos,
             sin,
             mask: mask.as_ref(),

@@ -31,6 +31,7 @@ pub struct RopeTables {
     sin: Array,
     txt_len: usize,
     img_len: usize,
+    first_img_len: usize,
     head_dim: usize,
 }
 
@@ -118,7 +119,9 @@ impl RopeTables {
         let cos: Vec<f32> = angles.iter().map(|&a| (a as f64).cos() as f32).collect();
         let sin: Vec<f32> = angles.iter().map(|&a| (a as f64).sin() as f32).collect();
         let shape = [n, 1, half as i32];
+        let (f, h, w) = img_shapes[0];
         Ok(Self {
+            first_img_len: f * h * w,
             cos: Array::from_slice(&cos, &shape),
             sin: Array::from_slice(&sin, &shape),
             txt_len,
@@ -135,6 +138,11 @@ impl RopeTables {
     /// Image tokens the tables cover.
     pub fn img_len(&self) -> usize {
         self.img_len
+    }
+
+    /// Tokens of the first image (the generated one; later images are references).
+    pub fn first_img_len(&self) -> usize {
+        self.first_img_len
     }
 
     /// Head width the tables were built for.

@@ -123,3 +123,52 @@ fn fixtures_are_sensitive_cpu() -> Result<()> {
     assert!(checked_mask >= 2);
     Ok(())
 }
+
+/// Qwen-Image-Edit-2511's `zero_cond_t`: tokens of the reference image(s) are modulated with
+/// the σ = 0 embedding. Same measure and bound as above; the same weights run without
+/// `zero_cond_t` miss the two-image case by far (so the test sees the feature).
+#[test]
+fn zero_cond_t_matches_diffusers() -> Result<()> {
+    on_cpu(zero_cond_t_cpu)
+}
+
+fn zero_cond_t_cpu() -> Result<()> {
+    let dir = fixture("transformer_zero_cond");
+    let model = QwenImageTransformer::load(&dir, Dtype::Float32, None)?;
+    assert!(model.config().zero_cond_t);
+    let mut plain_cfg = model.config().clone();
+    plain_cfg.zero_cond_t = false;
+    let plain = QwenImageTransformer::from_tensors(
+        plain_cfg,
+        mlx_weights::load_component(&dir)?,
+        Dtype::Float32,
+        None,
+    )?;
+    for case in cases_of("zero_cond")? {
+        let rope = RopeTables::new(model.config(), &case.grids, case.txt_len)?;
+        let run = |m: &QwenImageTransformer| {
+            m.forward(
+                &case.hidden_states,
+                &case.encoder_hidden_states,
+                case.mask.as_ref(),
+                &case.timestep,
+                &rope,
+            )
+        };
+        let e = rel_err(&run(&model)?, &case.output)?;
+        println!("{}: rel err {e:.3e}", case.name);
+        assert!(e <= TOL, "{}: rel err {e} > {TOL}", case.name);
+        let e_plain = rel_err(&run(&plain)?, &case.output)?;
+        if case.grids.len() > 1 {
+            assert!(
+                e_plain > 100.0 * TOL,
+                "{}: zero_cond_t off only moved {e_plain}",
+                case.name
+            );
+        } else {
+            // one image: no reference tokens, so zero_cond_t changes nothing
+            assert!(e_plain <= TOL, "{}: {e_plain}", case.name);
+        }
+    }
+    Ok(())
+}
