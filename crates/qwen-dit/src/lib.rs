@@ -11,8 +11,10 @@
 //! - [`QwenImageTransformer`]: load a diffusers `transformer/` folder (sharded safetensors with
 //!   an index, strict key checks), in f32, bf16 or f16; MLX-quantized checkpoints load as
 //!   they are, and [`QuantizeSpec`] quantizes float ones on the fly.
-//! - [`RopeTables`]: the rotary tables for one (image grid, text length) pair, built once and
-//!   passed to every [`QwenImageTransformer::forward`].
+//! - [`RopeTables`]: the rotary tables for one (image grid(s), text length) pair, built once
+//!   and passed to every [`QwenImageTransformer::forward`]. Several grids describe the edit
+//!   pipelines' sequences (generated image first, then reference images); `zero_cond_t`
+//!   checkpoints (Qwen-Image-Edit-2511) are supported, the Layered variant's flags are not.
 //!
 //! On its own:
 //!
