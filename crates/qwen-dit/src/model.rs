@@ -13,7 +13,7 @@ use crate::linear::Linear;
 use crate::ops::{layer_norm_modulate, rms_norm, silu};
 use crate::quant::QuantizeSpec;
 use crate::rope::RopeTables;
-use crate::weights::load_parts;
+use crate::weights::{load_parts, load_quantizing};
 
 /// The model's parameters, grouped as in diffusers.
 #[derive(Debug, Clone)]
@@ -48,11 +48,17 @@ impl QwenImageTransformer {
     /// Loads a diffusers `transformer/` folder (`config.json` + one safetensors file or shards
     /// with an index) in compute dtype `dtype` (f32, bf16 or f16). Layers the checkpoint
     /// stores MLX-quantized stay quantized; with `quant`, the float Linear layers it selects
-    /// are quantized on the fly.
+    /// are quantized on the fly, shard by shard (only one shard's float weights are held at
+    /// a time).
     pub fn load(dir: &Path, dtype: Dtype, quant: Option<QuantizeSpec>) -> Result<Self> {
         let config = QwenImageTransformerConfig::from_file(&dir.join("config.json"))?;
-        let tensors = mlx_weights::load_component(dir)?;
-        Self::from_tensors(config, tensors, dtype, quant)
+        config.validate()?;
+        check_dtype(dtype)?;
+        let tensors = match &quant {
+            Some(spec) => load_quantizing(dir, &config, spec, dtype)?,
+            None => mlx_weights::load_component(dir)?,
+        };
+        Self::from_tensors(config, tensors, dtype, None)
     }
 
     /// Builds the model from already-read tensors (diffusers or aliased names); see

@@ -5,7 +5,10 @@
 //! block modules differently; [`BLOCK_ALIASES`] maps those names (with any suffix: `.weight`,
 //! `.bias`, `.scales`, `.biases`) onto the diffusers ones before loading.
 
-use mlx_rs::Dtype;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use mlx_rs::{Dtype, ops, transforms::eval};
 use mlx_weights::{StrictLoader, Tensors, WeightsError};
 
 use crate::block::{Attention, Block, FeedForward};
@@ -14,6 +17,7 @@ use crate::embeddings::TimestepEmbedder;
 use crate::error::Result;
 use crate::linear::Linear;
 use crate::model::Parts;
+use crate::quant::QuantizeSpec;
 
 /// Module names inside `transformer_blocks.{i}.`: (diffusers name, alternative name in
 /// mflux-made MLX conversions).
@@ -63,6 +67,112 @@ pub(crate) fn canonicalize(mut tensors: Tensors) -> Result<Tensors> {
         }
     }
     Ok(tensors)
+}
+
+/// The safetensors files of a component folder, as `mlx_weights::load_component` reads them:
+/// the shards named by its `*.safetensors.index.json` when there is one, otherwise every
+/// `*.safetensors` file; sorted.
+fn component_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let io = |source| WeightsError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut index = Vec::new();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".safetensors.index.json") {
+            index.push(path);
+        } else if name.ends_with(".safetensors") {
+            files.push(path);
+        }
+    }
+    if let [one] = index.as_slice() {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: BTreeMap<String, String>,
+        }
+        let text = std::fs::read_to_string(one).map_err(|source| WeightsError::Io {
+            path: one.clone(),
+            source,
+        })?;
+        let idx: Index = serde_json::from_str(&text).map_err(|e| WeightsError::Format {
+            path: one.clone(),
+            msg: format!("invalid shard index: {e}"),
+        })?;
+        let shards: BTreeSet<&String> = idx.weight_map.values().collect();
+        return Ok(shards.into_iter().map(|s| dir.join(s)).collect());
+    }
+    if index.len() > 1 {
+        return Err(WeightsError::Format {
+            path: dir.to_path_buf(),
+            msg: format!("more than one shard index: {index:?}"),
+        }
+        .into());
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads a component folder shard by shard, quantizing each float Linear weight `spec`
+/// selects as soon as its shard is read (cast to `dtype` first, exactly as
+/// [`crate::QwenImageTransformer::quantize`] would). Only one shard's float weights are in
+/// memory at a time, so a checkpoint larger than memory in bf16 can be loaded at 4 bits.
+/// The returned tensors hold those layers MLX-quantized (`weight`/`scales`/`biases`).
+pub(crate) fn load_quantizing(
+    dir: &Path,
+    config: &QwenImageTransformerConfig,
+    spec: &QuantizeSpec,
+    dtype: Dtype,
+) -> Result<Tensors> {
+    spec.validate()?;
+    let linears: BTreeMap<String, usize> = config
+        .linear_layers()
+        .into_iter()
+        .map(|(p, din, _)| (p, din))
+        .collect();
+    let mut out = Tensors::new(dir);
+    for file in component_files(dir)? {
+        let shard = canonicalize(mlx_weights::load_file(&file)?)?;
+        for (key, a) in shard.into_map() {
+            if out.get(&key).is_some() {
+                return Err(WeightsError::Format {
+                    path: file.clone(),
+                    msg: format!("tensor `{key}` appears in more than one shard"),
+                }
+                .into());
+            }
+            let target = key
+                .strip_suffix(".weight")
+                .and_then(|p| linears.get(p).map(|din| (p, *din)));
+            let floating = matches!(
+                a.dtype(),
+                Dtype::Float32 | Dtype::Float16 | Dtype::Bfloat16 | Dtype::Float64
+            );
+            match target {
+                Some((path, din))
+                    if floating
+                        && a.ndim() == 2
+                        && a.dim(1) as usize == din
+                        && spec.quantizes(path, din) =>
+                {
+                    let w = if a.dtype() == dtype {
+                        a
+                    } else {
+                        a.as_dtype(dtype)?
+                    };
+                    let (wq, scales, biases) = ops::quantize(&w, spec.group_size, spec.bits)?;
+                    eval([&wq, &scales, &biases])?;
+                    out.insert(key.clone(), wq);
+                    out.insert(format!("{path}.scales"), scales);
+                    out.insert(format!("{path}.biases"), biases);
+                }
+                _ => out.insert(key, a),
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn lin(l: &mut StrictLoader, prefix: &str, din: usize, dout: usize) -> Linear {

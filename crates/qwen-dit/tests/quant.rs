@@ -228,3 +228,41 @@ fn full_size_memory() {
     assert!((gib(q4) - 10.74).abs() < 0.1, "{}", gib(q4));
     assert!(q4 < q4_edges && q4_edges < q8);
 }
+
+/// Load-time quantization of the sharded reference checkpoint (shard by shard) equals loading
+/// in float and quantizing after; only layers whose input width is a multiple of 64 are
+/// quantized (the FFN down-projections and the timestep embedder's first Linear here).
+#[test]
+fn sharded_checkpoint_quantizes_on_load() -> Result<()> {
+    let dir = fixture("transformer");
+    let spec = QuantizeSpec::new(8);
+    let on_load = QwenImageTransformer::load(&dir, Dtype::Float32, Some(spec.clone()))?;
+    let mut after = QwenImageTransformer::load(&dir, Dtype::Float32, None)?;
+    after.quantize(&spec)?;
+    let layers = on_load.quantized_layers();
+    assert_eq!(layers, after.quantized_layers());
+    assert_eq!(
+        layers,
+        vec![
+            "time_text_embed.timestep_embedder.linear_1",
+            "transformer_blocks.0.img_mlp.net.2",
+            "transformer_blocks.0.txt_mlp.net.2",
+            "transformer_blocks.1.img_mlp.net.2",
+            "transformer_blocks.1.txt_mlp.net.2",
+        ]
+    );
+    let c = cases()?.into_iter().next().expect("a case");
+    let rope = RopeTables::new(on_load.config(), &c.grids, c.txt_len)?;
+    let run = |m: &QwenImageTransformer| {
+        m.forward(
+            &c.hidden_states,
+            &c.encoder_hidden_states,
+            c.mask.as_ref(),
+            &c.timestep,
+            &rope,
+        )
+    };
+    assert_eq!(values(&run(&on_load)?)?, values(&run(&after)?)?);
+    assert!(QwenImageTransformer::load(&dir, Dtype::Float32, Some(QuantizeSpec::new(7))).is_err());
+    Ok(())
+}
