@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! dit_step [--sizes 512,1024,1328] [--warmup 2] [--iters 5] [--txt 32] [--layers N]
-//!          [--no-batched] [--no-reference] [--profile 1024 | --profile 0] [--tiny]
+//!          [--no-batched] [--no-reference] [--pipelined] [--profile 1024 | --profile 0] [--tiny]
 //!          [--json PATH]
 //! ```
 //! `--tiny` runs a 2-layer, 32-wide model at 64² and 128² (a CPU smoke test). Prints one
@@ -20,6 +20,11 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
+use std::cell::RefCell;
+
+use mlx_rs::error::Exception;
+use mlx_rs::transforms::async_eval;
+use mlx_rs::transforms::compile::compile;
 use mlx_rs::{Array, Dtype, memory, ops, random};
 use qwen_dit::{QwenImageTransformer, QwenImageTransformerConfig, RopeTables};
 use qwen_image_benches::{forward_flops, image_tokens, median};
@@ -35,6 +40,7 @@ struct Opts {
     layers: Option<usize>,
     batched: bool,
     reference: bool,
+    pipelined: bool,
     profile: Option<usize>,
     tiny: bool,
     json: Option<String>,
@@ -51,6 +57,7 @@ fn parse_opts() -> Result<Opts> {
         layers: None,
         batched: true,
         reference: true,
+        pipelined: false,
         profile: Some(1024),
         tiny: false,
         json: None,
@@ -85,6 +92,7 @@ fn parse_opts() -> Result<Opts> {
             "--json" => o.json = Some(val("--json")?),
             "--no-batched" => o.batched = false,
             "--no-reference" => o.reference = false,
+            "--pipelined" => o.pipelined = true,
             "--tiny" => o.tiny = true,
             // `cargo bench` passes `--bench`; a positional filter is ignored.
             "--bench" => {}
@@ -151,7 +159,6 @@ struct Inputs {
     ctx_cond: Array,
     ctx_uncond: Array,
     sigma: Array,
-    x2: Array,
     ctx2: Array,
     sigma2: Array,
     rope: RopeTables,
@@ -172,17 +179,15 @@ fn inputs(
     let ctx_cond = rng.normal(&[1, txt as i32, cfg.joint_attention_dim as i32], 1.0, dt)?;
     let ctx_uncond = rng.normal(&[1, txt as i32, cfg.joint_attention_dim as i32], 1.0, dt)?;
     let sigma = Array::from_slice(&[0.6f32], &[1]);
-    let x2 = ops::concatenate(&[&x, &x], 0)?;
     let ctx2 = ops::concatenate(&[&ctx_cond, &ctx_uncond], 0)?;
     let sigma2 = Array::from_slice(&[0.6f32, 0.6], &[2]);
     let rope = RopeTables::new(cfg, &[(1, h, w)], txt)?;
-    mlx_rs::transforms::eval([&x2, &ctx2, &sigma, &sigma2, rope.cos(), rope.sin()])?;
+    mlx_rs::transforms::eval([&ctx2, &sigma, &sigma2, rope.cos(), rope.sin()])?;
     Ok(Inputs {
         x,
         ctx_cond,
         ctx_uncond,
         sigma,
-        x2,
         ctx2,
         sigma2,
         rope,
@@ -204,17 +209,25 @@ fn cfg_update(x: &Array, cond: &Array, uncond: &Array, scale: f32) -> Result<Arr
     Ok(ops::add(x, ops::multiply(&pred, scalar(-0.02, dt)?)?)?)
 }
 
-/// One denoising step, lazy: two B=1 forwards, or one B=2 forward when `batched`.
-fn step(model: &QwenImageTransformer, inp: &Inputs, batched: bool, scale: f32) -> Result<Array> {
+/// One denoising step from latents `x`, lazy: two B=1 forwards, or one B=2 forward when
+/// `batched`.
+fn step(
+    model: &QwenImageTransformer,
+    inp: &Inputs,
+    x: &Array,
+    batched: bool,
+    scale: f32,
+) -> Result<Array> {
     let (cond, uncond) = if batched {
-        let v = model.forward(&inp.x2, &inp.ctx2, None, &inp.sigma2, &inp.rope)?;
+        let x2 = ops::concatenate(&[x, x], 0)?;
+        let v = model.forward(&x2, &inp.ctx2, None, &inp.sigma2, &inp.rope)?;
         let mut p = ops::split_equal(&v, 2, 0)?;
         let u = p.pop().context("split")?;
         (p.pop().context("split")?, u)
     } else {
         (
-            model.forward(&inp.x, &inp.ctx_cond, None, &inp.sigma, &inp.rope)?,
-            model.forward(&inp.x, &inp.ctx_uncond, None, &inp.sigma, &inp.rope)?,
+            model.forward(x, &inp.ctx_cond, None, &inp.sigma, &inp.rope)?,
+            model.forward(x, &inp.ctx_uncond, None, &inp.sigma, &inp.rope)?,
         )
     };
     // The bf16 trap: a strong f32 constant anywhere would turn the whole graph to f32.
@@ -223,7 +236,7 @@ fn step(model: &QwenImageTransformer, inp: &Inputs, batched: bool, scale: f32) -
         "DiT output is {:?}, expected bfloat16 (an f32 constant promoted the graph?)",
         cond.dtype()
     );
-    let out = cfg_update(&inp.x, &cond, &uncond, scale)?;
+    let out = cfg_update(x, &cond, &uncond, scale)?;
     ensure!(
         out.dtype() == Dtype::Bfloat16,
         "step output is {:?}, expected bfloat16",
@@ -264,7 +277,7 @@ fn measure(
     o: &Opts,
 ) -> Result<(Vec<f64>, Vec<f64>, usize)> {
     for _ in 0..o.warmup {
-        step(model, inp, batched, o.cfg_scale)?.eval()?;
+        step(model, inp, &inp.x, batched, o.cfg_scale)?.eval()?;
     }
     memory::clear_cache()?;
     memory::reset_peak_memory()?;
@@ -272,12 +285,41 @@ fn measure(
     let mut build = Vec::with_capacity(o.iters);
     for _ in 0..o.iters {
         let t0 = Instant::now();
-        let out = step(model, inp, batched, o.cfg_scale)?;
+        let out = step(model, inp, &inp.x, batched, o.cfg_scale)?;
         build.push(t0.elapsed().as_secs_f64() * 1e3);
         out.eval()?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     Ok((times, build, memory::peak_memory()?))
+}
+
+/// Steady-state ms per step when each step's graph is built while the GPU still runs the
+/// previous one (`async_eval` after each step, as a denoising loop can do): `iters` chained
+/// steps timed together, three times. Returns (per-step times, peak memory).
+fn measure_pipelined(
+    model: &QwenImageTransformer,
+    inp: &Inputs,
+    o: &Opts,
+) -> Result<(Vec<f64>, usize)> {
+    let chain = |n: usize| -> Result<()> {
+        let mut x = inp.x.clone();
+        for _ in 0..n {
+            x = step(model, inp, &x, false, o.cfg_scale)?;
+            async_eval([&x])?;
+        }
+        x.eval()?;
+        Ok(())
+    };
+    chain(o.warmup.max(2))?;
+    memory::clear_cache()?;
+    memory::reset_peak_memory()?;
+    let mut per_step = Vec::new();
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        chain(o.iters)?;
+        per_step.push(t0.elapsed().as_secs_f64() * 1e3 / o.iters as f64);
+    }
+    Ok((per_step, memory::peak_memory()?))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -333,6 +375,21 @@ fn time_chain(
         ts.push(run()?);
     }
     Ok(median(&ts))
+}
+
+/// GELU-tanh written with plain MLX ops (as `mlx_fastops::gelu_tanh`), for `compile`.
+fn gelu_body(x: &Array) -> std::result::Result<Array, Exception> {
+    let dt = x.dtype();
+    let c = |v: f32| Array::from_f32(v).as_dtype(dt);
+    let inner = ops::multiply(
+        x,
+        ops::add(ops::multiply(ops::square(x)?, c(0.044_715)?)?, c(1.0)?)?,
+    )?;
+    let t = ops::tanh(ops::multiply(
+        inner,
+        c((2.0f32 / std::f32::consts::PI).sqrt())?,
+    )?)?;
+    ops::multiply(ops::multiply(x, c(0.5)?)?, ops::add(t, c(1.0)?)?)
 }
 
 fn linear(x: &Array, w: &Array, b: &Array) -> Result<Array> {
@@ -625,6 +682,34 @@ fn profile(
             eb * 2.0 * sd,
         );
     }
+    // What one pass would cost: the same GELU through MLX's compiler (one fused kernel).
+    {
+        let xf = rng.normal(&[1, n as i32, fi], 1.0, dt)?;
+        let compiled = RefCell::new(compile(|x: &Array| gelu_body(x), true));
+        let ms = time_chain(k, reps, &xf, &|_, x| Ok((*compiled.borrow_mut())(x)?))?;
+        add(
+            "  (img GELU through mlx compile: one fused kernel)",
+            Kind::Elementwise,
+            0.0,
+            ms,
+            0.0,
+            eb * 2.0 * (n * f) as f64,
+        );
+    }
+    // The per-op floor: a chain of 200 tiny adds (launch + dispatch, no data).
+    {
+        let x = rng.normal(&[1, 32], 1.0, dt)?;
+        let eps = scalar(1e-3, dt)?;
+        let ms = time_chain(200, reps, &x, &|_, x| Ok(ops::add(x, &eps)?))?;
+        add(
+            "tiny op (1×32 add): per-op launch/dispatch floor",
+            Kind::Elementwise,
+            0.0,
+            ms,
+            0.0,
+            0.0,
+        );
+    }
     // Elementwise ops run per forward whose arithmetic is negligible but that the block
     // still launches: the modulation split and the output split are views (no kernel).
 
@@ -743,12 +828,16 @@ fn main() -> Result<()> {
         n: 0,
     };
 
-    let mut modes: Vec<(&'static str, bool, bool)> = vec![("2×B=1", false, false)];
+    // (label, CFG batched, reference kernels, pipelined)
+    let mut modes: Vec<(&'static str, bool, bool, bool)> = vec![("2×B=1", false, false, false)];
     if o.batched {
-        modes.push(("B=2", true, false));
+        modes.push(("B=2", true, false, false));
+    }
+    if o.pipelined {
+        modes.push(("2×B=1 pipelined", false, false, true));
     }
     if o.reference {
-        modes.push(("2×B=1", false, true));
+        modes.push(("2×B=1", false, true, false));
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut fwd_ms_at_profile = None;
@@ -757,10 +846,15 @@ fn main() -> Result<()> {
         let fl = forward_flops(&cfg, 1, inp.img_tokens, o.txt)
             .scaled(2.0)
             .total();
-        for &(mode, batched, reference) in &modes {
+        for &(mode, batched, reference, pipelined) in &modes {
             mlx_fastops::set_force_reference(reference);
-            let (times_ms, build_ms, peak) = measure(&model, &inp, batched, &o)
-                .with_context(|| format!("{size}² {mode} reference={reference}"))?;
+            let (times_ms, build_ms, peak) = if pipelined {
+                let (t, p) = measure_pipelined(&model, &inp, &o)?;
+                (t, Vec::new(), p)
+            } else {
+                measure(&model, &inp, batched, &o)
+                    .with_context(|| format!("{size}² {mode} reference={reference}"))?
+            };
             mlx_fastops::set_force_reference(false);
             let row = Row {
                 size,
@@ -772,7 +866,7 @@ fn main() -> Result<()> {
                 peak_bytes: peak,
             };
             println!(
-                "{size:>5}² {mode:<6} {:<9} median {:>8.1} ms  min {:>8.1} ms  {:>6.1} TFLOP/s  peak {:>6.2} GiB  graph build {:.1} ms  [{}]",
+                "{size:>5}² {mode:<15} {:<9} median {:>8.1} ms  min {:>8.1} ms  {:>6.1} TFLOP/s  peak {:>6.2} GiB  graph build {:.1} ms  [{}]",
                 row.kernels,
                 row.median(),
                 row.min(),
@@ -785,7 +879,7 @@ fn main() -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            if Some(size) == o.profile && !batched && !reference {
+            if Some(size) == o.profile && !batched && !reference && !pipelined {
                 fwd_ms_at_profile = Some(row.median() / 2.0);
             }
             rows.push(row);
