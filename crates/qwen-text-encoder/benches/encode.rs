@@ -7,6 +7,9 @@
 //!   forward at Qwen-Image's real size (hidden 3584, 28 layers, 28/4 heads, MLP 18944,
 //!   vocab 152064) with random bf16 weights, `text_model_forward/bf16/b1-t{74,512}`. Random
 //!   weights are fine for timing; correctness is proven by the parity tests.
+//!
+//! H100 (MLX 0.32.2 CUDA, 2026-11-24): forward 10.1 ms at 74 tokens (diffusers eager, same
+//! GPU: 29 ms), 15.7 ms at 512 tokens; the tiny whole-prompt path 1.8 ms.
 
 use std::path::PathBuf;
 
