@@ -193,6 +193,15 @@ fn array_from_view(path: &Path, key: &str, view: &TensorView<'_>) -> Result<Arra
 
 /// Reads every tensor of one safetensors file, keeping the stored dtypes.
 pub fn load_file(path: &Path) -> Result<Tensors, WeightsError> {
+    load_file_filtered(path, &|_| true)
+}
+
+/// Reads the tensors of one safetensors file whose names pass `keep`; the others are never
+/// copied into memory.
+pub fn load_file_filtered(
+    path: &Path,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Tensors, WeightsError> {
     let io = |source| WeightsError::Io {
         path: path.to_path_buf(),
         source,
@@ -207,6 +216,9 @@ pub fn load_file(path: &Path) -> Result<Tensors, WeightsError> {
     })?;
     let mut out = Tensors::new(path);
     for (key, view) in st.tensors() {
+        if !keep(&key) {
+            continue;
+        }
         let array = array_from_view(path, &key, &view)?;
         out.map.insert(key, array);
     }
@@ -222,6 +234,16 @@ struct ShardIndex {
 /// is one (every shard must exist and every indexed tensor must be found in its shard),
 /// otherwise every `*.safetensors` file in the folder.
 pub fn load_component(dir: &Path) -> Result<Tensors, WeightsError> {
+    load_component_filtered(dir, &|_| true)
+}
+
+/// [`load_component`] keeping only the tensors whose names pass `keep` (e.g. to skip a vision
+/// tower the model never uses without materialising it). Index consistency is still checked
+/// for every key.
+pub fn load_component_filtered(
+    dir: &Path,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Tensors, WeightsError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| WeightsError::Io { path, source }
@@ -261,12 +283,12 @@ pub fn load_component(dir: &Path) -> Result<Tensors, WeightsError> {
                     msg: format!("shard `{shard}` listed in the index is missing"),
                 });
             }
-            out.extend_from(load_file(&shard_path)?)?;
+            out.extend_from(load_file_filtered(&shard_path, keep)?)?;
         }
         let missing: Vec<String> = index
             .weight_map
             .keys()
-            .filter(|k| !out.map.contains_key(*k))
+            .filter(|k| keep(k) && !out.map.contains_key(*k))
             .cloned()
             .collect();
         if !missing.is_empty() {
@@ -284,7 +306,7 @@ pub fn load_component(dir: &Path) -> Result<Tensors, WeightsError> {
         });
     } else {
         for f in &st_files {
-            out.extend_from(load_file(f)?)?;
+            out.extend_from(load_file_filtered(f, keep)?)?;
         }
     }
     Ok(out)

@@ -69,6 +69,10 @@ fn sharded_component_and_strict_errors() -> anyhow::Result<()> {
     assert!(err.contains("1 unexpected: z.extra"), "{err}");
     assert!(err.contains("y.bias (expected [3], found [2])"), "{err}");
 
+    let filtered = load_component_filtered(dir.path(), &|k| !k.starts_with("z."))?;
+    assert_eq!(filtered.len(), 2);
+    assert!(filtered.get("z.extra").is_none());
+
     let mut l = StrictLoader::new(load_component(dir.path())?, Dtype::Float32);
     l.take("x.weight", &[2, 3]);
     l.take("y.bias", &[2]);

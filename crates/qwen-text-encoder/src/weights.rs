@@ -115,9 +115,12 @@ pub fn take_weights(tensors: Tensors, cfg: &TextConfig, dtype: Dtype) -> Result<
 }
 
 /// Loads `dir` (one `*.safetensors` or shards with an index) and takes the text path's
-/// weights from it.
+/// weights from it. Tensors under [`IGNORED_PREFIXES`] (the vision tower, the LM head) are
+/// skipped while reading, so they never occupy memory.
 pub fn load_weights(dir: &Path, cfg: &TextConfig, dtype: Dtype) -> Result<TextModelWeights> {
-    let tensors = mlx_weights::load_component(dir)?;
+    let tensors = mlx_weights::load_component_filtered(dir, &|key| {
+        !IGNORED_PREFIXES.iter().any(|p| key.starts_with(p))
+    })?;
     take_weights(tensors, cfg, dtype)
 }
 
