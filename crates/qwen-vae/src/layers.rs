@@ -535,6 +535,8 @@ mod tests {
     }
 
     fn conv_and_input(s: &Spec) -> (CausalConv3d, Vec<Vec<f32>>, Vec<f32>, Vec<f32>, Array) {
+        // Full f32 (GPU backends default to TF32 for f32 convolutions).
+        mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
         let [kt, kh, kw] = s.k;
         let taps_v: Vec<Vec<f32>> = (0..kt)
             .map(|t| values(s.o * kh * kw * s.c, 11 + t as u64))
@@ -665,6 +667,7 @@ mod tests {
     fn chunked_attention_equals_unchunked() -> anyhow::Result<()> {
         // Query rows are independent: chunking must not change a single value beyond
         // summation-order rounding (1e-6 on values in [−1, 1]).
+        mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
         let (n, d) = (37, 6);
         let q = Array::from_slice(&values(n * d, 1), &[1, 1, n as i32, d as i32]);
         let k = Array::from_slice(&values(n * d, 2), &[1, 1, n as i32, d as i32]);

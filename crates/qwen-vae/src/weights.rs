@@ -299,6 +299,7 @@ mod tests {
     fn conv2d_ohwi_computes_the_pytorch_convolution() -> anyhow::Result<()> {
         // A hand-computed PyTorch-semantics conv (cross-correlation, OIHW kernel, NCHW input)
         // on integers: MLX's conv2d with the transformed kernel must give the same numbers.
+        mlx_rs::Device::set_default(&mlx_rs::Device::cpu()); // full f32, no TF32
         let (o, i, k, h, w) = (2, 3, 3, 4, 5);
         let wt = iota(&[o, i, k, k]).multiply(Array::from_f32(0.01))?;
         let x_nchw = iota(&[1, i, h, w]).multiply(Array::from_f32(0.1))?;
