@@ -25,6 +25,9 @@ fn to_u8(x: f32) -> u8 {
 
 /// Converts a decoded batch `(B, 3, H, W)` (as [`crate::QwenImageVae::decode`] returns it,
 /// values in [−1, 1]) to 8-bit RGB images. Evaluates the array.
+///
+/// The arithmetic is always f32 (bit-exact with diffusers for f32 images); for a bf16 image
+/// diffusers applies `x·0.5 + 0.5` in bf16 first, so results may differ by one level there.
 pub fn to_rgb8(image: &Array) -> Result<Vec<RgbImage>> {
     let s = image.shape();
     if s.len() != 4 || s[1] != 3 {
