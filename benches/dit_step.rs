@@ -722,6 +722,12 @@ fn profile(
     )?;
     writeln!(
         out,
+        "(wall time per piece, chained {k}× per eval: each includes 1/{k} of the per-eval overhead \
+         (H100, 2026-11-24: ~0.05-0.07 ms per piece), so small ops read high and the pieces sum to \
+         more than the forward. Pure kernel time: ncu + scripts/bench/ncu_summary.py)"
+    )?;
+    writeln!(
+        out,
         "{:<58} {:>5} {:>9} {:>9} {:>8} {:>8} {:>7}",
         "piece", "×blk", "ms each", "ms/fwd", "TFLOP/s", "GB/s", "% fwd"
     )?;
@@ -784,7 +790,7 @@ fn profile(
     if let Some(fw) = fwd_ms {
         writeln!(
             out,
-            "  measured forward (half a CFG step): {fw:.2} ms; not attributed (launch gaps, graph build, ops not listed): {:.2} ms ({:.1}%)",
+            "  measured forward (half a CFG step): {fw:.2} ms; difference {:.2} ms ({:.1}%; > 0: launch gaps and ops not listed, < 0: host-bound pieces that overlap with the GPU in the forward)",
             fw - total,
             100.0 * (fw - total) / fw
         )?;
