@@ -1,7 +1,7 @@
 //! Which implementation of a fused op runs: backend detection and the reference switch.
 //!
 //! The fused ops ([`crate::layer_norm_modulate`], [`crate::apply_rope`],
-//! [`crate::gated_residual`]) look at the stream MLX would use for the next op (the
+//! [`crate::gated_residual`], [`crate::gelu_tanh`], [`crate::bias_gelu_tanh`]) look at the stream MLX would use for the next op (the
 //! thread-local stream set by `mlx_rs::with_stream`/`with_device`, else the default device's
 //! stream):
 //! - CPU device → the reference built from plain MLX ops;

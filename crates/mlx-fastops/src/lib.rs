@@ -10,9 +10,11 @@
 //! ## Ops (all dtype-preserving: the output has the input's dtype; f32, f16, bf16)
 //! - [`sdpa`]: scaled dot-product attention, (B, H, L, D) layout, optional boolean or
 //!   additive mask (MLX fast SDPA).
-//! - [`rms_norm`], [`layer_norm`] (no affine), [`gelu_tanh`] (constants in the input dtype).
+//! - [`rms_norm`], [`layer_norm`] (no affine).
 //! - Fused: [`layer_norm_modulate`] `= LayerNorm(x)·(1 + scale) + shift`, [`apply_rope`]
-//!   (interleaved pairs), [`gated_residual`] `= x + gate·y`.
+//!   (interleaved pairs), [`gated_residual`] `= x + gate·y`, [`gelu_tanh`] (GELU, tanh
+//!   approximation, one pass instead of MLX's chain of element-wise ops) and
+//!   [`bias_gelu_tanh`] `= GELU_tanh(x + bias)`.
 //!
 //! ## Dispatch of the fused ops
 //! Each fused op has three implementations behind one entry point (see [`backend`]):
@@ -58,7 +60,7 @@ pub use backend::{
     set_force_reference,
 };
 pub use error::{FastOpsError, Result};
-pub use ops::{gelu_tanh, layer_norm, rms_norm, sdpa};
+pub use ops::{layer_norm, rms_norm, sdpa};
 
 use mlx_rs::Array;
 
@@ -101,6 +103,34 @@ pub fn gated_residual(x: &Array, gate: &Array, y: &Array) -> Result<Array> {
         p => match kernels::gated_residual(p, x, gate, y)? {
             Some(out) => Ok(out),
             None => reference::gated_residual(x, gate, y),
+        },
+    }
+}
+
+/// GELU with the tanh approximation (PyTorch `approximate="tanh"`):
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, element-wise, any shape, output in x's
+/// dtype. The fused kernels compute it in f32 and round once; the reference
+/// ([`reference::gelu_tanh`]) uses plain MLX ops with every constant in x's dtype.
+pub fn gelu_tanh(x: &Array) -> Result<Array> {
+    match fused_path() {
+        Path::Reference => reference::gelu_tanh(x),
+        p => match kernels::gelu_tanh(p, x)? {
+            Some(out) => Ok(out),
+            None => reference::gelu_tanh(x),
+        },
+    }
+}
+
+/// `GELU_tanh(x + bias)`: x (..., N), bias (N,) broadcast over the last axis (cast to x's
+/// dtype) — a biased Linear's output bias and the activation in one pass. The fused
+/// kernels add and compute in f32 and round once; the reference
+/// ([`reference::bias_gelu_tanh`]) adds in x's dtype, then [`gelu_tanh`].
+pub fn bias_gelu_tanh(x: &Array, bias: &Array) -> Result<Array> {
+    match fused_path() {
+        Path::Reference => reference::bias_gelu_tanh(x, bias),
+        p => match kernels::bias_gelu_tanh(p, x, bias)? {
+            Some(out) => Ok(out),
+            None => reference::bias_gelu_tanh(x, bias),
         },
     }
 }
@@ -149,6 +179,18 @@ pub mod fused {
     pub fn apply_rope(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
         const OP: &str = "apply_rope";
         some(OP, kernels::apply_rope(path(OP)?, x, cos, sin)?)
+    }
+
+    /// The fused [`crate::gelu_tanh`].
+    pub fn gelu_tanh(x: &Array) -> Result<Array> {
+        const OP: &str = "gelu_tanh";
+        some(OP, kernels::gelu_tanh(path(OP)?, x)?)
+    }
+
+    /// The fused [`crate::bias_gelu_tanh`].
+    pub fn bias_gelu_tanh(x: &Array, bias: &Array) -> Result<Array> {
+        const OP: &str = "bias_gelu_tanh";
+        some(OP, kernels::bias_gelu_tanh(path(OP)?, x, bias)?)
     }
 
     /// The fused [`crate::gated_residual`].

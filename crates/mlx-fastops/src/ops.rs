@@ -1,7 +1,7 @@
-//! Thin, dtype-preserving wrappers over MLX's fast ops and a bf16-safe tanh GELU.
+//! Thin, dtype-preserving wrappers over MLX's fast ops, and shared input checks.
 
 use mlx_rs::fast::ScaledDotProductAttentionMask;
-use mlx_rs::{Array, Dtype, fast, ops};
+use mlx_rs::{Array, Dtype, fast};
 
 use crate::error::{FastOpsError, Result};
 
@@ -112,25 +112,4 @@ pub fn rms_norm(x: &Array, weight: &Array, eps: f32) -> Result<Array> {
 pub fn layer_norm(x: &Array, eps: f32) -> Result<Array> {
     check_float("layer_norm", x)?;
     Ok(fast::layer_norm(x, None, None, eps)?)
-}
-
-/// GELU with the tanh approximation (PyTorch `approximate="tanh"`):
-/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, every constant in x's dtype.
-pub fn gelu_tanh(x: &Array) -> Result<Array> {
-    let dt = check_float("gelu_tanh", x)?;
-    let k = (2.0f32 / std::f32::consts::PI).sqrt();
-    let one = scalar(1.0, dt)?;
-    // x·(1 + 0.044715·x²) = x + 0.044715·x³
-    let inner = ops::multiply(
-        x,
-        ops::add(
-            ops::multiply(ops::square(x)?, scalar(0.044_715, dt)?)?,
-            &one,
-        )?,
-    )?;
-    let t = ops::tanh(ops::multiply(inner, scalar(k, dt)?)?)?;
-    Ok(ops::multiply(
-        ops::multiply(x, scalar(0.5, dt)?)?,
-        ops::add(t, &one)?,
-    )?)
 }

@@ -91,6 +91,52 @@ pub(crate) fn check_rope(x: &Array, cos: &Array, sin: &Array) -> Result<Vec<i32>
     Ok(padded)
 }
 
+/// Validates x (..., N) and a bias (N,) over its last axis; returns N.
+pub(crate) fn check_bias(op: &'static str, x: &Array, bias: &Array) -> Result<i32> {
+    check_float(op, x)?;
+    check_float(op, bias)?;
+    let xs = x.shape();
+    match xs.last() {
+        Some(&n) if bias.shape() == [n] => Ok(n),
+        _ => Err(shape_err(
+            op,
+            format!(
+                "bias must be (N,) for x (..., N), got bias {:?} for x {xs:?}",
+                bias.shape()
+            ),
+        )),
+    }
+}
+
+/// GELU with the tanh approximation (PyTorch `approximate="tanh"`):
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, every op and constant in x's dtype (a
+/// bf16 input is computed in bf16, as PyTorch does in eager mode).
+pub fn gelu_tanh(x: &Array) -> Result<Array> {
+    let dt = check_float("gelu_tanh", x)?;
+    let k = (2.0f32 / std::f32::consts::PI).sqrt();
+    let one = scalar(1.0, dt)?;
+    // x·(1 + 0.044715·x²) = x + 0.044715·x³
+    let inner = ops::multiply(
+        x,
+        ops::add(
+            ops::multiply(ops::square(x)?, scalar(0.044_715, dt)?)?,
+            &one,
+        )?,
+    )?;
+    let t = ops::tanh(ops::multiply(inner, scalar(k, dt)?)?)?;
+    Ok(ops::multiply(
+        ops::multiply(x, scalar(0.5, dt)?)?,
+        ops::add(t, &one)?,
+    )?)
+}
+
+/// `GELU_tanh(x + bias)` with x (..., N) and bias (N,) broadcast over the last axis: the
+/// bias (cast to x's dtype) is added in x's dtype, then [`gelu_tanh`].
+pub fn bias_gelu_tanh(x: &Array, bias: &Array) -> Result<Array> {
+    check_bias("bias_gelu_tanh", x, bias)?;
+    gelu_tanh(&ops::add(x, cast(bias, x.dtype())?)?)
+}
+
 /// `LayerNorm(x)·(1 + scale) + shift`, LayerNorm without affine over C.
 ///
 /// x (B, L, C); shift and scale (B, C) or (1, C), broadcast over L (per sample). The

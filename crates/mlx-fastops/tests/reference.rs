@@ -98,19 +98,53 @@ fn layer_norm_and_rms_norm_match_naive() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// GELU-tanh in f64 (PyTorch `approximate="tanh"`).
+fn naive_gelu(v: f64) -> f64 {
+    let k = (2.0f64 / std::f64::consts::PI).sqrt();
+    0.5 * v * (1.0 + (k * (v + 0.044715 * v * v * v)).tanh())
+}
+
 #[test]
 fn gelu_tanh_matches_naive() -> anyhow::Result<()> {
+    // wide inputs (std 3): both tails (≈ x and ≈ 0) and the curved middle are covered
     let x = randn(&[1000], 9, 0.0, 3.0)?;
-    let got = fo::gelu_tanh(&x)?;
-    let k = (2.0f64 / std::f64::consts::PI).sqrt();
     let want: Vec<f32> = host(&x)?
         .iter()
-        .map(|&v| {
-            let v = v as f64;
-            (0.5 * v * (1.0 + (k * (v + 0.044715 * v * v * v)).tanh())) as f32
-        })
+        .map(|&v| naive_gelu(v as f64) as f32)
         .collect();
-    assert_close("gelu_tanh", &host(&got)?, &want, TOL_F32);
+    assert_close("gelu_tanh", &host(&fo::gelu_tanh(&x)?)?, &want, TOL_F32);
+    assert_close(
+        "reference gelu_tanh",
+        &host(&fo::reference::gelu_tanh(&x)?)?,
+        &want,
+        TOL_F32,
+    );
+    Ok(())
+}
+
+#[test]
+fn bias_gelu_tanh_matches_naive() -> anyhow::Result<()> {
+    // odd last axis, rank 3 and rank 1; bias broadcast over every leading index
+    for shape in [&[2, 5, 37][..], &[3, 64], &[11]] {
+        let n = *shape.last().unwrap() as usize;
+        let x = randn(shape, 10, 0.2, 2.0)?;
+        let b = randn(&[n as i32], 11, -0.3, 1.0)?;
+        let (xv, bv) = (host(&x)?, host(&b)?);
+        let want: Vec<f32> = xv
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| naive_gelu(v as f64 + bv[i % n] as f64) as f32)
+            .collect();
+        let got = fo::bias_gelu_tanh(&x, &b)?;
+        assert_eq!(got.shape(), shape);
+        assert_close("bias_gelu_tanh", &host(&got)?, &want, TOL_F32);
+        assert_close(
+            "reference bias_gelu_tanh",
+            &host(&fo::reference::bias_gelu_tanh(&x, &b)?)?,
+            &want,
+            TOL_F32,
+        );
+    }
     Ok(())
 }
 
@@ -259,6 +293,13 @@ fn ops_preserve_bf16() -> anyhow::Result<()> {
     );
     assert_eq!(fo::gated_residual(&x, &v32, &x)?.dtype(), Dtype::Bfloat16);
     assert_eq!(fo::gelu_tanh(&x)?.dtype(), Dtype::Bfloat16);
+    // an f32 bias must not promote the bf16 activation
+    let b32 = randn(&[16], 56, 0.0, 1.0)?;
+    assert_eq!(fo::bias_gelu_tanh(&x, &b32)?.dtype(), Dtype::Bfloat16);
+    assert_eq!(
+        fo::reference::bias_gelu_tanh(&x.as_dtype(Dtype::Float16)?, &b32)?.dtype(),
+        Dtype::Float16
+    );
     assert_eq!(fo::layer_norm(&x, 1e-6)?.dtype(), Dtype::Bfloat16);
     let w = randn(&[16], 52, 1.0, 0.1)?;
     assert_eq!(fo::rms_norm(&x, &w, 1e-6)?.dtype(), Dtype::Bfloat16);
@@ -293,6 +334,10 @@ fn bf16_reference_is_close_to_f32() -> anyhow::Result<()> {
     assert_close("bf16 modulate", &host(&got)?, &want, 1e-2);
     let want = host(&fo::gelu_tanh(&x)?)?;
     assert_close("bf16 gelu", &host(&fo::gelu_tanh(&bf16(&x))?)?, &want, 1e-2);
+    let b = randn(&[48], 63, 0.0, 0.5)?;
+    let want = host(&fo::bias_gelu_tanh(&x, &b)?)?;
+    let got = fo::bias_gelu_tanh(&bf16(&x), &bf16(&b))?;
+    assert_close("bf16 bias gelu", &host(&got)?, &want, 1e-2);
     Ok(())
 }
 
@@ -304,6 +349,9 @@ fn shape_errors_are_reported() -> anyhow::Result<()> {
     assert!(fo::layer_norm_modulate(&x, &wrong, &v, 1e-6).is_err());
     assert!(fo::layer_norm_modulate(&v, &v, &v, 1e-6).is_err());
     assert!(fo::gated_residual(&x, &v, &v).is_err());
+    assert!(fo::bias_gelu_tanh(&x, &v).is_err()); // bias must be (8,)
+    let b7 = randn(&[7], 77, 0.0, 1.0)?;
+    assert!(fo::bias_gelu_tanh(&x, &b7).is_err());
     let t = randn(&[3, 3], 73, 0.0, 1.0)?; // D/2 = 4 expected
     assert!(fo::apply_rope(&x, &t, &t).is_err());
     let t = randn(&[4, 4], 74, 0.0, 1.0)?; // L = 3 expected

@@ -112,3 +112,10 @@ __device__ __forceinline__ void fo_ln_modulate_row(
     }
   }
 }
+
+// GELU with the tanh approximation (PyTorch approximate="tanh") in f32:
+// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+__device__ __forceinline__ float fo_gelu_tanh(float x) {
+  const float k = 0.7978845608028654f;  // √(2/π)
+  return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}

@@ -85,3 +85,11 @@ inline void fo_ln_modulate_row(
     }
   }
 }
+
+// GELU with the tanh approximation (PyTorch approximate="tanh") in f32:
+// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). precise::tanh: the fast-math tanh is not
+// accurate to f32 and overflows for large arguments.
+inline float fo_gelu_tanh(float x) {
+  const float k = 0.7978845608028654f;  // √(2/π)
+  return 0.5f * x * (1.0f + metal::precise::tanh(k * (x + 0.044715f * x * x * x)));
+}

@@ -16,7 +16,7 @@ use mlx_rs::{Array, Dtype, Stream, ops};
 use crate::backend::Path;
 use crate::error::{FastOpsError, Result};
 use crate::ops::cast;
-use crate::reference::{check_rope, check_rows};
+use crate::reference::{check_bias, check_rope, check_rows};
 
 /// A compile-time template argument of a kernel (mirrors `mlx_rs::fast::TemplateArg`,
 /// which mlx-rs only builds with its `metal` feature).
@@ -109,6 +109,24 @@ const GATED: Spec = Spec {
     outputs: &["out"],
     cuda: include_str!("gated_residual.cu"),
     metal: include_str!("gated_residual.metal"),
+};
+
+const GELU: Spec = Spec {
+    op: "gelu_tanh",
+    name: "fastops_gelu_tanh",
+    inputs: &["x"],
+    outputs: &["out"],
+    cuda: include_str!("gelu_tanh.cu"),
+    metal: include_str!("gelu_tanh.metal"),
+};
+
+const BIAS_GELU: Spec = Spec {
+    op: "bias_gelu_tanh",
+    name: "fastops_bias_gelu_tanh",
+    inputs: &["x", "bias"],
+    outputs: &["out"],
+    cuda: include_str!("bias_gelu_tanh.cu"),
+    metal: include_str!("bias_gelu_tanh.metal"),
 };
 
 fn unavailable(op: &'static str, msg: &str) -> FastOpsError {
@@ -388,6 +406,70 @@ pub(crate) fn gated_residual(
                 ("W", TemplateArg::Int(w)),
                 ("MB", TemplateArg::Int(s.mb)),
             ],
+        },
+    )?;
+    Ok(Some(out))
+}
+
+/// Elements per thread for an element-wise kernel over `n` elements (rows of `n`): a
+/// 16-byte vector when it divides `n`, else 1.
+fn vec_width(n: i64, dt: Dtype) -> i32 {
+    let w = 16 / elem_bytes(dt);
+    if n % i64::from(w) == 0 { w } else { 1 }
+}
+
+/// Fused gelu_tanh on `path`; `None` when the input is outside its limits.
+pub(crate) fn gelu_tanh(path: Path, x: &Array) -> Result<Option<Array>> {
+    let dt = crate::ops::check_float(GELU.op, x)?;
+    let n = x.size() as i64;
+    let w = vec_width(n, dt);
+    let threads = n / i64::from(w);
+    if threads == 0 || threads > i64::from(i32::MAX) || (path == Path::Metal && n < 8) {
+        return Ok(None);
+    }
+    let out = run(
+        path,
+        &GELU,
+        Launch {
+            inputs: vec![x],
+            outputs: vec![OutputSpec {
+                shape: x.shape().to_vec(),
+                dtype: dt,
+            }],
+            grid: (threads as i32, 1, 1),
+            block: (256, 1, 1),
+            template: vec![("T", TemplateArg::Dtype(dt)), ("W", TemplateArg::Int(w))],
+        },
+    )?;
+    Ok(Some(out))
+}
+
+/// Fused bias_gelu_tanh on `path`; `None` when the inputs are outside its limits.
+pub(crate) fn bias_gelu_tanh(path: Path, x: &Array, bias: &Array) -> Result<Option<Array>> {
+    let n_last = check_bias(BIAS_GELU.op, x, bias)?;
+    let dt = x.dtype();
+    let n = x.size() as i64;
+    let w = vec_width(i64::from(n_last), dt);
+    let threads = n / i64::from(w);
+    if threads == 0
+        || threads > i64::from(i32::MAX)
+        || (path == Path::Metal && (n < 8 || n_last < 8))
+    {
+        return Ok(None);
+    }
+    let bias = cast(bias, dt)?;
+    let out = run(
+        path,
+        &BIAS_GELU,
+        Launch {
+            inputs: vec![x, &bias],
+            outputs: vec![OutputSpec {
+                shape: x.shape().to_vec(),
+                dtype: dt,
+            }],
+            grid: (threads as i32, 1, 1),
+            block: (256, 1, 1),
+            template: vec![("T", TemplateArg::Dtype(dt)), ("W", TemplateArg::Int(w))],
         },
     )?;
     Ok(Some(out))
