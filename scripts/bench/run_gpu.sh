@@ -72,4 +72,4 @@ if [ "${SKIP_COMPILE:-0}" != 1 ]; then
 fi
 
 echo; echo "===== summary ====="
-grep -A12 '^## one true-CFG step' "$OUT"/mlx.log "$OUT"/diffusers_*.log 2>/dev/null | grep '|' | cut -c1-200
+grep -A16 '^## one true-CFG step' "$OUT"/mlx.log "$OUT"/diffusers_*.log 2>/dev/null | grep '|' | cut -c1-200
