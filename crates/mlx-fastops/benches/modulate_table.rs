@@ -5,7 +5,9 @@
 //! (4 × 26 MB > the H100's 50 MB L2, so reads come from HBM), evaluates them in one
 //! `eval` and divides the wall time by K; the median over 15 repetitions after 3 warm-ups
 //! is reported (launch overhead included, as the DiT sees it). Run on the GPU machine:
-//! `modulate_table-<hash>` (arguments are ignored; `--quick` for fewer repetitions).
+//! `modulate_table-<hash>` (`--quick` for fewer repetitions; `--gelu` for the GELU table
+//! only: the DiT's FFN activation 1×4128×12288 bf16, fused vs the reference chain, with
+//! and without the bias, and the FFN's first Linear followed by each).
 
 use std::time::Instant;
 
@@ -64,6 +66,9 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().any(|a| a == "--diag") {
         return diagnostics(dt, c, eps, reps);
+    }
+    if std::env::args().any(|a| a == "--gelu") {
+        return gelu_table(dt, c, reps);
     }
     let mut rows = Vec::new();
     for t in [32, 64, 128, 256, 512] {
@@ -322,5 +327,75 @@ fn diagnostics(dt: Dtype, c: i32, eps: f32, reps: usize) -> anyhow::Result<()> {
         Ok(fo::reference::layer_norm_modulate(y, &sh, &sc, eps)?)
     })?;
     println!("| ln_mod unfused | {f:.4} |");
+    Ok(())
+}
+
+/// GELU at the DiT's FFN activation, 1×(4096+32)×(4·C) bf16: fused kernels vs the
+/// reference chains (what ran before), and the first FFN Linear (C → 4C) followed by the
+/// activation in three ways: `addmm` (bias in the GEMM, as qwen-dit's float `Linear`)
+/// + reference GELU, `addmm` + fused GELU, and `matmul` + fused `bias_gelu_tanh`.
+fn gelu_table(dt: Dtype, c: i32, reps: usize) -> anyhow::Result<()> {
+    let l = 4096 + 32;
+    let f = 4 * c;
+    let hs = (0..SETS)
+        .map(|i| randn(&[1, l, f], 60 + i as u64, dt))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let b = randn(&[f], 11, dt)?;
+    let one = Array::from_f32(1.0).as_dtype(dt)?;
+    let copy = time_ms(reps, &|i| Ok(mlx_rs::ops::multiply(&hs[i % SETS], &one)?))?;
+    let g_fused = time_ms(reps, &|i| Ok(fo::fused::gelu_tanh(&hs[i % SETS])?))?;
+    let g_ref = time_ms(reps, &|i| Ok(fo::reference::gelu_tanh(&hs[i % SETS])?))?;
+    let bg_fused = time_ms(reps, &|i| Ok(fo::fused::bias_gelu_tanh(&hs[i % SETS], &b)?))?;
+    let bg_ref = time_ms(reps, &|i| {
+        Ok(fo::reference::bias_gelu_tanh(&hs[i % SETS], &b)?)
+    })?;
+    // the FFN's first Linear: x (1, L, C) · Wᵀ, W (4C, C)
+    let xs = (0..SETS)
+        .map(|i| randn(&[1, l, c], 70 + i as u64, dt))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let w = mlx_rs::ops::multiply(
+        &randn(&[f, c], 12, dt)?,
+        Array::from_f32(0.02).as_dtype(dt)?,
+    )?;
+    w.eval()?;
+    let wt = w.t();
+    let mm_only = time_ms(reps, &|i| Ok(mlx_rs::ops::matmul(&xs[i % SETS], &wt)?))?;
+    let addmm_ref = time_ms(reps, &|i| {
+        let y = mlx_rs::ops::addmm(&b, &xs[i % SETS], &wt, None, None)?;
+        Ok(fo::reference::gelu_tanh(&y)?)
+    })?;
+    let addmm_fused = time_ms(reps, &|i| {
+        let y = mlx_rs::ops::addmm(&b, &xs[i % SETS], &wt, None, None)?;
+        Ok(fo::fused::gelu_tanh(&y)?)
+    })?;
+    let mm_bias_fused = time_ms(reps, &|i| {
+        let y = mlx_rs::ops::matmul(&xs[i % SETS], &wt)?;
+        Ok(fo::fused::bias_gelu_tanh(&y, &b)?)
+    })?;
+    let bytes = 2.0 * f64::from(l) * f64::from(f) * 2.0;
+    let gbs = |ms: f64| bytes / (ms * 1e-3) / 1e9;
+    println!("\n## GELU-tanh, 1×{l}×{f} {dt:?} (ms per op, median of {reps}, {K} ops per eval)");
+    println!("| op | ms | GB/s (read x + write out) | vs fused |");
+    println!("|---|---|---|---|");
+    for (name, ms, base) in [
+        ("MLX x·1 (one element-wise pass)", copy, g_fused),
+        ("gelu_tanh fused", g_fused, g_fused),
+        ("gelu_tanh reference chain", g_ref, g_fused),
+        ("bias_gelu_tanh fused", bg_fused, bg_fused),
+        ("bias_gelu_tanh reference (x + b, chain)", bg_ref, bg_fused),
+    ] {
+        println!("| {name} | {ms:.4} | {:.0} | {:.2}× |", gbs(ms), ms / base);
+    }
+    println!("\n## FFN first Linear {c}→{f} on 1×{l} tokens + GELU, {dt:?} (ms per op)");
+    println!("| variant | ms | minus matmul alone |");
+    println!("|---|---|---|");
+    for (name, ms) in [
+        ("matmul alone (no bias, no GELU)", mm_only),
+        ("addmm + reference GELU chain (before)", addmm_ref),
+        ("addmm + fused gelu_tanh", addmm_fused),
+        ("matmul + fused bias_gelu_tanh", mm_bias_fused),
+    ] {
+        println!("| {name} | {ms:.4} | {:.4} |", ms - mm_only);
+    }
     Ok(())
 }

@@ -13,7 +13,10 @@
 //! - bf16: 8e-3 — one final rounding to bf16 (2^-9 relative, ~1.1e-3 rms); a wrong index
 //!   or formula gives errors of order 1.
 //!
-//! Run: `gpu` (a plain binary, `harness = false`; extra arguments are ignored).
+//! The GELU kernels use tighter, op-specific tolerances (see `gelu_tol`).
+//!
+//! Run: `gpu` (a plain binary, `harness = false`); `gpu gelu` runs only the GELU cases;
+//! other arguments are ignored.
 
 mod common;
 
@@ -37,12 +40,25 @@ impl Report {
         got: fo::Result<Array>,
         want: &[f32],
     ) -> anyhow::Result<()> {
-        self.cases += 1;
         let tol = match dt {
             Dtype::Float32 => 1e-5,
             Dtype::Float16 => 2e-3,
             _ => 8e-3,
         };
+        self.check_tol(what, dt, got, want, tol, tol * 10.0)
+    }
+
+    /// [`Report::check`] with explicit relative-L2 and max-error tolerances.
+    fn check_tol(
+        &mut self,
+        what: &str,
+        dt: Dtype,
+        got: fo::Result<Array>,
+        want: &[f32],
+        tol: f64,
+        max_tol: f64,
+    ) -> anyhow::Result<()> {
+        self.cases += 1;
         let outcome = got.map_err(anyhow::Error::from).and_then(|g| {
             let v = host(&g)?;
             Ok((g.dtype(), v))
@@ -61,7 +77,7 @@ impl Report {
             }
         };
         let (r, m) = (rel_err(&g, want), max_err(&g, want));
-        let ok = out_dt == dt && r <= tol && m <= tol * 10.0;
+        let ok = out_dt == dt && r <= tol && m <= max_tol;
         if !ok {
             self.failures += 1;
         }
@@ -277,6 +293,227 @@ fn gated_cases(rep: &mut Report, seed: &mut u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Tolerances of the GELU kernels (relative L2, max): the inputs are exactly representable
+/// in both paths and the kernel rounds its f32 result once, so the error is one rounding
+/// of the output: at most half an ulp, 2^-8 relative in bf16 (≈ 1.2e-3 rms) and 2^-11 in
+/// f16 (≈ 1.5e-4 rms), plus f32 differences (tanhf vs the CPU's tanh, ~1e-7) — tighter than
+/// the shared tolerances so that a slightly wrong constant is rejected in bf16 too.
+fn gelu_tol(dt: Dtype) -> (f64, f64) {
+    match dt {
+        Dtype::Float32 => (1e-5, 1e-4),
+        Dtype::Float16 => (5e-4, 1e-3),
+        _ => (3e-3, 5e-3),
+    }
+}
+
+fn gelu_cases(rep: &mut Report, seed: &mut u64) -> anyhow::Result<()> {
+    // x shapes (the bias is (N,) for the last axis N): the DiT's FFN activation width,
+    // vector-divisible and odd sizes, a single row, a scalar-path tail
+    let shapes: [&[i32]; 6] = [
+        &[1, 1024, 12288],
+        &[2, 33, 1000],
+        &[3, 5, 37],
+        &[4, 12],
+        &[7],
+        &[1, 1, 3],
+    ];
+    for dt in DTYPES {
+        let (tol, max_tol) = gelu_tol(dt);
+        for xs in shapes {
+            *seed += 10;
+            let n = *xs.last().unwrap_or(&1);
+            // std 3: both tails (≈ x, ≈ 0) and the curved middle
+            let (x, xf) = input(xs, *seed, 0.0, 3.0, dt)?;
+            let (b, bf) = input(&[n], *seed + 1, 0.2, 1.0, dt)?;
+            let want = host(&on_cpu(|| fo::reference::gelu_tanh(&xf))?)?;
+            poison(xs, dt)?;
+            let got = fo::fused::gelu_tanh(&x);
+            rep.check_tol(&format!("gelu x {xs:?}"), dt, got, &want, tol, max_tol)?;
+            let want = host(&on_cpu(|| fo::reference::bias_gelu_tanh(&xf, &bf))?)?;
+            poison(xs, dt)?;
+            let got = fo::fused::bias_gelu_tanh(&x, &b);
+            rep.check_tol(
+                &format!("bias_gelu x {xs:?} bias [{n}]"),
+                dt,
+                got,
+                &want,
+                tol,
+                max_tol,
+            )?;
+        }
+        // large magnitudes: tanh saturates (GELU → x and → −0), no overflow to NaN
+        *seed += 10;
+        let (x, xf) = input(&[64, 256], *seed, 0.0, 30.0, dt)?;
+        let want = host(&on_cpu(|| fo::reference::gelu_tanh(&xf))?)?;
+        poison(&[64, 256], dt)?;
+        let got = fo::fused::gelu_tanh(&x);
+        rep.check_tol("gelu x [64, 256] std 30", dt, got, &want, tol, max_tol)?;
+        // non-contiguous x (a transpose; MLX copies it first), f32 bias cast to dt
+        *seed += 10;
+        let (xt, xtf) = input(&[2, 264, 40], *seed, 0.0, 2.0, dt)?;
+        let x = ops::swap_axes(&xt, 1, 2)?;
+        let xf = ops::swap_axes(&xtf, 1, 2)?;
+        let (b, bf) = input(&[264], *seed + 1, 0.0, 1.0, Dtype::Float32)?;
+        let want = host(&on_cpu(|| fo::reference::gelu_tanh(&xf))?)?;
+        poison(&[2, 40, 264], dt)?;
+        let got = fo::fused::gelu_tanh(&x);
+        rep.check_tol(
+            "gelu non-contiguous x (transpose)",
+            dt,
+            got,
+            &want,
+            tol,
+            max_tol,
+        )?;
+        let bfd = on_cpu(|| bf.as_dtype(dt))?;
+        let bfd = Array::from_slice(&host(&bfd)?, &[264]);
+        let want = host(&on_cpu(|| fo::reference::bias_gelu_tanh(&xf, &bfd))?)?;
+        poison(&[2, 40, 264], dt)?;
+        let got = fo::fused::bias_gelu_tanh(&x, &b);
+        rep.check_tol(
+            "bias_gelu non-contiguous x, f32 bias",
+            dt,
+            got,
+            &want,
+            tol,
+            max_tol,
+        )?;
+        // misaligned: views starting one element into their buffers (scalar path)
+        let (l, c) = (9, 1000);
+        *seed += 10;
+        let (flat, flatf) = input(&[l * c + 1], *seed, 0.3, 2.0, dt)?;
+        let x = ops::reshape(flat.index(1..), &[1, l, c])?;
+        let xf = ops::reshape(flatf.index(1..), &[1, l, c])?;
+        let (bflat, bflatf) = input(&[c + 1], *seed + 1, 0.0, 1.0, dt)?;
+        let (b, bf) = (bflat.index(1..), bflatf.index(1..));
+        let want = host(&on_cpu(|| fo::reference::gelu_tanh(&xf))?)?;
+        poison(&[1, l, c], dt)?;
+        let got = fo::fused::gelu_tanh(&x);
+        rep.check_tol("gelu offset view (1,9,1000)", dt, got, &want, tol, max_tol)?;
+        let want = host(&on_cpu(|| fo::reference::bias_gelu_tanh(&xf, &bf))?)?;
+        poison(&[1, l, c], dt)?;
+        let got = fo::fused::bias_gelu_tanh(&x, &b);
+        rep.check_tol(
+            "bias_gelu offset views (1,9,1000)",
+            dt,
+            got,
+            &want,
+            tol,
+            max_tol,
+        )?;
+    }
+    // for the record: the unfused reference chain run in bf16 on the GPU (six roundings)
+    // against the same f32 values, next to the fused kernel's single rounding
+    let dt = Dtype::Bfloat16;
+    let (x, xf) = input(&[1, 1024, 12288], 990, 0.0, 3.0, dt)?;
+    let want = host(&on_cpu(|| fo::reference::gelu_tanh(&xf))?)?;
+    let chain = host(&fo::reference::gelu_tanh(&x)?)?;
+    let fused = host(&fo::fused::gelu_tanh(&x)?)?;
+    println!(
+        "info   gelu bf16 (1,1024,12288) vs f32: fused rel {:.2e} max {:.2e}; bf16 reference chain rel {:.2e} max {:.2e}",
+        rel_err(&fused, &want),
+        max_err(&fused, &want),
+        rel_err(&chain, &want),
+        max_err(&chain, &want)
+    );
+    Ok(())
+}
+
+/// GELU-tanh `0.5·x·(1 + tanh(k·(x + c·x³)))` on the host in f64 with given constants.
+fn host_gelu(x: &[f32], k: f64, c: f64) -> Vec<f32> {
+    x.iter()
+        .map(|&v| {
+            let v = v as f64;
+            (0.5 * v * (1.0 + (k * (v + c * v * v * v)).tanh())) as f32
+        })
+        .collect()
+}
+
+/// The GELU checks must be able to fail: the fused output against host GELUs with a
+/// slightly wrong constant or formula, and against a bias applied at the wrong index.
+fn gelu_sensitivity_cases(rep: &mut Report) -> anyhow::Result<()> {
+    let k = (2.0f64 / std::f64::consts::PI).sqrt();
+    let mut probes: Vec<(&str, Dtype, fo::Result<Array>, Vec<f32>)> = Vec::new();
+    let dt = Dtype::Bfloat16;
+    let (x, xf) = input(&[64, 1024], 960, 0.0, 2.0, dt)?;
+    let xv = host(&xf)?;
+    // sanity: the right host formula passes at the same tolerance
+    let (tol, max_tol) = gelu_tol(dt);
+    rep.check_tol(
+        "gelu bf16 vs host f64 formula",
+        dt,
+        fo::fused::gelu_tanh(&x),
+        &host_gelu(&xv, k, 0.044715),
+        tol,
+        max_tol,
+    )?;
+    probes.push((
+        "gelu bf16 vs cubic coefficient halved (0.0224)",
+        dt,
+        fo::fused::gelu_tanh(&x),
+        host_gelu(&xv, k, 0.0224),
+    ));
+    probes.push((
+        "gelu bf16 vs sigmoid approximation x·σ(1.702x)",
+        dt,
+        fo::fused::gelu_tanh(&x),
+        xv.iter()
+            .map(|&v| (v as f64 / (1.0 + (-1.702 * v as f64).exp())) as f32)
+            .collect(),
+    ));
+    let (x32, x32f) = input(&[64, 1024], 961, 0.0, 2.0, Dtype::Float32)?;
+    probes.push((
+        "gelu f32 vs cubic coefficient 0.04",
+        Dtype::Float32,
+        fo::fused::gelu_tanh(&x32),
+        host_gelu(&host(&x32f)?, k, 0.04),
+    ));
+    let (b, bf) = input(&[1024], 962, 0.0, 0.5, dt)?;
+    let rev: Vec<f32> = host(&bf)?.into_iter().rev().collect();
+    let rev = Array::from_slice(&rev, &[1024]);
+    let wrong = host(&on_cpu(|| fo::reference::bias_gelu_tanh(&xf, &rev))?)?;
+    probes.push((
+        "bias_gelu bf16 vs bias reversed",
+        dt,
+        fo::fused::bias_gelu_tanh(&x, &b),
+        wrong,
+    ));
+    for (what, pdt, got, wrong) in probes {
+        let (tol, max_tol) = gelu_tol(pdt);
+        let before = rep.failures;
+        rep.check_tol(
+            &format!("(must FAIL) {what}"),
+            pdt,
+            got,
+            &wrong,
+            tol,
+            max_tol,
+        )?;
+        let rejected = rep.failures > before;
+        rep.failures = before;
+        rep.cases += 1;
+        println!(
+            "{:<6} sensitivity: {what} rejected = {rejected}",
+            if rejected { "ok" } else { "FAIL" }
+        );
+        if !rejected {
+            rep.failures += 1;
+        }
+    }
+    // dispatch: the crate-root ops run the kernels on the GPU
+    let same = host(&fo::gelu_tanh(&x)?)? == host(&fo::fused::gelu_tanh(&x)?)?
+        && host(&fo::bias_gelu_tanh(&x, &b)?)? == host(&fo::fused::bias_gelu_tanh(&x, &b)?)?;
+    rep.cases += 1;
+    println!(
+        "{:<6} gelu_tanh / bias_gelu_tanh dispatch to the kernels on the GPU",
+        if same { "ok" } else { "FAIL" }
+    );
+    if !same {
+        rep.failures += 1;
+    }
+    Ok(())
+}
+
 /// The checks must be able to fail: the fused output compared with a reference of a
 /// slightly wrong formula (shift dropped, sin negated, gate halved) must be rejected at the
 /// bf16 tolerance.
@@ -380,11 +617,16 @@ fn main() -> anyhow::Result<()> {
         cases: 0,
     };
     let mut seed = 1000;
-    modulate_cases(&mut rep, &mut seed)?;
-    rope_cases(&mut rep, &mut seed)?;
-    gated_cases(&mut rep, &mut seed)?;
-    dispatch_cases(&mut rep)?;
-    sensitivity_cases(&mut rep)?;
+    // `gelu` as an argument: only the GELU kernels' cases (a short run)
+    if !std::env::args().any(|a| a == "gelu") {
+        modulate_cases(&mut rep, &mut seed)?;
+        rope_cases(&mut rep, &mut seed)?;
+        gated_cases(&mut rep, &mut seed)?;
+        dispatch_cases(&mut rep)?;
+        sensitivity_cases(&mut rep)?;
+    }
+    gelu_cases(&mut rep, &mut seed)?;
+    gelu_sensitivity_cases(&mut rep)?;
     println!("gpu tests: {} cases, {} failures", rep.cases, rep.failures);
     if rep.failures > 0 {
         anyhow::bail!("{} gpu test case(s) failed", rep.failures);
