@@ -15,7 +15,9 @@
 //! Every size comes from the checkpoint's configs ([`checkpoint`]).
 //!
 //! Memory is staged: the text encoder is loaded, used and freed before the transformer is
-//! loaded; the VAE is loaded after denoising.
+//! loaded; the VAE is loaded after denoising. The same staging applies to components made in
+//! memory ([`QwenImagePipeline::from_builders`], used by the full-size benchmark with random
+//! weights).
 //!
 //! ```no_run
 //! use qwen_image::{GenerateRequest, Noise, PipelineOptions, QwenImagePipeline};
@@ -44,6 +46,6 @@ pub use checkpoint::{CheckpointConfigs, ComponentPaths};
 pub use error::{PipelineError, Result};
 pub use output::Image;
 pub use pipeline::{
-    Event, GenerateRequest, Generation, Noise, Phase, PhaseStats, PipelineOptions,
-    QwenImagePipeline, Timings,
+    Builder, ComponentBuilders, Event, GenerateRequest, Generation, Noise, Phase, PhaseStats,
+    PipelineOptions, QwenImagePipeline, Timings,
 };

@@ -1,12 +1,20 @@
 //! The text-to-image pipeline (diffusers `QwenImagePipeline.__call__`), with memory staging:
 //! the text encoder is loaded, run and freed before the transformer is loaded; the VAE is
 //! loaded only after denoising.
+//!
+//! Components come from a checkpoint folder ([`QwenImagePipeline::load`]) or from builders
+//! that make them in memory ([`QwenImagePipeline::from_builders`], e.g. random full-size
+//! weights for benchmarks); both follow the same staging.
+//!
+//! The denoising loop evaluates each step once, asynchronously: step `i + 1`'s graph is built
+//! while the device still runs step `i`, and the host blocks only to report step `i`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flow_scheduler::FlowMatchEulerScheduler;
 use mlx_rs::ops::indexing::IndexOp;
+use mlx_rs::transforms::async_eval;
 use mlx_rs::{Array, Dtype, ops};
 use qwen_dit::{QuantizeSpec, QwenImageTransformer, RopeTables};
 use qwen_text_encoder::{MAX_SEQUENCE_LENGTH_LIMIT, TextEncoder};
@@ -230,9 +238,42 @@ pub struct Generation {
     pub quantized_layers: usize,
 }
 
+/// Makes one component in memory, in the given compute dtype (see
+/// [`QwenImagePipeline::from_builders`]). Called each time the pipeline's staging needs the
+/// component.
+pub type Builder<T> = Box<dyn FnMut(Dtype) -> Result<T>>;
+
+/// Builders of the three weighted components of an in-memory pipeline (the tokenizer is part
+/// of the [`TextEncoder`]).
+pub struct ComponentBuilders {
+    /// The tokenizer + text encoder; built at the start of every generation and freed after
+    /// encoding.
+    pub text_encoder: Builder<TextEncoder>,
+    /// The transformer; built after the text encoder is freed (kept between generations
+    /// when [`PipelineOptions::keep_transformer`]).
+    pub transformer: Builder<QwenImageTransformer>,
+    /// The VAE; built after denoising and freed after decoding.
+    pub vae: Builder<QwenImageVae>,
+}
+
+impl std::fmt::Debug for ComponentBuilders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ComponentBuilders { .. }")
+    }
+}
+
+/// Where the components come from.
+#[derive(Debug)]
+enum Source {
+    /// A checkpoint folder in the diffusers layout.
+    Disk(ComponentPaths),
+    /// Builders that make them in memory.
+    Memory(ComponentBuilders),
+}
+
 /// Qwen-Image text-to-image on MLX.
 pub struct QwenImagePipeline {
-    paths: ComponentPaths,
+    source: Source,
     configs: CheckpointConfigs,
     options: PipelineOptions,
     transformer: Option<QwenImageTransformer>,
@@ -240,8 +281,12 @@ pub struct QwenImagePipeline {
 
 impl std::fmt::Debug for QwenImagePipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let root = match &self.source {
+            Source::Disk(p) => Some(&p.root),
+            Source::Memory(_) => None,
+        };
         f.debug_struct("QwenImagePipeline")
-            .field("root", &self.paths.root)
+            .field("root", &root)
             .field("dtype", &self.options.dtype)
             .field("transformer_loaded", &self.transformer.is_some())
             .finish()
@@ -271,6 +316,22 @@ impl PhaseTimer {
     }
 }
 
+fn check_options(options: &PipelineOptions) -> Result<()> {
+    if !matches!(
+        options.dtype,
+        Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float16
+    ) {
+        return Err(PipelineError::InvalidRequest(format!(
+            "dtype {:?} is not supported (f32, bf16 or f16)",
+            options.dtype
+        )));
+    }
+    if let Some(q) = &options.quantize {
+        q.validate()?;
+    }
+    Ok(())
+}
+
 fn scalar(v: f32, dtype: Dtype) -> Result<Array> {
     Ok(Array::from_f32(v).as_dtype(dtype)?)
 }
@@ -293,34 +354,96 @@ impl QwenImagePipeline {
     /// component config, checks that they fit together and that every weight file is
     /// complete. No weights are loaded here (see the type's staging).
     pub fn load(model_dir: &Path, options: PipelineOptions) -> Result<Self> {
-        if !matches!(
-            options.dtype,
-            Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float16
-        ) {
-            return Err(PipelineError::InvalidRequest(format!(
-                "dtype {:?} is not supported (f32, bf16 or f16)",
-                options.dtype
-            )));
-        }
-        if let Some(q) = &options.quantize {
-            q.validate()?;
-        }
+        check_options(&options)?;
         let paths = ComponentPaths::from_root(model_dir)?;
         let configs = paths.read_configs()?;
         paths.check_files()?;
         // The tokenizer is small: load it now so that a broken one fails before heavy work.
         qwen_text_encoder::QwenTokenizer::from_dir(&paths.tokenizer)?;
         Ok(Self {
-            paths,
+            source: Source::Disk(paths),
             configs,
             options,
             transformer: None,
         })
     }
 
-    /// The component folders.
-    pub fn paths(&self) -> &ComponentPaths {
-        &self.paths
+    /// A pipeline whose components are made in memory by `builders` instead of read from a
+    /// checkpoint folder, with the same staging as [`Self::load`]: the text encoder is built,
+    /// run and dropped before the transformer is built, the VAE is built after denoising.
+    /// `configs` must describe what the builders make (sizes, the scheduler); they are checked
+    /// to fit together here. With [`PipelineOptions::quantize`], the built transformer is
+    /// quantized before its first use.
+    pub fn from_builders(
+        configs: CheckpointConfigs,
+        options: PipelineOptions,
+        builders: ComponentBuilders,
+    ) -> Result<Self> {
+        check_options(&options)?;
+        configs.transformer.validate()?;
+        configs.vae.validate()?;
+        let (p, z) = (configs.patch_size(), configs.latent_channels());
+        let t = &configs.transformer;
+        if t.in_channels != z * p * p
+            || t.out_channels() != z
+            || t.joint_attention_dim != configs.text.hidden_size
+        {
+            return Err(PipelineError::InvalidRequest(format!(
+                "components do not fit together: transformer in/out channels {}/{} and joint \
+                 dim {}; VAE z_dim {z} (patch {p}); text hidden size {}",
+                t.in_channels,
+                t.out_channels(),
+                t.joint_attention_dim,
+                configs.text.hidden_size
+            )));
+        }
+        // Rejects a scheduler config the scheduler cannot run, before any heavy work.
+        FlowMatchEulerScheduler::new(configs.scheduler.clone())?;
+        Ok(Self {
+            source: Source::Memory(builders),
+            configs,
+            options,
+            transformer: None,
+        })
+    }
+
+    /// The component folders (`None` for a pipeline made with [`Self::from_builders`]).
+    pub fn paths(&self) -> Option<&ComponentPaths> {
+        match &self.source {
+            Source::Disk(p) => Some(p),
+            Source::Memory(_) => None,
+        }
+    }
+
+    fn text_encoder(&mut self) -> Result<TextEncoder> {
+        let dt = self.options.dtype;
+        match &mut self.source {
+            Source::Disk(p) => Ok(TextEncoder::load(&p.text_encoder, &p.tokenizer, dt)?),
+            Source::Memory(b) => (b.text_encoder)(dt),
+        }
+    }
+
+    fn build_transformer(&mut self) -> Result<QwenImageTransformer> {
+        let dt = self.options.dtype;
+        let quant = self.options.quantize.clone();
+        match &mut self.source {
+            Source::Disk(p) => Ok(QwenImageTransformer::load(&p.transformer, dt, quant)?),
+            Source::Memory(b) => {
+                let mut model = (b.transformer)(dt)?;
+                if let Some(q) = &quant {
+                    model.quantize(q)?;
+                }
+                Ok(model)
+            }
+        }
+    }
+
+    fn vae(&mut self) -> Result<QwenImageVae> {
+        let dt = self.options.dtype;
+        match &mut self.source {
+            Source::Disk(p) => Ok(QwenImageVae::load(&p.vae, dt)?),
+            Source::Memory(b) => (b.vae)(dt),
+        }
     }
 
     /// The component configs.
@@ -429,7 +552,6 @@ impl QwenImagePipeline {
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Generation> {
         self.validate(req)?;
-        let dt = self.options.dtype;
         let mut timings = Timings::default();
         let mut warnings = Vec::new();
         let mut warn = |w: String, on_event: &mut dyn FnMut(Event)| {
@@ -455,7 +577,7 @@ impl QwenImagePipeline {
 
         // 1. Text: load, encode, free.
         let t = PhaseTimer::start(Phase::LoadTextEncoder, on_event);
-        let encoder = TextEncoder::load(&self.paths.text_encoder, &self.paths.tokenizer, dt)?;
+        let encoder = self.text_encoder()?;
         timings.load_text_encoder = t.end(Phase::LoadTextEncoder, on_event);
         let t = PhaseTimer::start(Phase::Encode, on_event);
         let cond = encoder.encode_prompts(&[req.prompt.as_str()], req.max_sequence_length)?;
@@ -484,11 +606,7 @@ impl QwenImagePipeline {
         // 2. Transformer.
         if self.transformer.is_none() {
             let t = PhaseTimer::start(Phase::LoadTransformer, on_event);
-            let model = QwenImageTransformer::load(
-                &self.paths.transformer,
-                dt,
-                self.options.quantize.clone(),
-            )?;
+            let model = self.build_transformer()?;
             self.transformer = Some(model);
             timings.load_transformer = t.end(Phase::LoadTransformer, on_event);
         }
@@ -512,7 +630,7 @@ impl QwenImagePipeline {
 
         // 3. VAE.
         let t = PhaseTimer::start(Phase::LoadVae, on_event);
-        let vae = QwenImageVae::load(&self.paths.vae, dt)?;
+        let vae = self.vae()?;
         timings.load_vae = t.end(Phase::LoadVae, on_event);
         let t = PhaseTimer::start(Phase::Decode, on_event);
         let (h, w) = self.latent_size(req.width, req.height);
@@ -556,7 +674,20 @@ impl QwenImagePipeline {
             None => None,
         };
         let sched = self.scheduler(req)?;
+        // σ of every step, made (and evaluated, once) before the loop: the same ops as
+        // building them inside a step, off the steps' critical path.
+        // `timestep = t.to(latents.dtype)`, then `timestep / 1000`.
         let divisor = scalar(TIMESTEP_DIVISOR, dt)?;
+        let sigmas = sched
+            .timesteps()
+            .iter()
+            .map(|&ts| {
+                Ok(Array::from_slice(&[ts], &[1])
+                    .as_dtype(dt)?
+                    .divide(&divisor)?)
+            })
+            .collect::<Result<Vec<Array>>>()?;
+        mlx_rs::transforms::eval(&sigmas)?;
         let t = PhaseTimer::start(Phase::Denoise, on_event);
         let mut out = Vec::with_capacity(req.num_images);
         for image in 0..req.num_images {
@@ -574,30 +705,41 @@ impl QwenImagePipeline {
             };
             // The pipeline prepares latents in the prompt embeddings' dtype.
             let mut x = pack_latents(&noise.as_dtype(dt)?, p)?;
-            for (i, &ts) in sched.timesteps().iter().enumerate() {
-                let start = Instant::now();
-                // `timestep = t.to(latents.dtype)`, then `timestep / 1000`.
-                let sigma = Array::from_slice(&[ts], &[1])
-                    .as_dtype(dt)?
-                    .divide(&divisor)?;
-                let mut v = dit.forward(&x, cond, None, &sigma, &rope_cond)?;
-                if let (Some(n), Some(rope_n)) = (neg, &rope_neg) {
-                    let vn = dit.forward(&x, n, None, &sigma, rope_n)?;
-                    v = true_cfg_combine(&v, &vn, req.true_cfg_scale)?;
-                }
-                x = sched.step(&v, i, &x)?;
+            // Each step's latents are evaluated once, asynchronously: step i + 1's graph is
+            // built while the device runs step i, then the host waits for step i (already
+            // scheduled: the wait computes nothing) to report it. A step's time is from the
+            // previous step's completion to its own.
+            let mut last_done = Instant::now();
+            let mut report = |step: usize, x: &Array, on_event: &mut dyn FnMut(Event)| {
                 x.eval()?;
-                let elapsed = start.elapsed();
+                let now = Instant::now();
+                let elapsed = now - last_done;
+                last_done = now;
                 timings.step_times.push(elapsed);
                 on_event(Event::Step {
                     image,
                     num_images: req.num_images,
-                    step: i,
+                    step,
                     steps: req.steps,
                     elapsed,
                     latents_dtype: x.dtype(),
                 });
+                Ok::<(), PipelineError>(())
+            };
+            for (i, sigma) in sigmas.iter().enumerate() {
+                let mut v = dit.forward(&x, cond, None, sigma, &rope_cond)?;
+                if let (Some(n), Some(rope_n)) = (neg, &rope_neg) {
+                    let vn = dit.forward(&x, n, None, sigma, rope_n)?;
+                    v = true_cfg_combine(&v, &vn, req.true_cfg_scale)?;
+                }
+                let next = sched.step(&v, i, &x)?;
+                async_eval([&next])?;
+                if i > 0 {
+                    report(i - 1, &x, on_event)?;
+                }
+                x = next;
             }
+            report(sigmas.len() - 1, &x, on_event)?;
             out.push(x);
         }
         timings.denoise = t.end(Phase::Denoise, on_event);
