@@ -5,9 +5,15 @@
 //! 1 (two forwards, cond + uncond); `scripts/bench/diffusers_step.py` times diffusers'
 //! `QwenImageTransformer2DModel` at the same shapes, and `docs/speed.md` holds the results.
 //!
-//! This library holds what both the bench and its tests need: the image → token geometry
-//! ([`image_tokens`]), the FLOP count of one forward from the shapes ([`forward_flops`]) and
-//! small timing statistics ([`median`]).
+//! The `pipeline_full` bench (`benches/pipeline_full.rs`) runs the whole
+//! `QwenImagePipeline` (text encode, true-CFG denoising, VAE decode) with random full-size
+//! components made in memory ([`components`]).
+//!
+//! This library holds what the benches and their tests need: the image → token geometry
+//! ([`image_tokens`]), the FLOP count of one forward from the shapes ([`forward_flops`]),
+//! small timing statistics ([`median`]) and the random-weight components ([`components`]).
+
+pub mod components;
 
 use qwen_dit::QwenImageTransformerConfig;
 
