@@ -9,14 +9,10 @@
 # (run 3 of docs/speed.md: ours ~1 min, diffusers eager ~1.5 min; pipeline_full ~1 min);
 # the timeouts below cap it at ~9 min.
 #
-# Prepare (build machine, repository root; the carry folder must stay < 64 MiB with .whl/):
-#   mkdir -p .device-final/bin
-#   cp .device-mlx/{libmlx.so.xz,mlx-cuda-rest.tar.xz,activate.sh} .device-final/
-#   grep -qx /.device-final/ .git/info/exclude || echo /.device-final/ >> .git/info/exclude
-#   export CARGO_TARGET_DIR=...   # your own
-#   DEST=.device-final ../shared/tools/mlx-cuda/collect.sh bench -p qwen-image-benches
-#   DEST=.device-final ../shared/tools/mlx-cuda/collect.sh build -p qwen-image-cli --bin qwen-image
-#   (.whl/ holds the diffusers wheels, see run_gpu.sh)
+# Prepare (build machine, repository root): `CARGO_TARGET_DIR=target-<you> bash
+# scripts/bench/prepare_final.sh` builds .device-final/ (MLX's CUDA build from .device-mlx/ +
+# the stripped qwen-image, dit_step and pipeline_full executables) and checks that it stays
+# under the 64 MiB carry limit together with .whl/ (the diffusers wheels, see run_gpu.sh).
 # Run: carry [".device-final", ".whl"], command `OUT=$OUT bash scripts/bench/final_gpu.sh`.
 # Knobs: SIZES (dit_step and diffusers, default 512,1024,1328), ITERS (5), MLX_ARGS
 # (dit_step, default --pipelined), PIPE_ARGS (pipeline_full, default --size 1024 --steps 20
