@@ -17,6 +17,11 @@
 //! stages memory as a first generation does); the first run also pays one-time costs (kernel
 //! JIT, allocator growth), the last run is the one summarised.
 //!
+//! Step times are from one step's completion to the next (the loop builds step i+1's graph
+//! before waiting for step i): on a GPU-bound run they are the device time per step; on a
+//! host-bound one (`--tiny` on a CPU) the first step carries two graph builds and the last
+//! almost none. Their sum is the loop's wall time.
+//!
 //! `--tiny`: 2-layer components at 128², f32, for a CPU smoke run.
 
 use std::fmt::Write as _;

@@ -155,7 +155,10 @@ pub enum Event {
         step: usize,
         /// Steps per image.
         steps: usize,
-        /// Time this step took.
+        /// Time from the previous step's completion (or the loop's start) to this one's. The
+        /// loop builds the next step's graph before waiting for this one, so when graph
+        /// building outlasts the device work (tiny models on a CPU) the first step carries two
+        /// builds and the last almost none; their sum is the loop's wall time.
         elapsed: Duration,
         /// dtype of the latents after the step (the compute dtype; anything else means a
         /// constant promoted the graph).
