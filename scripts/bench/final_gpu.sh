@@ -111,3 +111,21 @@ PY
   echo
   stamp "done; logs in $OUT"
 } 2>&1 | tee "$OUT/summary.md"
+
+# (d) The fused-kernel GPU tests of mlx-fastops (all kernels, f32/bf16/f16), in the time left
+# under the device's 600 s limit; their verdict is printed after the summary.
+gpu_test=$(bin_of gpu)
+if [ -n "$gpu_test" ]; then
+  left=$((570 - ($(date +%s) - t_start)))
+  if [ "$left" -gt 30 ]; then
+    stamp "(d) mlx-fastops GPU tests (timeout ${left} s)"
+    (
+      source "$D/activate.sh" >/dev/null
+      timeout "$left" "$gpu_test"
+    ) >"$OUT/fastops_gpu.log" 2>&1
+    rc=$?
+    echo "fastops GPU tests (exit $rc; 124 = cut by the time limit):"
+    grep -E '^(mlx-fastops gpu tests|gpu tests:)' "$OUT/fastops_gpu.log"
+    grep -iE 'FAIL' "$OUT/fastops_gpu.log" | head -5
+  fi
+fi

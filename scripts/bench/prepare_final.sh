@@ -13,8 +13,9 @@ cp .device-mlx/libmlx.so.xz .device-mlx/mlx-cuda-rest.tar.xz .device-mlx/activat
 grep -qx "/$DEST/" .git/info/exclude 2>/dev/null || echo "/$DEST/" >>.git/info/exclude
 DEST=$DEST ../shared/tools/mlx-cuda/collect.sh bench -p qwen-image-benches
 DEST=$DEST ../shared/tools/mlx-cuda/collect.sh build -p qwen-image-cli --bin qwen-image
+DEST=$DEST ../shared/tools/mlx-cuda/collect.sh test -p mlx-fastops --test gpu
 # Only what final_gpu.sh runs; debug info stripped (line tables make them 20-50 MB each).
-find "$DEST/bin" -type f ! -name 'qwen-image' ! -name 'dit_step-*' ! -name 'pipeline_full-*' -delete
+find "$DEST/bin" -type f ! -name 'qwen-image' ! -name 'dit_step-*' ! -name 'pipeline_full-*' ! -name 'gpu-*' -delete
 strip "$DEST"/bin/*
 ls -la "$DEST/bin"
 total=$(du -cb "$DEST" .whl | tail -1 | cut -f1)
