@@ -51,6 +51,8 @@
 //! ```
 //! No op calls `eval`: the caller evaluates once per step.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod error;
 mod kernels;

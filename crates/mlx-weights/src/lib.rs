@@ -24,6 +24,8 @@
 //! Saving ([`save_file`]) writes to a temporary file in the destination folder and renames it,
 //! so a crash never leaves a half-written checkpoint.
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;

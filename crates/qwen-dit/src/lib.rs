@@ -41,6 +41,8 @@
 //! (max rel. error < 1e-6 on the tiny reference model) and in bf16 against diffusers' own
 //! bf16 forward (≤ 1e-2).
 
+#![warn(missing_docs)]
+
 mod block;
 pub mod config;
 mod embeddings;

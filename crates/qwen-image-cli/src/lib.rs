@@ -34,6 +34,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod error;
 pub mod hub;

@@ -30,6 +30,8 @@
 //! # let _ = rgb; Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod config;
 mod decoder;
 mod encoder;
