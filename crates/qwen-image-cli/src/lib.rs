@@ -48,6 +48,8 @@ pub use checkpoint::{CheckpointConfigs, ComponentPaths};
 pub use error::{PipelineError, Result};
 pub use output::Image;
 pub use pipeline::{
-    Builder, ComponentBuilders, Event, GenerateRequest, Generation, Noise, Phase, PhaseStats,
-    PipelineOptions, QwenImagePipeline, Timings,
+    AUTO_TILING_MIN_PIXELS, Builder, ComponentBuilders, DEFAULT_VAE_TILE_SIZE, Event,
+    GenerateRequest, Generation, Noise, Phase, PhaseStats, PipelineOptions, QwenImagePipeline,
+    Timings, VaeTiling,
 };
+pub use qwen_vae::TilingConfig;

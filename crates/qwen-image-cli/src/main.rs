@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mlx_rs::Dtype;
 use qwen_image::info::human_bytes;
-use qwen_image::{Event, GenerateRequest, Noise, Phase, PipelineOptions, QwenImagePipeline};
+use qwen_image::{
+    AUTO_TILING_MIN_PIXELS, DEFAULT_VAE_TILE_SIZE, Event, GenerateRequest, Noise, Phase,
+    PipelineOptions, QwenImagePipeline, TilingConfig, VaeTiling,
+};
 
 /// Qwen-Image text-to-image inference on MLX (Metal, CUDA or CPU).
 ///
@@ -37,6 +40,17 @@ enum DtypeArg {
     F32,
     Bf16,
     F16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TilingArg {
+    /// Tile images of more than 2²¹ pixels (2.1 MPx, e.g. 2048×1152 and up); every official
+    /// Qwen-Image size (up to 1328²) decodes whole.
+    Auto,
+    /// Always tile.
+    On,
+    /// Never tile (memory grows with about the square of the pixel count).
+    Off,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,10 +109,39 @@ struct GenerateArgs {
     /// Never download: fail when a hub id is not in the local cache (also HF_HUB_OFFLINE=1).
     #[arg(long)]
     offline: bool,
+    /// VAE decode tile by tile (overlapping tiles, linearly blended, as diffusers'
+    /// `vae.enable_tiling()`), which bounds decode memory by one tile whatever the image
+    /// size; tiled and whole decodes differ slightly.
+    #[arg(long, value_enum, default_value_t = TilingArg::Auto)]
+    vae_tiling: TilingArg,
+    /// Square tile size in pixels for tiled decode: a positive multiple of the VAE's
+    /// compression (8); tiles are 3/4 of it apart (1024 → 768 px stride, 256 px overlap).
+    /// 256 is diffusers' size: ~8× less memory, ~3× slower than 1024 [default: 1024].
+    #[arg(long, value_name = "PX")]
+    vae_tile_size: Option<usize>,
 }
 
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
+}
+
+/// `tiled, 1024 px tiles, 768 px stride` / `untiled`.
+fn describe_tiles(t: Option<&TilingConfig>) -> String {
+    let Some(t) = t else {
+        return "untiled".into();
+    };
+    let dims = |a: usize, b: usize| {
+        if a == b {
+            format!("{a}")
+        } else {
+            format!("{a}×{b}")
+        }
+    };
+    format!(
+        "tiled, {} px tiles, {} px stride",
+        dims(t.tile_sample_min_width, t.tile_sample_min_height),
+        dims(t.tile_sample_stride_width, t.tile_sample_stride_height)
+    )
 }
 
 fn random_seed() -> u64 {
@@ -118,6 +161,10 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let t_total = Instant::now();
     // Cheap checks first: nothing heavy runs before the output is known to be writable.
     anyhow::ensure!(args.num_images >= 1, "--num-images must be at least 1");
+    anyhow::ensure!(
+        !(args.vae_tiling == TilingArg::Off && args.vae_tile_size.is_some()),
+        "--vae-tile-size has no effect with --vae-tiling off"
+    );
     let outputs = qwen_image::output::output_paths(&args.output, args.num_images);
     for o in &outputs {
         qwen_image::output::check_output(o)?;
@@ -158,8 +205,28 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         num_images: args.num_images,
         noise: Noise::Seed(seed),
         max_sequence_length: args.max_sequence_length,
+        vae_tiling: VaeTiling::Off,
     };
-    pipe.validate(&req)?;
+    // Tiles of --vae-tile-size px, strides on whole latents of this checkpoint's VAE; the
+    // VAE's own check (in `validate`) rejects sizes it cannot tile with.
+    let tiles = VaeTiling::square_tiles(
+        args.vae_tile_size.unwrap_or(DEFAULT_VAE_TILE_SIZE),
+        pipe.configs().vae_scale_factor(),
+    );
+    req.vae_tiling = match args.vae_tiling {
+        TilingArg::Auto => VaeTiling::Auto(tiles),
+        TilingArg::On => VaeTiling::On(tiles),
+        TilingArg::Off => VaeTiling::Off,
+    };
+    pipe.validate(&req)
+        .map_err(|e| match (&e, args.vae_tile_size) {
+            (qwen_image::PipelineError::InvalidRequest(m), Some(px))
+                if m.starts_with("VAE tiling") =>
+            {
+                anyhow::anyhow!("--vae-tile-size {px}: {e}")
+            }
+            _ => e.into(),
+        })?;
     if let Some(path) = &args.init_latents {
         let (h, w) = pipe.latent_size(req.width, req.height);
         let z = pipe.configs().latent_channels();
@@ -275,7 +342,19 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    println!("decode:   {}", secs(t.decode.time));
+    println!(
+        "decode:   {} ({}; --vae-tiling {})",
+        secs(t.decode.time),
+        describe_tiles(result.vae_tiles.as_ref()),
+        match args.vae_tiling {
+            TilingArg::Auto => format!(
+                "auto: tiles above {:.1} MPx",
+                AUTO_TILING_MIN_PIXELS as f64 / 1e6
+            ),
+            TilingArg::On => "on".into(),
+            TilingArg::Off => "off".into(),
+        }
+    );
     if args.quantize.is_some() || result.quantized_layers > 0 {
         println!("quantized transformer layers: {}", result.quantized_layers);
     }
