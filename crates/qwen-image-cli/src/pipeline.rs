@@ -869,6 +869,41 @@ impl QwenImagePipeline {
 mod tests {
     use super::*;
 
+    #[test]
+    fn auto_tiling_threshold_and_tile_sizes() {
+        let auto = VaeTiling::default();
+        let tiles = VaeTiling::square_tiles(DEFAULT_VAE_TILE_SIZE, 8);
+        assert_eq!(auto, VaeTiling::Auto(tiles));
+        assert_eq!(
+            (tiles.tile_sample_min_width, tiles.tile_sample_stride_width),
+            (1024, 768)
+        );
+        // Official sizes stay whole; 1448² (2 096 704 px) is just under the threshold.
+        for (w, h) in [
+            (1328, 1328),
+            (1664, 928),
+            (928, 1664),
+            (1472, 1140),
+            (1448, 1448),
+        ] {
+            assert_eq!(auto.tiles_for(w, h), None, "{w}×{h}");
+        }
+        for (w, h) in [(2048, 1152), (1152, 2048), (1456, 1456), (2048, 2048)] {
+            assert_eq!(auto.tiles_for(w, h), Some(tiles), "{w}×{h}");
+        }
+        assert_eq!(VaeTiling::On(tiles).tiles_for(16, 16), Some(tiles));
+        assert_eq!(VaeTiling::Off.tiles_for(4096, 4096), None);
+        assert_eq!(VaeTiling::Off.tiles(), None);
+        // 256 px gives diffusers' enable_tiling() defaults (stride 192).
+        assert_eq!(VaeTiling::square_tiles(256, 8), TilingConfig::default());
+        // Strides are whole latents, at least one.
+        let s = |px, r| VaeTiling::square_tiles(px, r).tile_sample_stride_height;
+        assert_eq!((s(16, 8), s(8, 8), s(40, 8), s(40, 4)), (8, 8, 24, 28));
+        for px in [8, 16, 40, 256, 1024] {
+            assert!(VaeTiling::square_tiles(px, 8).validate(8).is_ok(), "{px}");
+        }
+    }
+
     /// Against the formula evaluated in f64 on the host: comb = n + s(c − n), rescaled per
     /// token to ‖c‖. f32 vs f64: relative error ≤ 1e-5 (a few f32 roundings of O(1) values).
     #[test]

@@ -113,6 +113,46 @@ fn empty_prompt_zero_steps_and_other_bad_numbers() {
 }
 
 #[test]
+fn bad_vae_tiling_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    // Not a whole number of latents (the VAE compresses 8×): the VAE's own check.
+    let mut a = base_args(&out);
+    set(&mut a, "--vae-tile-size", "12");
+    fails(
+        &a,
+        &out,
+        &["--vae-tile-size 12", "multiples of the compression ratio 8"],
+    );
+    let mut a = base_args(&out);
+    set(&mut a, "--vae-tile-size", "0");
+    fails(
+        &a,
+        &out,
+        &["--vae-tile-size 0", "at least the compression ratio 8"],
+    );
+    // Checked under auto too, though this image is too small to be tiled.
+    let mut a = base_args(&out);
+    set(&mut a, "--vae-tiling", "auto");
+    set(&mut a, "--vae-tile-size", "20");
+    fails(&a, &out, &["--vae-tile-size 20"]);
+    let mut a = base_args(&out);
+    set(&mut a, "--vae-tile-size", "-8");
+    fails(&a, &out, &["--vae-tile-size"]);
+    let mut a = base_args(&out);
+    set(&mut a, "--vae-tiling", "off");
+    set(&mut a, "--vae-tile-size", "64");
+    fails(
+        &a,
+        &out,
+        &["--vae-tile-size has no effect with --vae-tiling off"],
+    );
+    let mut a = base_args(&out);
+    set(&mut a, "--vae-tiling", "sometimes");
+    fails(&a, &out, &["--vae-tiling", "sometimes"]);
+}
+
+#[test]
 fn unwritable_output() {
     let tmp = tempfile::tempdir().unwrap();
     // folder does not exist
@@ -339,6 +379,8 @@ fn help_lists_every_flag() {
         "--num-images",
         "--output",
         "--max-sequence-length",
+        "--vae-tiling",
+        "--vae-tile-size",
     ] {
         assert!(h.contains(flag), "help lacks {flag}:\n{h}");
     }
