@@ -878,13 +878,16 @@ mod tests {
             (tiles.tile_sample_min_width, tiles.tile_sample_stride_width),
             (1024, 768)
         );
-        // Official sizes stay whole; 1448² (2 096 704 px) is just under the threshold.
+        // Official sizes stay whole; 1448² (2 096 704 px) is just under the threshold and
+        // 2048×1024 is exactly on it (tiling starts above it).
+        assert_eq!(2048 * 1024, AUTO_TILING_MIN_PIXELS);
         for (w, h) in [
             (1328, 1328),
             (1664, 928),
             (928, 1664),
             (1472, 1140),
             (1448, 1448),
+            (2048, 1024),
         ] {
             assert_eq!(auto.tiles_for(w, h), None, "{w}×{h}");
         }
