@@ -19,6 +19,9 @@
 //! memory ([`QwenImagePipeline::from_builders`], used by the full-size benchmark with random
 //! weights).
 //!
+//! Large images are decoded tile by tile ([`VaeTiling`], `GenerateRequest::vae_tiling`): by
+//! default only those above [`AUTO_TILING_MIN_PIXELS`] (2²¹), with 1024 px tiles.
+//!
 //! ```no_run
 //! use qwen_image::{GenerateRequest, Noise, PipelineOptions, QwenImagePipeline};
 //!

@@ -109,7 +109,7 @@ struct GenerateArgs {
     /// Never download: fail when a hub id is not in the local cache (also HF_HUB_OFFLINE=1).
     #[arg(long)]
     offline: bool,
-    /// VAE decode tile by tile (overlapping tiles, linearly blended, as diffusers'
+    /// When the VAE decodes tile by tile (overlapping tiles, linearly blended, as diffusers'
     /// `vae.enable_tiling()`), which bounds decode memory by one tile whatever the image
     /// size; tiled and whole decodes differ slightly.
     #[arg(long, value_enum, default_value_t = TilingArg::Auto)]

@@ -137,7 +137,7 @@ fn bad_vae_tiling_values() {
     set(&mut a, "--vae-tile-size", "20");
     fails(&a, &out, &["--vae-tile-size 20"]);
     let mut a = base_args(&out);
-    set(&mut a, "--vae-tile-size", "-8");
+    set(&mut a, "--vae-tile-size", "big");
     fails(&a, &out, &["--vae-tile-size"]);
     let mut a = base_args(&out);
     set(&mut a, "--vae-tiling", "off");
