@@ -11,6 +11,7 @@
 #   5. writes .cargo/config.toml (git-ignored): a link override that replaces mlx-sys's
 #      macOS-only build script, and a RUNPATH so binaries find libmlx.so by themselves.
 #
+# Rust >= 1.88 is taken from PATH or ~/.cargo/bin, and installed with rustup when absent.
 # Environment: QWEN_MLX_BACKEND=cpu|cuda (default cpu), QWEN_SETUP_QUIET=1 for less output.
 set -euo pipefail
 
@@ -35,6 +36,25 @@ case "$BACKEND" in
   *) die "QWEN_MLX_BACKEND must be cpu or cuda, not '$BACKEND'" ;;
 esac
 
+# Rust: rustup's default install location, or a fresh rustup install when there is none.
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo >/dev/null; then
+  command -v curl >/dev/null \
+    || die "cargo not found (and no curl to fetch rustup): install Rust >= 1.88 from https://rustup.rs"
+  say "installing Rust with rustup (https://rustup.rs, default profile, into ~/.cargo)"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y -q --profile default \
+    || die "rustup install failed: install Rust >= 1.88 from https://rustup.rs, then re-run"
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+rust_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
+[ "${rust_minor:-0}" -ge 88 ] 2>/dev/null \
+  || die "$(rustc --version) is too old: Rust >= 1.88 is needed (rustup update stable)"
+# MLX's Linux wheels are built for glibc >= 2.35 (Debian 12, Ubuntu 22.04 and newer).
+glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
+if [ -n "$glibc" ] && [ "$(printf '%s\n' 2.35 "$glibc" | sort -V | head -1)" != 2.35 ]; then
+  die "glibc $glibc found; MLX $MLX_VERSION's Linux wheels need glibc >= 2.35 (Debian 12 / Ubuntu 22.04 or newer)"
+fi
+
 ARCH=$(uname -m)
 case "$ARCH" in
   x86_64) TRIPLE=x86_64-unknown-linux-gnu ;;
@@ -51,15 +71,24 @@ mkdir -p "$PREFIX"
 need_pkgs=()
 command -v cmake >/dev/null || need_pkgs+=(cmake)
 command -v c++ >/dev/null || need_pkgs+=(g++)
+command -v make >/dev/null || need_pkgs+=(make)
 command -v python3 >/dev/null || need_pkgs+=(python3 python3-pip)
 python3 -m pip --version >/dev/null 2>&1 || need_pkgs+=(python3-pip)
-if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
+# bindgen needs libclang itself and clang's builtin headers (stddef.h), both from libclang-dev.
+if ! ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 \
+  || ! ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h >/dev/null 2>&1; then
   need_pkgs+=(libclang-dev)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_pkgs[*]}"
   SUDO=""
-  [ "$(id -u)" = 0 ] || SUDO=sudo
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null \
+      || die "missing packages and no sudo: run as root: apt-get install -y ${need_pkgs[*]}"
+    SUDO=sudo
+  fi
+  command -v apt-get >/dev/null \
+    || die "missing packages (${need_pkgs[*]}) and no apt-get: install them with your package manager"
   $SUDO apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need_pkgs[@]}" >/dev/null
 fi

@@ -6,6 +6,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# rustup's default location, so a Rust installed by setup.sh is found in this same shell.
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 "$ROOT/scripts/setup.sh"
 # Tests are many small MLX graphs: more test threads than cores only adds contention.
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-$(nproc)}
