@@ -52,7 +52,7 @@ pub use error::{PipelineError, Result};
 pub use output::Image;
 pub use pipeline::{
     AUTO_TILING_MIN_PIXELS, Builder, ComponentBuilders, DEFAULT_VAE_TILE_SIZE, Event,
-    GenerateRequest, Generation, Noise, Phase, PhaseStats, PipelineOptions, QwenImagePipeline,
-    Timings, VaeTiling,
+    GenerateRequest, Generation, MAX_IMAGE_SIDE, MAX_NUM_IMAGES, MAX_STEPS, Noise, Phase,
+    PhaseStats, PipelineOptions, QwenImagePipeline, Timings, VaeTiling,
 };
 pub use qwen_vae::TilingConfig;

@@ -9,8 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mlx_rs::Dtype;
 use qwen_image::info::human_bytes;
 use qwen_image::{
-    AUTO_TILING_MIN_PIXELS, DEFAULT_VAE_TILE_SIZE, Event, GenerateRequest, Noise, Phase,
-    PipelineOptions, QwenImagePipeline, TilingConfig, VaeTiling,
+    AUTO_TILING_MIN_PIXELS, DEFAULT_VAE_TILE_SIZE, Event, GenerateRequest, MAX_IMAGE_SIDE,
+    MAX_NUM_IMAGES, MAX_STEPS, Noise, Phase, PipelineOptions, QwenImagePipeline, TilingConfig,
+    VaeTiling,
 };
 
 /// Qwen-Image text-to-image inference on MLX (Metal, CUDA or CPU).
@@ -72,13 +73,13 @@ struct GenerateArgs {
     /// True classifier-free guidance scale.
     #[arg(long, default_value_t = 4.0)]
     true_cfg_scale: f32,
-    /// Denoising steps.
+    /// Denoising steps (1..=1000).
     #[arg(long, default_value_t = 50)]
     steps: usize,
-    /// Image width in pixels (a multiple of 16).
+    /// Image width in pixels (a multiple of 16, at most 8192).
     #[arg(long, default_value_t = 1024)]
     width: usize,
-    /// Image height in pixels (a multiple of 16).
+    /// Image height in pixels (a multiple of 16, at most 8192).
     #[arg(long, default_value_t = 1024)]
     height: usize,
     /// Seed of the initial noise (MLX's generator); image i of --num-images uses seed + i.
@@ -96,7 +97,7 @@ struct GenerateArgs {
     /// group size 64).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["4", "8"]))]
     quantize: Option<String>,
-    /// Number of images. With N > 1 the files are FILE-0.png, FILE-1.png, … next to --output.
+    /// Number of images (1..=64). With N > 1 the files are FILE-0.png, FILE-1.png, … next to --output.
     #[arg(long, default_value_t = 1)]
     num_images: usize,
     /// Output PNG (written atomically: nothing appears under this name unless the run
@@ -161,6 +162,25 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let t_total = Instant::now();
     // Cheap checks first: nothing heavy runs before the output is known to be writable.
     anyhow::ensure!(args.num_images >= 1, "--num-images must be at least 1");
+    // Upper bounds before anything is allocated from these numbers (output names, σ tables,
+    // RoPE tables, latents); the pipeline checks them again.
+    anyhow::ensure!(
+        args.num_images <= MAX_NUM_IMAGES,
+        "--num-images {} is above the maximum {MAX_NUM_IMAGES}",
+        args.num_images
+    );
+    anyhow::ensure!(
+        args.steps <= MAX_STEPS,
+        "--steps {} is above the maximum {MAX_STEPS} (the scheduler's training timesteps)",
+        args.steps
+    );
+    for (flag, v) in [("--width", args.width), ("--height", args.height)] {
+        anyhow::ensure!(
+            v <= MAX_IMAGE_SIDE,
+            "{flag} {v} is above the maximum {MAX_IMAGE_SIDE} px (Qwen-Image was trained up to \
+             1664 px; the cap keeps RoPE positions and MLX's i32 shapes in range)"
+        );
+    }
     anyhow::ensure!(
         !(args.vae_tiling == TilingArg::Off && args.vae_tile_size.is_some()),
         "--vae-tile-size has no effect with --vae-tiling off"
@@ -256,7 +276,10 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
             "off".into()
         }
     );
-    let total_steps = (req.steps * req.num_images) as u64;
+    // Both are bounded above (≤ 1000 × 64), so this cannot overflow; checked all the same.
+    let total_steps = (req.steps as u64)
+        .checked_mul(req.num_images as u64)
+        .context("--steps × --num-images overflows")?;
     let mut bar: Option<ProgressBar> = None;
     let mut on_event = |e: Event| match e {
         Event::PhaseStart(Phase::Denoise) => {

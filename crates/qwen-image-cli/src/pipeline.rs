@@ -29,6 +29,27 @@ use crate::output::Image;
 /// (`timestep / 1000` in `QwenImagePipeline.__call__`).
 const TIMESTEP_DIVISOR: f32 = 1000.0;
 
+/// Largest image width or height accepted, in pixels.
+///
+/// Qwen-Image was trained up to 1664 px a side; 8192 px is about 5× that. The cap keeps every
+/// size the pipeline derives far inside MLX's `i32` shapes (latent sides ≤ 1024; at most
+/// 512² = 262 144 image tokens, so the host RoPE tables of (tokens + text) × head_dim/2 f32
+/// stay below 17 M elements) and inside what the reference can run: diffusers'
+/// `QwenEmbedRope` precomputes 4096 positions per axis; image positions are centred
+/// (|row|, |column| ≤ side/16/2 ≤ 256) and text positions run from max(rows, columns)/2 ≤ 256
+/// to below 256 + 1024 (the longest prompt) = 1280 < 4096.
+pub const MAX_IMAGE_SIDE: usize = 8192;
+
+/// Largest number of denoising steps accepted: the scheduler's 1000 training timesteps
+/// (diffusers' `num_train_timesteps`); more steps do not refine the flow-matching schedule
+/// usefully and a huge value would only allocate a huge σ table.
+pub const MAX_STEPS: usize = 1000;
+
+/// Largest number of images per request: images are denoised one after another and kept in
+/// memory (latents and 8-bit RGB) until the request ends, so this bounds that memory (64
+/// images of 1328² RGB ≈ 340 MB) and the run time, and keeps `steps × images` small.
+pub const MAX_NUM_IMAGES: usize = 64;
+
 /// How a pipeline is loaded.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
@@ -584,8 +605,28 @@ impl QwenImagePipeline {
         if req.steps == 0 {
             return bad("steps must be at least 1".into());
         }
+        if req.steps > MAX_STEPS {
+            return bad(format!(
+                "steps {} is above the maximum {MAX_STEPS} (the scheduler's training timesteps)",
+                req.steps
+            ));
+        }
         if req.num_images == 0 {
             return bad("the number of images must be at least 1".into());
+        }
+        if req.num_images > MAX_NUM_IMAGES {
+            return bad(format!(
+                "the number of images {} is above the maximum {MAX_NUM_IMAGES}",
+                req.num_images
+            ));
+        }
+        for (name, v) in [("width", req.width), ("height", req.height)] {
+            if v > MAX_IMAGE_SIDE {
+                return bad(format!(
+                    "{name} {v} is above the maximum {MAX_IMAGE_SIDE} px (Qwen-Image was trained \
+                     up to 1664 px; the cap keeps RoPE positions and MLX's i32 shapes in range)"
+                ));
+            }
         }
         let m = self.configs.size_multiple();
         for (name, v) in [("width", req.width), ("height", req.height)] {

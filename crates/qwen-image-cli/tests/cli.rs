@@ -385,3 +385,63 @@ fn help_lists_every_flag() {
         assert!(h.contains(flag), "help lacks {flag}:\n{h}");
     }
 }
+
+#[test]
+fn huge_sizes_steps_and_image_counts_fail_before_loading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    for (flag, value, needles) in [
+        ("--width", "8208", ["--width 8208", "maximum 8192"]),
+        (
+            "--height",
+            "4294967296",
+            ["--height 4294967296", "maximum 8192"],
+        ),
+        (
+            "--steps",
+            "4000000000",
+            ["--steps 4000000000", "maximum 1000"],
+        ),
+        ("--steps", "1001", ["--steps 1001", "maximum 1000"]),
+        ("--num-images", "65", ["--num-images 65", "maximum 64"]),
+        (
+            "--num-images",
+            "18446744073709551615",
+            ["--num-images 18446744073709551615", "maximum 64"],
+        ),
+    ] {
+        let mut a = base_args(&out);
+        // Without --init-latents: its shape check must not be what rejects the request.
+        remove(&mut a, "--init-latents");
+        set(&mut a, "--seed", "1");
+        set(&mut a, flag, value);
+        fails(&a, &out, &needles);
+        // Rejected before the checkpoint is even looked for.
+        set(&mut a, "--model", tmp.path().join("nope").to_str().unwrap());
+        fails(&a, &out, &needles);
+    }
+    // The limits themselves are accepted by the checks (the 48×48 case at 8192 would be a
+    // heavy run, so only the library check is exercised for the edge values).
+    let pipe = qwen_image::QwenImagePipeline::load(
+        &fixtures().join("tiny"),
+        qwen_image::PipelineOptions::default(),
+    )
+    .unwrap();
+    let mut req = qwen_image::GenerateRequest::new("a");
+    req.width = qwen_image::MAX_IMAGE_SIDE;
+    req.height = qwen_image::MAX_IMAGE_SIDE;
+    req.steps = qwen_image::MAX_STEPS;
+    req.num_images = qwen_image::MAX_NUM_IMAGES;
+    pipe.validate(&req).unwrap();
+    for f in [
+        |r: &mut qwen_image::GenerateRequest| r.width += 16,
+        |r: &mut qwen_image::GenerateRequest| r.height += 16,
+        |r: &mut qwen_image::GenerateRequest| r.steps += 1,
+        |r: &mut qwen_image::GenerateRequest| r.num_images += 1,
+    ] {
+        let mut r = req.clone();
+        f(&mut r);
+        let e = pipe.validate(&r).unwrap_err().to_string();
+        assert!(e.contains("above the maximum"), "{e}");
+    }
+}
