@@ -48,6 +48,20 @@ pub enum PipelineError {
         #[source]
         source: std::io::Error,
     },
+    /// Denoising produced NaN or infinite latents (activations overflowed, typically in f16);
+    /// raised before the VAE decode, which would turn them into black images.
+    #[error(
+        "the denoised latents of image(s) {images:?} are not finite (NaN or infinity) in \
+         {dtype:?}: {advice}"
+    )]
+    NonFiniteLatents {
+        /// 0-based indices of the images whose latents hold a NaN or an infinity.
+        images: Vec<usize>,
+        /// The compute dtype of the run.
+        dtype: mlx_rs::Dtype,
+        /// What to try, for this dtype.
+        advice: String,
+    },
     /// Text encoder error.
     #[error("text encoder: {0}")]
     TextEncoder(#[from] qwen_text_encoder::TextEncoderError),

@@ -197,6 +197,12 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         None if runtime.default_is_gpu => Dtype::Bfloat16,
         None => Dtype::Float32,
     };
+    if dtype == Dtype::Float16 {
+        eprintln!(
+            "warning: --dtype f16 can overflow (the text encoder's activations are not clipped) \
+             and give NaN latents; bf16 (GPU) or f32 (CPU) is safer"
+        );
+    }
     let quantize = args
         .quantize
         .as_deref()

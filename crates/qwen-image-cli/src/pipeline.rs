@@ -452,6 +452,50 @@ fn check_options(options: &PipelineOptions) -> Result<()> {
     Ok(())
 }
 
+/// Fails with [`PipelineError::NonFiniteLatents`] when any of the final latents holds a NaN or
+/// an infinity: one `all(isfinite)` reduction per image, stacked and evaluated once (a few
+/// kilobytes of work, against a decode that would silently give black images).
+pub fn check_finite(latents: &[Array], dtype: Dtype) -> Result<()> {
+    if latents.is_empty() {
+        return Ok(());
+    }
+    let flags = latents
+        .iter()
+        .map(|x| x.is_finite()?.all(None))
+        .collect::<std::result::Result<Vec<Array>, _>>()?;
+    let flags = ops::stack(&flags, 0)?;
+    flags.eval()?;
+    let bad: Vec<usize> = flags
+        .as_slice::<bool>()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &ok)| (!ok).then_some(i))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        let advice = match dtype {
+            Dtype::Float16 => {
+                "f16 activations overflowed (the text encoder and the transformer exceed f16's \
+                 range); use bf16 (`--dtype bf16`) or f32 (`--dtype f32`)"
+            }
+            Dtype::Bfloat16 => {
+                "try f32 (`--dtype f32`); if that fails too, check the weights and the initial \
+                 latents (--init-latents) for NaN or infinity"
+            }
+            _ => {
+                "not a reduced-precision overflow: check the weights and the initial latents \
+                 (--init-latents) for NaN or infinity (with f16, use `--dtype bf16`)"
+            }
+        };
+        Err(PipelineError::NonFiniteLatents {
+            images: bad,
+            dtype,
+            advice: advice.into(),
+        })
+    }
+}
+
 fn scalar(v: f32, dtype: Dtype) -> Result<Array> {
     Ok(Array::from_f32(v).as_dtype(dtype)?)
 }
@@ -779,6 +823,7 @@ impl QwenImagePipeline {
         }
         let latents = latents?;
         drop((cond, neg));
+        check_finite(&latents, self.options.dtype)?;
 
         // 3. VAE.
         let t = PhaseTimer::start(Phase::LoadVae, on_event);
@@ -946,6 +991,29 @@ mod tests {
         for px in [8, 16, 40, 256, 1024] {
             assert!(VaeTiling::square_tiles(px, 8).validate(8).is_ok(), "{px}");
         }
+    }
+
+    fn inf_f32() -> anyhow::Result<Array> {
+        Ok(Array::from_slice(&[f32::INFINITY], &[1]))
+    }
+
+    #[test]
+    fn check_finite_names_the_images_with_nan_or_inf() -> anyhow::Result<()> {
+        let ok = Array::from_slice(&[1.0f32, -2.0, 3.0e38, 0.0], &[1, 2, 2]);
+        let nan = Array::from_slice(&[1.0f32, f32::NAN, 0.0, 0.0], &[1, 2, 2]);
+        let inf = Array::from_slice(&[0.0f32, 0.0, 0.0, f32::NEG_INFINITY], &[1, 2, 2])
+            .as_dtype(Dtype::Float16)?;
+        check_finite(&[ok.clone(), ok.clone()], Dtype::Float32)?;
+        check_finite(&[], Dtype::Float32)?;
+        let e = check_finite(&[ok.clone(), nan, ok, inf], Dtype::Float16).unwrap_err();
+        assert!(
+            matches!(&e, PipelineError::NonFiniteLatents { images, .. } if images == &[1, 3]),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("--dtype bf16"), "{e}");
+        let e = check_finite(&[inf_f32()?], Dtype::Bfloat16).unwrap_err();
+        assert!(e.to_string().contains("--dtype f32"), "{e}");
+        Ok(())
     }
 
     /// Against the formula evaluated in f64 on the host: comb = n + s(c − n), rescaled per

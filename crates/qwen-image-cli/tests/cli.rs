@@ -445,3 +445,56 @@ fn huge_sizes_steps_and_image_counts_fail_before_loading() {
         assert!(e.contains("above the maximum"), "{e}");
     }
 }
+
+/// NaN / infinite latents (here injected through --init-latents; in practice f16 overflow)
+/// stop the run after denoising, before the VAE, with advice on the dtype; no image is
+/// written.
+#[test]
+fn non_finite_latents_fail_before_decoding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    let lat = tmp.path().join("l.safetensors");
+    let mut a = base_args(&out);
+    set(&mut a, "--init-latents", lat.to_str().unwrap());
+    for (bad, dtype, advice) in [
+        (f32::NAN, "f32", "check the weights and the initial latents"),
+        (f32::INFINITY, "f16", "use bf16 (`--dtype bf16`)"),
+    ] {
+        let mut v = vec![0.5f32; 4 * 6 * 6];
+        v[17] = bad;
+        write_latents(
+            &lat,
+            "latents",
+            mlx_rs::Array::from_slice(&v, &[1, 1, 4, 6, 6]),
+        );
+        set(&mut a, "--dtype", dtype);
+        let o = run(bin().args(&a));
+        let all = text(&o);
+        assert!(!o.status.success(), "expected failure:\n{all}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        for n in ["not finite", "image(s) [0]", advice, "loading transformer"] {
+            assert!(err.contains(n), "stderr lacks {n:?}:\n{all}");
+        }
+        assert!(!err.contains("loading VAE"), "decoded anyway:\n{all}");
+        assert!(!out.exists(), "output written:\n{all}");
+    }
+}
+
+#[test]
+fn f16_prints_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    let mut a = base_args(&out);
+    set(&mut a, "--dtype", "f16");
+    // Fails in validation, after the dtype is chosen and before anything heavy.
+    set(&mut a, "--steps", "0");
+    let err = fails(&a, &out, &["steps must be at least 1"]);
+    assert!(
+        err.contains("warning: --dtype f16") && err.contains("bf16"),
+        "{err}"
+    );
+    let mut a = base_args(&out);
+    set(&mut a, "--steps", "0");
+    let err = fails(&a, &out, &["steps must be at least 1"]);
+    assert!(!err.contains("warning: --dtype f16"), "{err}");
+}
