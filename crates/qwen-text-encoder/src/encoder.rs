@@ -71,7 +71,8 @@ pub struct TextEncoder {
 
 impl TextEncoder {
     /// Loads a checkpoint's `text_encoder/` (config + safetensors, sharded or not) and
-    /// `tokenizer/` folders, with weights cast to `dtype` (f32, bf16 or f16).
+    /// `tokenizer/` folders, with weights cast to `dtype` (f32, bf16 or f16). The weights are
+    /// evaluated here, layer by layer, so the first encode does not pay for the casts.
     pub fn load(text_encoder_dir: &Path, tokenizer_dir: &Path, dtype: Dtype) -> Result<Self> {
         if !matches!(dtype, Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float16) {
             return Err(TextEncoderError::InvalidInput(format!(

@@ -61,6 +61,11 @@ impl QwenTextModel {
         &self.cfg
     }
 
+    /// The weights.
+    pub fn weights(&self) -> &TextModelWeights {
+        &self.w
+    }
+
     /// The activation dtype.
     pub fn dtype(&self) -> Dtype {
         self.dtype

@@ -58,6 +58,49 @@ pub struct TextModelWeights {
     pub norm: Array,
 }
 
+impl LayerWeights {
+    /// Every array of the layer (norms, projections and their biases).
+    pub fn arrays(&self) -> [&Array; 12] {
+        [
+            &self.input_layernorm,
+            &self.q_proj.0,
+            &self.q_proj.1,
+            &self.k_proj.0,
+            &self.k_proj.1,
+            &self.v_proj.0,
+            &self.v_proj.1,
+            &self.o_proj,
+            &self.post_attention_layernorm,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+}
+
+impl TextModelWeights {
+    /// Every array, in model order: the embedding table, each layer's arrays, the final norm.
+    pub fn arrays(&self) -> impl Iterator<Item = &Array> {
+        std::iter::once(&self.embed_tokens)
+            .chain(self.layers.iter().flat_map(LayerWeights::arrays))
+            .chain(std::iter::once(&self.norm))
+    }
+
+    /// Materialises every array: the embedding table, then each layer, then the final norm,
+    /// one evaluation each. A cast to the compute dtype is lazy, so without this all layers'
+    /// casts would run inside the first forward pass, with every stored-dtype source and its
+    /// cast copy alive together; evaluating layer by layer frees each layer's source before
+    /// the next cast and keeps the cast's time out of the first encode.
+    pub fn eval(&self) -> Result<()> {
+        self.embed_tokens.eval()?;
+        for layer in &self.layers {
+            mlx_rs::transforms::eval(layer.arrays())?;
+        }
+        self.norm.eval()?;
+        Ok(())
+    }
+}
+
 /// The language model's key prefix in `tensors`: nested when any key uses it, else flat.
 pub fn language_model_prefix<'a>(keys: impl IntoIterator<Item = &'a str>) -> &'static str {
     if keys.into_iter().any(|k| k.starts_with(NESTED_PREFIX)) {
@@ -67,8 +110,9 @@ pub fn language_model_prefix<'a>(keys: impl IntoIterator<Item = &'a str>) -> &'s
     }
 }
 
-/// Takes the text path's weights out of `tensors` (cast to `dtype`) and checks that nothing
-/// is missing, mis-shaped or unexpectedly left over.
+/// Takes the text path's weights out of `tensors` (cast to `dtype`), checks that nothing
+/// is missing, mis-shaped or unexpectedly left over, and evaluates them layer by layer
+/// ([`TextModelWeights::eval`]), so the returned arrays hold their data in `dtype`.
 pub fn take_weights(tensors: Tensors, cfg: &TextConfig, dtype: Dtype) -> Result<TextModelWeights> {
     let p = language_model_prefix(tensors.keys());
     let mut l = StrictLoader::new(tensors, dtype);
@@ -107,11 +151,13 @@ pub fn take_weights(tensors: Tensors, cfg: &TextConfig, dtype: Dtype) -> Result<
     }
     let norm = l.take(&format!("{p}norm.weight"), &[h]);
     l.finish(IGNORED_PREFIXES)?;
-    Ok(TextModelWeights {
+    let weights = TextModelWeights {
         embed_tokens,
         layers,
         norm,
-    })
+    };
+    weights.eval()?;
+    Ok(weights)
 }
 
 /// Loads `dir` (one `*.safetensors` or shards with an index) and takes the text path's
@@ -188,6 +234,66 @@ mod tests {
             let w = take_weights(t, &tiny_cfg(), Dtype::Float32).expect("loads");
             assert_eq!(w.layers.len(), 1);
             assert_eq!(w.embed_tokens.shape(), &[5, 4]);
+        }
+    }
+
+    /// Whether `a` has been evaluated (MLX's `array::is_available`; asking does not evaluate,
+    /// unlike `as_slice`).
+    pub(crate) fn is_evaluated(a: &Array) -> bool {
+        let mut res = false;
+        // SAFETY: `res` is a valid out-pointer and `a` a live array for the call.
+        let status = unsafe { mlx_sys::_mlx_array_is_available(&mut res, a.as_ptr()) };
+        assert_eq!(status, 0, "_mlx_array_is_available failed");
+        res
+    }
+
+    /// bf16 sources taken at f32 (the CPU default from a bf16 checkpoint): the casts must
+    /// already have run when `take_weights` returns, not inside the first forward pass, and
+    /// they must be exact (every bf16 value is an f32).
+    #[test]
+    fn weights_are_cast_and_evaluated_at_load() {
+        let src = full_set(FLAT_PREFIX);
+        let mut t = Tensors::new("test");
+        let mut want = std::collections::BTreeMap::new();
+        for (i, k) in src
+            .keys()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+            .iter()
+            .enumerate()
+        {
+            let z = src.get(k).expect("key");
+            let n = z.size() as f32;
+            // Distinct, non-trivial values per tensor; bf16-representable after the cast.
+            let v = Array::arange::<_, f32>(None, n, None)
+                .unwrap()
+                .multiply(mlx_rs::Array::from_f32(0.37 + i as f32))
+                .unwrap()
+                .reshape(z.shape())
+                .unwrap()
+                .as_dtype(Dtype::Bfloat16)
+                .unwrap();
+            let f = v.as_dtype(Dtype::Float32).unwrap();
+            f.eval().unwrap();
+            want.insert(k.clone(), f.as_slice::<f32>().to_vec());
+            v.eval().unwrap();
+            t.insert(k.clone(), v);
+        }
+        let w = take_weights(t, &tiny_cfg(), Dtype::Float32).expect("loads");
+        let arrays: Vec<&Array> = w.arrays().collect();
+        assert_eq!(arrays.len(), 2 + 12);
+        for (i, a) in arrays.iter().enumerate() {
+            assert_eq!(a.dtype(), Dtype::Float32, "array {i}");
+            assert!(is_evaluated(a), "array {i} is still lazy after loading");
+        }
+        let l = &w.layers[0];
+        for (key, a) in [
+            ("model.embed_tokens.weight", &w.embed_tokens),
+            ("model.norm.weight", &w.norm),
+            ("model.layers.0.self_attn.k_proj.bias", &l.k_proj.1),
+            ("model.layers.0.mlp.down_proj.weight", &l.down_proj),
+        ] {
+            assert_eq!(a.as_slice::<f32>(), want[key].as_slice(), "{key}");
         }
     }
 
