@@ -103,11 +103,24 @@ impl ComponentPaths {
             return Err(checkpoint(root, "not a directory"));
         }
         let index = read_json(&index_path).map_err(|e| match e {
-            PipelineError::Checkpoint { path, msg } if msg == "missing" => checkpoint(
-                path,
-                "missing: not a diffusers checkpoint folder (expected model_index.json, \
-                 transformer/, vae/, text_encoder/, tokenizer/, scheduler/)",
-            ),
+            PipelineError::Checkpoint { path, msg } if msg == "missing" => {
+                if let Some(evidence) = mflux_evidence(root) {
+                    checkpoint(
+                        root,
+                        format!(
+                            "this looks like an mflux/MLX-converted checkpoint ({evidence}, no \
+                             model_index.json); qwen-image needs the diffusers layout (e.g. \
+                             Qwen/Qwen-Image); use --quantize 4|8 to quantize it on load"
+                        ),
+                    )
+                } else {
+                    checkpoint(
+                        path,
+                        "missing: not a diffusers checkpoint folder (expected model_index.json, \
+                         transformer/, vae/, text_encoder/, tokenizer/, scheduler/)",
+                    )
+                }
+            }
             other => other,
         })?;
         let obj = index
@@ -217,6 +230,72 @@ impl ComponentPaths {
             check_weight_folder(dir)?;
         }
         Ok(())
+    }
+}
+
+/// Signs that `root` holds weights saved by mflux (MLX) rather than diffusers: numbered
+/// shards (`transformer/0.safetensors`, …) or a safetensors header whose `__metadata__` has
+/// mflux's `quantization_level` (or `mflux_version`). Looks at `root` and its immediate
+/// sub-folders, reading at most a few headers. Returns what was found, for the message.
+pub fn mflux_evidence(root: &Path) -> Option<String> {
+    let mut dirs = vec![root.to_path_buf()];
+    if let Ok(rd) = fs::read_dir(root) {
+        let mut subs: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        subs.sort();
+        dirs.extend(subs);
+    }
+    let mut headers_read = 0;
+    for dir in &dirs {
+        let Ok(rd) = fs::read_dir(dir) else { continue };
+        let mut files: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors") && p.is_file())
+            .collect();
+        files.sort();
+        let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).display().to_string();
+        for f in &files {
+            let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            if !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()) {
+                return Some(format!("numbered shards such as {}", rel(f)));
+            }
+        }
+        for f in &files {
+            if headers_read >= 8 {
+                return None;
+            }
+            headers_read += 1;
+            if let Some(key) = safetensors_metadata(f).and_then(|m| {
+                ["quantization_level", "mflux_version"]
+                    .into_iter()
+                    .find(|k| m.contains_key(*k))
+            }) {
+                return Some(format!("`{key}` metadata in {}", rel(f)));
+            }
+        }
+    }
+    None
+}
+
+/// The `__metadata__` object of a safetensors header (`None` when unreadable or absent).
+fn safetensors_metadata(path: &Path) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let mut f = fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let n = u64::from_le_bytes(len);
+    if n == 0 || n > 100_000_000 {
+        return None;
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    match v.get("__metadata__") {
+        Some(serde_json::Value::Object(m)) => Some(m.clone()),
+        _ => None,
     }
 }
 

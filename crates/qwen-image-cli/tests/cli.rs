@@ -498,3 +498,55 @@ fn f16_prints_a_warning() {
     let err = fails(&a, &out, &["steps must be at least 1"]);
     assert!(!err.contains("warning: --dtype f16"), "{err}");
 }
+
+/// A safetensors file holding one f32 scalar, with `metadata` as its `__metadata__`.
+fn write_safetensors_with_metadata(path: &Path, metadata: &str) {
+    let header = format!(
+        r#"{{"__metadata__":{metadata},"w":{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}}}"#
+    );
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&1.0f32.to_le_bytes());
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn mflux_converted_checkpoints_are_recognised() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    let advice = [
+        "mflux/MLX-converted checkpoint",
+        "diffusers layout (e.g. Qwen/Qwen-Image)",
+        "--quantize 4|8",
+    ];
+    // mflux's layout: numbered shards per component, no model_index.json, no configs.
+    let m = tmp.path().join("mflux");
+    for c in ["transformer", "text_encoder", "vae"] {
+        fs::create_dir_all(m.join(c)).unwrap();
+        write_safetensors_with_metadata(&m.join(c).join("0.safetensors"), "{}");
+    }
+    fs::create_dir_all(m.join("tokenizer")).unwrap();
+    let mut a = base_args(&out);
+    set(&mut a, "--model", m.to_str().unwrap());
+    let err = fails(&a, &out, &advice);
+    assert!(err.contains("text_encoder/0.safetensors"), "{err}");
+
+    // Only the metadata gives it away.
+    let m2 = tmp.path().join("mflux2");
+    fs::create_dir_all(m2.join("transformer")).unwrap();
+    write_safetensors_with_metadata(
+        &m2.join("transformer/model.safetensors"),
+        r#"{"quantization_level":"4","mflux_version":"0.9"}"#,
+    );
+    set(&mut a, "--model", m2.to_str().unwrap());
+    let err = fails(&a, &out, &advice);
+    assert!(err.contains("`quantization_level` metadata"), "{err}");
+
+    // Other safetensors without model_index.json: the generic message.
+    write_safetensors_with_metadata(
+        &m2.join("transformer/model.safetensors"),
+        r#"{"format":"pt"}"#,
+    );
+    let err = fails(&a, &out, &["not a diffusers checkpoint folder"]);
+    assert!(!err.contains("mflux/MLX"), "{err}");
+}
