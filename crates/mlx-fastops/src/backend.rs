@@ -9,11 +9,16 @@
 //! - GPU device on macOS (Metal backend) → the Metal kernel;
 //! - [`set_force_reference`]`(true)` or the environment variable `MLX_FASTOPS_REFERENCE=1`
 //!   → the reference everywhere.
+//!
+//! [`fused_path`] runs once per fused-op call, so it is kept cheap: the backend availability
+//! and the environment variable are read once per process, and the per-call device check
+//! (the default device and the scoped stream can change) reuses a per-thread device handle.
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use mlx_rs::Stream;
+use mlx_rs::thread_local_default_stream;
 
 /// The MLX backend that runs work on the current stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,46 +76,92 @@ pub fn reference_forced() -> bool {
         })
 }
 
-/// Whether MLX was built with the CUDA backend and sees a CUDA device.
+static CUDA_AVAILABLE: OnceLock<bool> = OnceLock::new();
+static METAL_AVAILABLE: OnceLock<bool> = OnceLock::new();
+static GPU_BACKEND: OnceLock<Backend> = OnceLock::new();
+
+/// Whether MLX was built with the CUDA backend and sees a CUDA device (asked once: it cannot
+/// change while the process runs).
 pub fn cuda_available() -> bool {
-    let mut res = false;
-    // SAFETY: `res` is a valid out-pointer for the duration of the call.
-    let status = unsafe { mlx_sys::mlx_cuda_is_available(&mut res) };
-    status == 0 && res
+    *CUDA_AVAILABLE.get_or_init(|| {
+        let mut res = false;
+        // SAFETY: `res` is a valid out-pointer for the duration of the call.
+        let status = unsafe { mlx_sys::mlx_cuda_is_available(&mut res) };
+        status == 0 && res
+    })
 }
 
-/// Whether MLX was built with the Metal backend and sees a Metal device.
+/// Whether MLX was built with the Metal backend and sees a Metal device (asked once: it
+/// cannot change while the process runs).
 pub fn metal_available() -> bool {
-    let mut res = false;
-    // SAFETY: `res` is a valid out-pointer for the duration of the call.
-    let status = unsafe { mlx_sys::mlx_metal_is_available(&mut res) };
-    status == 0 && res
+    *METAL_AVAILABLE.get_or_init(|| {
+        let mut res = false;
+        // SAFETY: `res` is a valid out-pointer for the duration of the call.
+        let status = unsafe { mlx_sys::mlx_metal_is_available(&mut res) };
+        status == 0 && res
+    })
 }
 
-/// Whether `stream` runs on a GPU device.
-fn stream_is_gpu(stream: &Stream) -> bool {
-    // SAFETY: the device handle is created, filled by MLX and freed here; `stream` is alive.
-    unsafe {
-        let mut dev = mlx_sys::mlx_device_new();
-        let mut ty: mlx_sys::mlx_device_type = mlx_sys::mlx_device_type__MLX_CPU;
-        let ok = mlx_sys::mlx_stream_get_device(&mut dev, stream.as_ptr()) == 0
-            && mlx_sys::mlx_device_get_type(&mut ty, dev) == 0;
-        mlx_sys::mlx_device_free(dev);
-        ok && ty == mlx_sys::mlx_device_type__MLX_GPU
+/// The backend of this process's GPU devices (fixed for the process).
+fn gpu_backend() -> Backend {
+    *GPU_BACKEND.get_or_init(|| {
+        if cfg!(target_os = "macos") && metal_available() {
+            Backend::Metal
+        } else if cuda_available() {
+            Backend::Cuda
+        } else {
+            Backend::OtherGpu
+        }
+    })
+}
+
+/// An `mlx_device` handle kept per thread and refilled on each query, so that asking for the
+/// current device allocates nothing.
+struct DeviceHandle(mlx_sys::mlx_device);
+
+impl Drop for DeviceHandle {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created by `mlx_device_new` and is freed once, here.
+        unsafe {
+            mlx_sys::mlx_device_free(self.0);
+        }
     }
+}
+
+thread_local! {
+    // SAFETY: `mlx_device_new` only builds an empty handle.
+    static DEVICE: RefCell<DeviceHandle> =
+        RefCell::new(DeviceHandle(unsafe { mlx_sys::mlx_device_new() }));
+}
+
+/// Whether the next MLX op runs on a GPU device: the device of the thread-local stream (set
+/// by `mlx_rs::with_stream`/`with_device`) when there is one, else MLX's default device (the
+/// device of the default stream). Asked on every call, since both can change; without a
+/// thread-local stream this is two FFI calls and no allocation.
+fn next_op_on_gpu() -> bool {
+    let scoped = thread_local_default_stream();
+    DEVICE.with_borrow_mut(|dev| {
+        // SAFETY: `dev.0` is a live handle owned by this thread, filled in place by MLX;
+        // `scoped` (when present) is a live stream for the duration of the call.
+        unsafe {
+            let filled = match &scoped {
+                Some(stream) => mlx_sys::mlx_stream_get_device(&mut dev.0, stream.as_ptr()),
+                None => mlx_sys::mlx_get_default_device(&mut dev.0),
+            } == 0;
+            let mut ty: mlx_sys::mlx_device_type = mlx_sys::mlx_device_type__MLX_CPU;
+            filled
+                && mlx_sys::mlx_device_get_type(&mut ty, dev.0) == 0
+                && ty == mlx_sys::mlx_device_type__MLX_GPU
+        }
+    })
 }
 
 /// The backend of the stream the next MLX op would run on.
 pub fn current_backend() -> Backend {
-    let stream = Stream::thread_local_or_default();
-    if !stream_is_gpu(&stream) {
-        Backend::Cpu
-    } else if cfg!(target_os = "macos") && metal_available() {
-        Backend::Metal
-    } else if cuda_available() {
-        Backend::Cuda
+    if next_op_on_gpu() {
+        gpu_backend()
     } else {
-        Backend::OtherGpu
+        Backend::Cpu
     }
 }
 
@@ -123,5 +174,43 @@ pub fn fused_path() -> Path {
         Backend::Cuda => Path::Cuda,
         Backend::Metal => Path::Metal,
         Backend::Cpu | Backend::OtherGpu => Path::Reference,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::{Device, Stream, with_device, with_stream};
+
+    /// The device type of `stream`, asked the long way (a fresh device handle per call).
+    fn stream_is_gpu(stream: &Stream) -> bool {
+        // SAFETY: the device handle is created, filled by MLX and freed here; `stream` is alive.
+        unsafe {
+            let mut dev = mlx_sys::mlx_device_new();
+            let mut ty: mlx_sys::mlx_device_type = mlx_sys::mlx_device_type__MLX_CPU;
+            let ok = mlx_sys::mlx_stream_get_device(&mut dev, stream.as_ptr()) == 0
+                && mlx_sys::mlx_device_get_type(&mut ty, dev) == 0;
+            mlx_sys::mlx_device_free(dev);
+            ok && ty == mlx_sys::mlx_device_type__MLX_GPU
+        }
+    }
+
+    #[test]
+    fn the_cheap_device_check_follows_the_stream_mlx_would_use() {
+        // Without a scoped stream: the default device, i.e. the default stream's device.
+        let default_gpu = stream_is_gpu(&Stream::thread_local_or_default());
+        assert_eq!(next_op_on_gpu(), default_gpu);
+        // A scoped CPU stream wins over a GPU default device, and the check is asked anew
+        // on every call (the handle is reused, not stale).
+        for _ in 0..3 {
+            assert!(!with_stream(&Stream::cpu(), next_op_on_gpu));
+            assert_eq!(with_device(Device::cpu(), current_backend), Backend::Cpu);
+            assert_eq!(next_op_on_gpu(), default_gpu);
+        }
+        if default_gpu {
+            assert_eq!(current_backend(), gpu_backend());
+        } else {
+            assert_eq!(current_backend(), Backend::Cpu);
+        }
     }
 }
