@@ -44,6 +44,7 @@ pub mod error;
 pub mod hub;
 pub mod info;
 pub mod latents;
+pub mod memory;
 pub mod output;
 pub mod pipeline;
 

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mlx_rs::Dtype;
-use qwen_image::info::human_bytes;
+use qwen_image::info::{Backend, human_bytes};
 use qwen_image::{
     AUTO_TILING_MIN_PIXELS, DEFAULT_VAE_TILE_SIZE, Event, GenerateRequest, MAX_IMAGE_SIDE,
     MAX_NUM_IMAGES, MAX_STEPS, Noise, Phase, PipelineOptions, QwenImagePipeline, TilingConfig,
@@ -145,6 +145,15 @@ fn describe_tiles(t: Option<&TilingConfig>) -> String {
     )
 }
 
+/// A one-line notice for quantized runs on CUDA, where MLX compiles its quantized-matmul
+/// kernels (JIT) the first time each shape is used: the first steps can take minutes.
+fn quantize_notice(backend: Backend, quantized: bool) -> Option<&'static str> {
+    (quantized && backend == Backend::Cuda).then_some(
+        "note: on CUDA, MLX compiles its quantized kernels at first use; the first denoising \
+         steps can take minutes (later runs reuse the compiled kernels)",
+    )
+}
+
 fn random_seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -213,6 +222,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let t_open = Instant::now();
     let env = qwen_image::hub::HubEnv::from_process();
     let model_dir = qwen_image::hub::resolve_model(&args.model, &env, !args.offline)?;
+    let quantized = quantize.is_some();
     let options = PipelineOptions {
         dtype,
         quantize,
@@ -220,6 +230,18 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let mut pipe = QwenImagePipeline::load(&model_dir, options)
         .with_context(|| format!("checkpoint {}", model_dir.display()))?;
+    if let (Some(limit), Some(estimate)) = (
+        runtime.memory_limit.filter(|&l| l > 0),
+        pipe.weight_memory_estimate(),
+    ) {
+        // Only a warning: MLX's limit can be conservative (and memory may be swapped).
+        if let Some(w) = estimate?.warning(limit as u64, dtype, quantized) {
+            eprintln!("WARNING: {w}");
+        }
+    }
+    if let Some(n) = quantize_notice(runtime.backend, quantized) {
+        eprintln!("{n}");
+    }
     let seed = args.seed.unwrap_or_else(random_seed);
     let mut req = GenerateRequest {
         prompt: args.prompt.clone(),
@@ -428,5 +450,18 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {}", error_chain(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_notice_only_for_quantized_cuda_runs() {
+        assert!(quantize_notice(Backend::Cuda, true).is_some_and(|n| n.contains("first use")));
+        assert_eq!(quantize_notice(Backend::Cuda, false), None);
+        assert_eq!(quantize_notice(Backend::Metal, true), None);
+        assert_eq!(quantize_notice(Backend::Cpu, true), None);
     }
 }

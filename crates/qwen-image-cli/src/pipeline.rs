@@ -610,6 +610,21 @@ impl QwenImagePipeline {
         }
     }
 
+    /// Estimated weight bytes of each stage for this pipeline's dtype and quantization (from
+    /// configs and safetensors headers; nothing is loaded). `None` for a pipeline made with
+    /// [`Self::from_builders`].
+    pub fn weight_memory_estimate(&self) -> Option<Result<crate::memory::StageBytes>> {
+        match &self.source {
+            Source::Disk(p) => Some(crate::memory::estimate(
+                p,
+                &self.configs,
+                self.options.dtype,
+                self.options.quantize.as_ref(),
+            )),
+            Source::Memory(_) => None,
+        }
+    }
+
     /// The component configs.
     pub fn configs(&self) -> &CheckpointConfigs {
         &self.configs
