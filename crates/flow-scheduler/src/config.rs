@@ -195,13 +195,13 @@ impl SchedulerConfig {
                 _ => {}
             }
         }
-        if let Some(t) = self.shift_terminal {
-            if !(t.is_finite() && t < 1.0) {
-                return Err(invalid(
-                    "shift_terminal",
-                    format!("must be a finite number below 1 (or null), got {t}"),
-                ));
-            }
+        if let Some(t) = self.shift_terminal
+            && !(t.is_finite() && t < 1.0)
+        {
+            return Err(invalid(
+                "shift_terminal",
+                format!("must be a finite number below 1 (or null), got {t}"),
+            ));
         }
         let respacings = [
             self.use_karras_sigmas,

@@ -180,7 +180,7 @@ fn array_from_view(path: &Path, key: &str, view: &TensorView<'_>) -> Result<Arra
     }
     // MLX reads the buffer as typed elements: give it an aligned copy when the file offset is
     // not a multiple of the element size (safetensors does not align its data section).
-    let array = if (data.as_ptr() as usize) % elem == 0 {
+    let array = if (data.as_ptr() as usize).is_multiple_of(elem) {
         // SAFETY: `data` holds `count` elements of `dtype` (checked above), is aligned for
         // it, and MLX copies the buffer before this call returns.
         unsafe { Array::from_raw_data(data.as_ptr().cast(), &shape, dtype) }

@@ -70,7 +70,7 @@ impl QuantizeSpec {
 
     /// Whether the float layer `path` with input width `in_features` gets quantized.
     pub fn quantizes(&self, path: &str, in_features: usize) -> bool {
-        in_features % self.group_size as usize == 0
+        in_features.is_multiple_of(self.group_size as usize)
             && !self.keep_float.iter().any(|p| glob_match(p, path))
     }
 }

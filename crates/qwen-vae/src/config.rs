@@ -109,7 +109,7 @@ impl VaeConfig {
         }
         // The upsample convolutions halve the channels of every level but the last.
         for (i, &m) in self.dim_mult.iter().enumerate().skip(1) {
-            if (self.base_dim * m) % 2 != 0 {
+            if !(self.base_dim * m).is_multiple_of(2) {
                 return bad(format!(
                     "base_dim * dim_mult[{i}] = {} must be even (the decoder upsamplers halve it)",
                     self.base_dim * m
