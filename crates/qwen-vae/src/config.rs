@@ -196,6 +196,20 @@ impl Default for TilingConfig {
 }
 
 impl TilingConfig {
+    /// The tile size and stride in pixels as `((height, width), (stride_h, stride_w))`.
+    pub(crate) fn pixel_tile_and_stride(&self) -> ((i32, i32), (i32, i32)) {
+        (
+            (
+                self.tile_sample_min_height as i32,
+                self.tile_sample_min_width as i32,
+            ),
+            (
+                self.tile_sample_stride_height as i32,
+                self.tile_sample_stride_width as i32,
+            ),
+        )
+    }
+
     /// Checks the tiles against a spatial compression ratio: sizes and strides that are
     /// whole numbers of latents (at least one), and strides no larger than the tiles (which
     /// would leave gaps).

@@ -223,14 +223,7 @@ impl QwenImageVae {
         let x = self.latents_in(latents)?;
         let (h, w) = (x.shape()[2], x.shape()[3]);
         let r = r as i32;
-        let (min_h, min_w) = (
-            tiling.tile_sample_min_height as i32,
-            tiling.tile_sample_min_width as i32,
-        );
-        let (st_h, st_w) = (
-            tiling.tile_sample_stride_height as i32,
-            tiling.tile_sample_stride_width as i32,
-        );
+        let ((min_h, min_w), (st_h, st_w)) = tiling.pixel_tile_and_stride();
         let grid = TileGrid {
             input: (h, w),
             tile_in: (min_h / r, min_w / r),
@@ -317,14 +310,7 @@ impl QwenImageVae {
         let x = self.image_in(image)?;
         let (h, w) = (x.shape()[2], x.shape()[3]);
         let r = r as i32;
-        let (min_h, min_w) = (
-            tiling.tile_sample_min_height as i32,
-            tiling.tile_sample_min_width as i32,
-        );
-        let (st_h, st_w) = (
-            tiling.tile_sample_stride_height as i32,
-            tiling.tile_sample_stride_width as i32,
-        );
+        let ((min_h, min_w), (st_h, st_w)) = tiling.pixel_tile_and_stride();
         let grid = TileGrid {
             input: (h, w),
             tile_in: (min_h, min_w),
