@@ -20,22 +20,7 @@ fn staged_phases_step_events_and_parity() -> anyhow::Result<()> {
     )?;
     assert_eq!(pipe.configs().vae_scale_factor(), 4);
     assert_eq!(pipe.configs().size_multiple(), 8);
-    let (h, w) = pipe.latent_size(c.width, c.height);
-    let latents = qwen_image::latents::load_init_latents(
-        &fixtures().join(format!("{name}.safetensors")),
-        1,
-        pipe.configs().latent_channels(),
-        h,
-        w,
-    )?;
-    let mut req = GenerateRequest::new(c.prompt.clone());
-    req.negative_prompt = c.negative_prompt.clone();
-    req.true_cfg_scale = c.true_cfg_scale;
-    req.steps = c.steps;
-    req.width = c.width;
-    req.height = c.height;
-    req.max_sequence_length = c.max_sequence_length;
-    req.noise = Noise::Latents(latents);
+    let req = case_request(&pipe, name)?;
     assert!(req.does_true_cfg());
 
     let mut phases = Vec::new();
@@ -124,19 +109,8 @@ fn bf16_stays_bf16() -> anyhow::Result<()> {
             keep_transformer: false,
         },
     )?;
-    let (h, w) = pipe.latent_size(c.width, c.height);
-    let mut req = GenerateRequest::new(c.prompt.clone());
-    req.negative_prompt = c.negative_prompt.clone();
-    req.steps = c.steps;
-    req.width = c.width;
-    req.height = c.height;
-    req.noise = Noise::Latents(qwen_image::latents::load_init_latents(
-        &fixtures().join(format!("{name}.safetensors")),
-        1,
-        pipe.configs().latent_channels(),
-        h,
-        w,
-    )?);
+    // The case's CFG scale (4) and maximum length (512) are the request defaults.
+    let req = case_request(&pipe, name)?;
     let mut dtypes = Vec::new();
     let out = pipe.generate_with(&req, &mut |e| {
         if let Event::Step { latents_dtype, .. } = e {

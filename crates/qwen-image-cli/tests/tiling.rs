@@ -13,7 +13,7 @@ mod common;
 
 use common::*;
 use qwen_image::{
-    GenerateRequest, Generation, Noise, PipelineOptions, QwenImagePipeline, TilingConfig, VaeTiling,
+    GenerateRequest, Generation, PipelineOptions, QwenImagePipeline, TilingConfig, VaeTiling,
 };
 use qwen_vae::QwenImageVae;
 
@@ -27,23 +27,7 @@ const TILES: TilingConfig = TilingConfig {
 };
 
 fn request(pipe: &QwenImagePipeline, name: &str) -> anyhow::Result<GenerateRequest> {
-    let c = case(name);
-    let (h, w) = pipe.latent_size(c.width, c.height);
-    let mut req = GenerateRequest::new(c.prompt.clone());
-    req.negative_prompt = c.negative_prompt.clone();
-    req.true_cfg_scale = c.true_cfg_scale;
-    req.steps = c.steps;
-    req.width = c.width;
-    req.height = c.height;
-    req.max_sequence_length = c.max_sequence_length;
-    req.noise = Noise::Latents(qwen_image::latents::load_init_latents(
-        &fixtures().join(format!("{name}.safetensors")),
-        1,
-        pipe.configs().latent_channels(),
-        h,
-        w,
-    )?);
-    Ok(req)
+    case_request(pipe, name)
 }
 
 fn pipeline(name: &str) -> anyhow::Result<QwenImagePipeline> {

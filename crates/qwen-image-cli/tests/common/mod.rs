@@ -119,3 +119,28 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// The request of reference case `name` for `pipe`: its prompt, negative prompt, CFG scale,
+/// steps, size, maximum length, and diffusers' initial latents as the noise.
+pub fn case_request(
+    pipe: &qwen_image::QwenImagePipeline,
+    name: &str,
+) -> anyhow::Result<qwen_image::GenerateRequest> {
+    let c = case(name);
+    let (h, w) = pipe.latent_size(c.width, c.height);
+    let mut req = qwen_image::GenerateRequest::new(c.prompt.clone());
+    req.negative_prompt = c.negative_prompt.clone();
+    req.true_cfg_scale = c.true_cfg_scale;
+    req.steps = c.steps;
+    req.width = c.width;
+    req.height = c.height;
+    req.max_sequence_length = c.max_sequence_length;
+    req.noise = qwen_image::Noise::Latents(qwen_image::latents::load_init_latents(
+        &fixtures().join(format!("{name}.safetensors")),
+        1,
+        pipe.configs().latent_channels(),
+        h,
+        w,
+    )?);
+    Ok(req)
+}
