@@ -102,8 +102,11 @@ pub fn metal_available() -> bool {
     })
 }
 
-/// The backend of this process's GPU devices (fixed for the process).
-fn gpu_backend() -> Backend {
+/// The backend of this process's GPU devices (fixed for the process): Metal on macOS with a
+/// Metal device, CUDA when MLX's CUDA backend sees a device, otherwise [`Backend::OtherGpu`]
+/// (which, with no GPU at all, means GPU work falls back to the CPU). The same answer the
+/// fused ops dispatch on; `qwen-image info` reports it too.
+pub fn gpu_backend() -> Backend {
     *GPU_BACKEND.get_or_init(|| {
         if cfg!(target_os = "macos") && metal_available() {
             Backend::Metal

@@ -54,17 +54,19 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+mod dtype;
 pub mod error;
 mod kernels;
 mod ops;
 pub mod reference;
 
 pub use backend::{
-    Backend, Path, cuda_available, current_backend, fused_path, metal_available, reference_forced,
-    set_force_reference,
+    Backend, Path, cuda_available, current_backend, fused_path, gpu_backend, metal_available,
+    reference_forced, set_force_reference,
 };
+pub use dtype::{ComputeDtype, ParseComputeDtypeError};
 pub use error::{FastOpsError, Result};
-pub use ops::{layer_norm, rms_norm, sdpa};
+pub use ops::{layer_norm, rms_norm, scalar, sdpa, silu};
 
 use mlx_rs::Array;
 

@@ -13,9 +13,21 @@ pub(crate) fn check_float(op: &'static str, a: &Array) -> Result<Dtype> {
     }
 }
 
-/// A scalar constant in the activation dtype `dt` (never a strong f32 in a bf16 graph).
-pub(crate) fn scalar(v: f32, dt: Dtype) -> Result<Array> {
-    Ok(Array::from_f32(v).as_dtype(dt)?)
+/// A scalar constant in dtype `dt`. In mlx-rs `Array::from_f32` is a strong f32 array (not a
+/// weak scalar as in Python MLX): used as is in a bf16 graph it promotes every op after it to
+/// f32, so constants are made in the activation dtype with this.
+pub fn scalar(v: f32, dt: Dtype) -> Result<Array> {
+    let a = Array::from_f32(v);
+    Ok(if dt == Dtype::Float32 {
+        a
+    } else {
+        a.as_dtype(dt)?
+    })
+}
+
+/// `x · sigmoid(x)`, in x's dtype (no constant enters the graph).
+pub fn silu(x: &Array) -> Result<Array> {
+    Ok(mlx_rs::ops::multiply(x, mlx_rs::ops::sigmoid(x)?)?)
 }
 
 /// `a` cast to `dt` (no-op when it already has that dtype).

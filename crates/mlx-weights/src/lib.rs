@@ -35,7 +35,14 @@ use mlx_rs::{Array, Dtype};
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 
 mod error;
+mod files;
+mod source;
 pub use error::WeightsError;
+pub use files::{
+    ComponentFiles, Header, MAX_HEADER_BYTES, TensorInfo, component_files, confined_path,
+    describe_file_type, for_each_tensor, read_header, read_regular_file,
+};
+pub use source::{ParamSpec, RandomSource, Role, ShapeRecorder, TensorSource, Vars};
 
 /// Named MLX arrays read from one or more safetensors files, in their stored dtype.
 #[derive(Debug, Default)]
@@ -107,30 +114,6 @@ impl Tensors {
     }
 }
 
-fn mlx_dtype(path: &Path, key: &str, dt: StDtype) -> Result<(Dtype, usize), WeightsError> {
-    Ok(match dt {
-        StDtype::BOOL => (Dtype::Bool, 1),
-        StDtype::U8 => (Dtype::Uint8, 1),
-        StDtype::I8 => (Dtype::Int8, 1),
-        StDtype::U16 => (Dtype::Uint16, 2),
-        StDtype::I16 => (Dtype::Int16, 2),
-        StDtype::F16 => (Dtype::Float16, 2),
-        StDtype::BF16 => (Dtype::Bfloat16, 2),
-        StDtype::U32 => (Dtype::Uint32, 4),
-        StDtype::I32 => (Dtype::Int32, 4),
-        StDtype::F32 => (Dtype::Float32, 4),
-        StDtype::U64 => (Dtype::Uint64, 8),
-        StDtype::I64 => (Dtype::Int64, 8),
-        StDtype::F64 => (Dtype::Float64, 8),
-        other => {
-            return Err(WeightsError::Format {
-                path: path.to_path_buf(),
-                msg: format!("tensor `{key}` has unsupported dtype {other:?}"),
-            });
-        }
-    })
-}
-
 fn st_dtype(key: &str, dt: Dtype) -> Result<StDtype, WeightsError> {
     Ok(match dt {
         Dtype::Bool => StDtype::BOOL,
@@ -155,7 +138,12 @@ fn st_dtype(key: &str, dt: Dtype) -> Result<StDtype, WeightsError> {
 }
 
 fn array_from_view(path: &Path, key: &str, view: &TensorView<'_>) -> Result<Array, WeightsError> {
-    let (dtype, elem) = mlx_dtype(path, key, view.dtype())?;
+    let (dtype, elem) =
+        files::dtype_of(&format!("{:?}", view.dtype())).ok_or_else(|| WeightsError::Format {
+            path: path.to_path_buf(),
+            msg: format!("tensor `{key}` has unsupported dtype {:?}", view.dtype()),
+        })?;
+    let elem = elem as usize;
     let shape = view
         .shape()
         .iter()
@@ -204,6 +192,9 @@ pub fn load_file_filtered(
     path: &Path,
     keep: &dyn Fn(&str) -> bool,
 ) -> Result<Tensors, WeightsError> {
+    // The header check names the tensor and the file at fault (safetensors' own errors
+    // name neither) and refuses what is not a regular file before it is mapped.
+    read_header(path)?;
     let io = |source| WeightsError::Io {
         path: path.to_path_buf(),
         source,
@@ -227,11 +218,6 @@ pub fn load_file_filtered(
     Ok(out)
 }
 
-#[derive(serde::Deserialize)]
-struct ShardIndex {
-    weight_map: BTreeMap<String, String>,
-}
-
 /// Reads a component folder: the shards named by its `*.safetensors.index.json` when there
 /// is one (every shard must exist and every indexed tensor must be found in its shard),
 /// otherwise every `*.safetensors` file in the folder.
@@ -246,69 +232,24 @@ pub fn load_component_filtered(
     dir: &Path,
     keep: &dyn Fn(&str) -> bool,
 ) -> Result<Tensors, WeightsError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| WeightsError::Io { path, source }
-    };
-    let mut index_files = Vec::new();
-    let mut st_files = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io(dir))? {
-        let path = entry.map_err(io(dir))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.ends_with(".safetensors.index.json") {
-            index_files.push(path);
-        } else if name.ends_with(".safetensors") {
-            st_files.push(path);
-        }
-    }
-    index_files.sort();
-    st_files.sort();
+    let files = component_files(dir)?;
     let mut out = Tensors::new(dir);
-    if let Some(index_path) = index_files.first() {
-        if index_files.len() > 1 {
-            return Err(WeightsError::Format {
-                path: dir.to_path_buf(),
-                msg: format!("more than one shard index: {index_files:?}"),
-            });
-        }
-        let text = fs::read_to_string(index_path).map_err(io(index_path))?;
-        let index: ShardIndex = serde_json::from_str(&text).map_err(|e| WeightsError::Format {
-            path: index_path.clone(),
-            msg: format!("invalid shard index: {e}"),
-        })?;
-        let shards: std::collections::BTreeSet<&String> = index.weight_map.values().collect();
-        for shard in shards {
-            let shard_path = dir.join(shard);
-            if !shard_path.is_file() {
-                return Err(WeightsError::Format {
-                    path: index_path.clone(),
-                    msg: format!("shard `{shard}` listed in the index is missing"),
-                });
-            }
-            out.extend_from(load_file_filtered(&shard_path, keep)?)?;
-        }
-        let missing: Vec<String> = index
-            .weight_map
+    for f in &files.files {
+        out.extend_from(load_file_filtered(f, keep)?)?;
+    }
+    if let (Some(index), Some(map)) = (&files.index, &files.weight_map) {
+        let missing: Vec<String> = map
             .keys()
             .filter(|k| keep(k) && !out.map.contains_key(*k))
             .cloned()
             .collect();
         if !missing.is_empty() {
             return Err(WeightsError::Format {
-                path: index_path.clone(),
+                path: index.clone(),
                 msg: format!(
                     "tensors listed in the index but absent from their shards: {missing:?}"
                 ),
             });
-        }
-    } else if st_files.is_empty() {
-        return Err(WeightsError::Format {
-            path: dir.to_path_buf(),
-            msg: "no *.safetensors file and no *.safetensors.index.json".into(),
-        });
-    } else {
-        for f in &st_files {
-            out.extend_from(load_file_filtered(f, keep)?)?;
         }
     }
     Ok(out)
@@ -512,8 +453,20 @@ pub fn save_file(path: &Path, tensors: &BTreeMap<String, Array>) -> Result<(), W
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so
-/// readers see either the old file or the complete new one.
+/// readers see either the old file or the complete new one. The temporary file has an
+/// unpredictable name and is created exclusively (never through a planted link), and is
+/// removed when anything fails.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
+    persist_atomic(path, |f| f.write_all(bytes))
+}
+
+/// Runs `write` on a new temporary file in `path`'s folder (exclusive, unpredictable name),
+/// syncs it and renames it to `path`; on any failure the temporary file is removed and
+/// `path` is left as it was.
+pub fn persist_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> Result<(), WeightsError> {
     let io = |source| WeightsError::Io {
         path: path.to_path_buf(),
         source,
@@ -522,21 +475,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".qwen-tmp-")
+        .tempfile_in(&dir)
+        .map_err(io)?;
+    write(tmp.as_file_mut()).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -105,3 +105,188 @@ fn corrupt_file_is_a_format_error() -> anyhow::Result<()> {
     assert!(err.to_string().contains("bad.safetensors"));
     Ok(())
 }
+
+fn one_tensor_file(dir: &Path, name: &str) -> PathBuf {
+    let mut m = BTreeMap::new();
+    m.insert("a".to_string(), arange(4, &[2, 2]));
+    let p = dir.join(name);
+    save_file(&p, &m).unwrap();
+    p
+}
+
+#[test]
+fn index_paths_cannot_leave_the_folder() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let comp = root.path().join("comp");
+    fs::create_dir(&comp)?;
+    one_tensor_file(root.path(), "outside.safetensors");
+    for bad in [
+        "../outside.safetensors",
+        "/etc/passwd",
+        "sub/../../outside.safetensors",
+        "",
+    ] {
+        let index = serde_json::json!({ "weight_map": { "a": bad } });
+        fs::write(comp.join("m.safetensors.index.json"), index.to_string())?;
+        let err = component_files(&comp).unwrap_err().to_string();
+        assert!(err.contains("not a file name inside"), "{bad}: {err}");
+        assert!(load_component(&comp).is_err());
+    }
+    // A link inside the folder pointing outside it is refused too.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(
+            root.path().join("outside.safetensors"),
+            comp.join("link.safetensors"),
+        )?;
+        let index = serde_json::json!({ "weight_map": { "a": "link.safetensors" } });
+        fs::write(comp.join("m.safetensors.index.json"), index.to_string())?;
+        let err = component_files(&comp).unwrap_err().to_string();
+        assert!(err.contains("leads outside"), "{err}");
+    }
+    Ok(())
+}
+
+/// Writes a safetensors file with a hand-made header (for header-corruption cases).
+fn raw_file(path: &Path, header: &serde_json::Value, data: usize) {
+    let h = header.to_string().into_bytes();
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(h);
+    bytes.extend(std::iter::repeat_n(0u8, data));
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn header_errors_name_the_tensor_and_the_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let p = dir.path().join("h.safetensors");
+    // shape needs 16 bytes, offsets hold 12
+    raw_file(
+        &p,
+        &serde_json::json!({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}),
+        16,
+    );
+    for err in [
+        read_header(&p).unwrap_err().to_string(),
+        load_file(&p).unwrap_err().to_string(),
+    ] {
+        assert!(
+            err.contains("`w`") && err.contains("h.safetensors"),
+            "{err}"
+        );
+    }
+    // data beyond the end of the file
+    raw_file(
+        &p,
+        &serde_json::json!({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}),
+        8,
+    );
+    let err = read_header(&p).unwrap_err().to_string();
+    assert!(err.contains("truncated") && err.contains("`w`"), "{err}");
+    // overlapping ranges
+    raw_file(
+        &p,
+        &serde_json::json!({
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}),
+        12,
+    );
+    let err = read_header(&p).unwrap_err().to_string();
+    assert!(err.contains("overlap"), "{err}");
+    // a good file: metadata and infos
+    let mut m = BTreeMap::new();
+    m.insert("x".to_string(), arange(6, &[2, 3]));
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    save_file_with_metadata(&p, &m, Some(meta))?;
+    let h = read_header(&p)?;
+    assert_eq!(h.metadata.get("format").map(String::as_str), Some("pt"));
+    assert_eq!(h.tensors.len(), 1);
+    assert_eq!(
+        (h.tensors[0].dtype, h.tensors[0].shape.clone()),
+        (Dtype::Float32, vec![2, 3])
+    );
+    assert_eq!(h.tensors[0].elements(), 6);
+    // not a regular file
+    let err = read_header(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("a directory"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn for_each_tensor_follows_the_index() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    one_tensor_file(dir.path(), "s1.safetensors");
+    one_tensor_file(dir.path(), "unlisted.safetensors");
+    let index = serde_json::json!({ "weight_map": { "a": "s1.safetensors" } });
+    fs::write(
+        dir.path().join("m.safetensors.index.json"),
+        index.to_string(),
+    )?;
+    let mut seen = Vec::new();
+    for_each_tensor(dir.path(), &mut |h, t| {
+        seen.push((
+            h.path.file_name().unwrap().to_string_lossy().into_owned(),
+            t.name.clone(),
+        ));
+        Ok(())
+    })?;
+    assert_eq!(seen, vec![("s1.safetensors".to_string(), "a".to_string())]);
+    Ok(())
+}
+
+#[test]
+fn atomic_writes_never_follow_a_planted_link() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let victim = dir.path().join("victim.txt");
+    fs::write(&victim, b"keep")?;
+    let target = dir.path().join("out.bin");
+    // Links at every name the old scheme would have used.
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(
+        &victim,
+        dir.path()
+            .join(format!(".out.bin.tmp-{}", std::process::id())),
+    )?;
+    write_atomic(&target, b"new")?;
+    assert_eq!(fs::read(&victim)?, b"keep");
+    assert_eq!(fs::read(&target)?, b"new");
+    assert!(!fs::symlink_metadata(&target)?.file_type().is_symlink());
+    Ok(())
+}
+
+#[test]
+fn sources_fill_the_same_declaration() -> anyhow::Result<()> {
+    fn declare(v: &mut Vars<'_>) -> (Array, Array) {
+        let mut lin = v.pp("lin");
+        let w = lin.take("weight", &[3, 8], Role::Weight { fan_in: 8 });
+        let b = lin.take("bias", &[3], Role::Bias);
+        (w, b)
+    }
+    // recorder: the parameter list
+    let mut rec = ShapeRecorder::new(Dtype::Float32);
+    declare(&mut Vars::new(&mut rec).pp("top"));
+    let keys: Vec<_> = rec.params.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["top.lin.weight", "top.lin.bias"]);
+    assert_eq!(rec.params[0].elements(), 24);
+    // random: shapes, dtype, reproducible, distribution from the role
+    let mut r1 = RandomSource::new(3, Dtype::Bfloat16)?;
+    let (w1, b1) = declare(&mut Vars::new(&mut r1));
+    r1.finish()?;
+    let mut r2 = RandomSource::new(3, Dtype::Bfloat16)?;
+    let (w2, _) = declare(&mut Vars::new(&mut r2));
+    assert_eq!((w1.shape(), w1.dtype()), (&[3, 8][..], Dtype::Bfloat16));
+    assert_eq!(b1.shape(), &[3]);
+    assert!(mlx_rs::ops::array_eq(&w1, &w2, false)?.item_exact::<bool>());
+    assert_eq!(Role::NormWeight.distribution(), (1.0, 0.1));
+    assert_eq!(Role::Weight { fan_in: 4 }.distribution(), (0.0, 0.5));
+    // strict: the same declaration reads a checkpoint
+    let mut t = Tensors::new("mem");
+    t.insert("lin.weight", arange(24, &[3, 8]));
+    let mut l = StrictLoader::new(t, Dtype::Float32);
+    let (w, _) = declare(&mut Vars::new(&mut l));
+    assert_eq!(w.shape(), &[3, 8]);
+    let err = l.finish(&[]).unwrap_err().to_string();
+    assert!(err.contains("1 missing: lin.bias"), "{err}");
+    Ok(())
+}

@@ -5,17 +5,20 @@ use mlx_rs::{Array, Dtype, ops};
 use crate::config::NORM_EPS;
 use crate::error::Result;
 use crate::linear::Linear;
+use crate::module::{Norm, declare_module};
 use crate::ops::{
     apply_rope, clip_f16, gated_residual, gelu_tanh, layer_norm_modulate, rms_norm, sdpa,
 };
 
-/// `net.0.proj` (GELU-tanh) → `net.2` feed-forward network.
-#[derive(Debug, Clone)]
-pub(crate) struct FeedForward {
-    /// `net.0.proj`: `inner_dim → 4·inner_dim`.
-    pub(crate) proj_in: Linear,
-    /// `net.2`: `4·inner_dim → inner_dim`.
-    pub(crate) proj_out: Linear,
+declare_module! {
+    /// `net.0.proj` (GELU-tanh) → `net.2` feed-forward network, built with
+    /// `(inner_dim, ffn_dim)`.
+    struct FeedForward(dims: (usize, usize)) {
+        /// `inner_dim → ffn_dim`.
+        proj_in: Linear = "net.0.proj" (dims.0, dims.1),
+        /// `ffn_dim → inner_dim`.
+        proj_out: Linear = "net.2" (dims.1, dims.0),
+    }
 }
 
 impl FeedForward {
@@ -25,22 +28,35 @@ impl FeedForward {
     }
 }
 
-/// Joint attention of a block: image projections `to_*`, text projections `add_*_proj`,
-/// per-head RMSNorms, outputs `to_out.0` (image) and `to_add_out` (text).
-#[derive(Debug, Clone)]
-pub(crate) struct Attention {
-    pub(crate) to_q: Linear,
-    pub(crate) to_k: Linear,
-    pub(crate) to_v: Linear,
-    pub(crate) add_q_proj: Linear,
-    pub(crate) add_k_proj: Linear,
-    pub(crate) add_v_proj: Linear,
-    pub(crate) to_out_0: Linear,
-    pub(crate) to_add_out: Linear,
-    pub(crate) norm_q: Array,
-    pub(crate) norm_k: Array,
-    pub(crate) norm_added_q: Array,
-    pub(crate) norm_added_k: Array,
+declare_module! {
+    /// Joint attention of a block: image projections `to_*`, text projections `add_*_proj`,
+    /// per-head RMSNorms, outputs `to_out.0` (image) and `to_add_out` (text). Built with
+    /// `(inner_dim, head_dim)`.
+    struct Attention(dims: (usize, usize)) {
+        to_q: Linear = "to_q" (dims.0, dims.0),
+        to_k: Linear = "to_k" (dims.0, dims.0),
+        to_v: Linear = "to_v" (dims.0, dims.0),
+        add_q_proj: Linear = "add_q_proj" (dims.0, dims.0),
+        add_k_proj: Linear = "add_k_proj" (dims.0, dims.0),
+        add_v_proj: Linear = "add_v_proj" (dims.0, dims.0),
+        to_out_0: Linear = "to_out.0" (dims.0, dims.0),
+        to_add_out: Linear = "to_add_out" (dims.0, dims.0),
+        norm_q: Norm = "norm_q" (dims.1),
+        norm_k: Norm = "norm_k" (dims.1),
+        norm_added_q: Norm = "norm_added_q" (dims.1),
+        norm_added_k: Norm = "norm_added_k" (dims.1),
+    }
+}
+
+/// The sizes a block is built with (from the transformer config).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockDims {
+    /// `num_attention_heads · attention_head_dim`.
+    pub(crate) inner: usize,
+    /// Feed-forward width (4 × inner).
+    pub(crate) ffn: usize,
+    /// `attention_head_dim`.
+    pub(crate) head_dim: usize,
 }
 
 /// Per-forward inputs every block shares.
@@ -62,14 +78,15 @@ pub(crate) struct BlockContext<'a> {
     pub(crate) head_dim: i32,
 }
 
-/// One dual-stream block.
-#[derive(Debug, Clone)]
-pub(crate) struct Block {
-    pub(crate) img_mod: Linear,
-    pub(crate) txt_mod: Linear,
-    pub(crate) attn: Attention,
-    pub(crate) img_mlp: FeedForward,
-    pub(crate) txt_mlp: FeedForward,
+declare_module! {
+    /// One dual-stream block.
+    struct Block(d: BlockDims) {
+        img_mod: Linear = "img_mod.1" (d.inner, 6 * d.inner),
+        attn: Attention = "attn" (d.inner, d.head_dim),
+        img_mlp: FeedForward = "img_mlp" (d.inner, d.ffn),
+        txt_mod: Linear = "txt_mod.1" (d.inner, 6 * d.inner),
+        txt_mlp: FeedForward = "txt_mlp" (d.inner, d.ffn),
+    }
 }
 
 /// Splits `(B, 6D)` modulation parameters into six `(B, D)` arrays:
@@ -91,23 +108,23 @@ impl Attention {
         let n = img.dim(1);
         let q_i = rms_norm(
             &Self::heads(&self.to_q.forward(img)?, h, hd)?,
-            &self.norm_q,
+            &self.norm_q.0,
             NORM_EPS,
         )?;
         let k_i = rms_norm(
             &Self::heads(&self.to_k.forward(img)?, h, hd)?,
-            &self.norm_k,
+            &self.norm_k.0,
             NORM_EPS,
         )?;
         let v_i = Self::heads(&self.to_v.forward(img)?, h, hd)?;
         let q_t = rms_norm(
             &Self::heads(&self.add_q_proj.forward(txt)?, h, hd)?,
-            &self.norm_added_q,
+            &self.norm_added_q.0,
             NORM_EPS,
         )?;
         let k_t = rms_norm(
             &Self::heads(&self.add_k_proj.forward(txt)?, h, hd)?,
-            &self.norm_added_k,
+            &self.norm_added_k.0,
             NORM_EPS,
         )?;
         let v_t = Self::heads(&self.add_v_proj.forward(txt)?, h, hd)?;
@@ -213,58 +230,5 @@ impl Block {
             txt = clip_f16(&txt)?;
         }
         Ok((img, txt))
-    }
-
-    /// Every Linear of the block with its module path below the block.
-    pub(crate) fn linears(&self) -> Vec<(&'static str, &Linear)> {
-        let a = &self.attn;
-        vec![
-            ("img_mod.1", &self.img_mod),
-            ("attn.to_q", &a.to_q),
-            ("attn.to_k", &a.to_k),
-            ("attn.to_v", &a.to_v),
-            ("attn.add_q_proj", &a.add_q_proj),
-            ("attn.add_k_proj", &a.add_k_proj),
-            ("attn.add_v_proj", &a.add_v_proj),
-            ("attn.to_out.0", &a.to_out_0),
-            ("attn.to_add_out", &a.to_add_out),
-            ("img_mlp.net.0.proj", &self.img_mlp.proj_in),
-            ("img_mlp.net.2", &self.img_mlp.proj_out),
-            ("txt_mod.1", &self.txt_mod),
-            ("txt_mlp.net.0.proj", &self.txt_mlp.proj_in),
-            ("txt_mlp.net.2", &self.txt_mlp.proj_out),
-        ]
-    }
-
-    /// Mutable access to every Linear of the block, with its module path below the block.
-    pub(crate) fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
-        let a = &mut self.attn;
-        vec![
-            ("img_mod.1", &mut self.img_mod),
-            ("attn.to_q", &mut a.to_q),
-            ("attn.to_k", &mut a.to_k),
-            ("attn.to_v", &mut a.to_v),
-            ("attn.add_q_proj", &mut a.add_q_proj),
-            ("attn.add_k_proj", &mut a.add_k_proj),
-            ("attn.add_v_proj", &mut a.add_v_proj),
-            ("attn.to_out.0", &mut a.to_out_0),
-            ("attn.to_add_out", &mut a.to_add_out),
-            ("img_mlp.net.0.proj", &mut self.img_mlp.proj_in),
-            ("img_mlp.net.2", &mut self.img_mlp.proj_out),
-            ("txt_mod.1", &mut self.txt_mod),
-            ("txt_mlp.net.0.proj", &mut self.txt_mlp.proj_in),
-            ("txt_mlp.net.2", &mut self.txt_mlp.proj_out),
-        ]
-    }
-
-    /// The block's norm weights with their names below the block.
-    pub(crate) fn norms(&self) -> Vec<(&'static str, &Array)> {
-        let a = &self.attn;
-        vec![
-            ("attn.norm_q.weight", &a.norm_q),
-            ("attn.norm_k.weight", &a.norm_k),
-            ("attn.norm_added_q.weight", &a.norm_added_q),
-            ("attn.norm_added_k.weight", &a.norm_added_k),
-        ]
     }
 }

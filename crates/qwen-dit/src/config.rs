@@ -249,69 +249,36 @@ impl QwenImageTransformerConfig {
     }
 
     /// Every Linear layer of the model as (module path, in_features, out_features), in
-    /// checkpoint order. All of them have a bias.
+    /// declaration order (from the modules' own declarations). All of them have a bias.
     pub fn linear_layers(&self) -> Vec<(String, usize, usize)> {
-        let d = self.inner_dim();
-        let f = self.ffn_dim();
-        let mut v = vec![
-            (
-                "time_text_embed.timestep_embedder.linear_1".to_string(),
-                TIMESTEP_PROJ_DIM,
-                d,
-            ),
-            ("time_text_embed.timestep_embedder.linear_2".into(), d, d),
-            ("img_in".into(), self.in_channels, d),
-            ("txt_in".into(), self.joint_attention_dim, d),
-        ];
-        for i in 0..self.num_layers {
-            let p = format!("transformer_blocks.{i}");
-            v.push((format!("{p}.img_mod.1"), d, 6 * d));
-            v.push((format!("{p}.txt_mod.1"), d, 6 * d));
-            for n in [
-                "to_q",
-                "to_k",
-                "to_v",
-                "add_q_proj",
-                "add_k_proj",
-                "add_v_proj",
-                "to_out.0",
-                "to_add_out",
-            ] {
-                v.push((format!("{p}.attn.{n}"), d, d));
-            }
-            for s in ["img_mlp", "txt_mlp"] {
-                v.push((format!("{p}.{s}.net.0.proj"), d, f));
-                v.push((format!("{p}.{s}.net.2"), f, d));
-            }
-        }
-        v.push(("norm_out.linear".into(), d, 2 * d));
-        v.push(("proj_out".into(), d, self.proj_out_dim()));
-        v
+        crate::model::parameter_specs(self)
+            .into_iter()
+            .filter_map(|p| match p.role {
+                mlx_weights::Role::Weight { fan_in } => Some((
+                    p.key.strip_suffix(".weight")?.to_string(),
+                    fan_in,
+                    p.shape.first().copied().unwrap_or(0).max(0) as usize,
+                )),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Every normalisation weight as (key, length): `txt_norm` and the per-head Q/K RMSNorms.
     pub fn norm_weights(&self) -> Vec<(String, usize)> {
-        let mut v = vec![("txt_norm.weight".to_string(), self.joint_attention_dim)];
-        for i in 0..self.num_layers {
-            for n in ["norm_q", "norm_k", "norm_added_q", "norm_added_k"] {
-                v.push((
-                    format!("transformer_blocks.{i}.attn.{n}.weight"),
-                    self.attention_head_dim,
-                ));
-            }
-        }
-        v
+        crate::model::parameter_specs(self)
+            .into_iter()
+            .filter(|p| p.role == mlx_weights::Role::NormWeight)
+            .map(|p| (p.key, p.shape.first().copied().unwrap_or(0).max(0) as usize))
+            .collect()
     }
 
     /// Total number of parameters (20.43 B for Qwen-Image).
     pub fn param_count(&self) -> u64 {
-        let lin: u64 = self
-            .linear_layers()
+        crate::model::parameter_specs(self)
             .iter()
-            .map(|(_, i, o)| (*i as u64) * (*o as u64) + *o as u64)
-            .sum();
-        let norms: u64 = self.norm_weights().iter().map(|(_, n)| *n as u64).sum();
-        lin + norms
+            .map(|p| p.elements())
+            .sum()
     }
 }
 

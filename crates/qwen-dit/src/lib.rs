@@ -49,6 +49,7 @@ mod embeddings;
 mod error;
 mod linear;
 mod model;
+mod module;
 mod ops;
 pub mod quant;
 pub mod rope;

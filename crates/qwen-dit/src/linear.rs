@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use mlx_rs::{Array, Dtype, ops};
-use mlx_weights::StrictLoader;
+use mlx_weights::{Role, Vars};
 
 use crate::error::{DitError, Result};
+use crate::module::{Module, Param};
 
 /// A biased Linear layer `y = x·Wᵀ + b`, with `W` either float `(out, in)` or quantized MLX
 /// style (packed `u32` `weight` `(out, in·bits/32)` + `scales`/`biases` `(out, in/group)`).
@@ -45,22 +46,27 @@ pub(crate) fn valid_group_size(g: i32) -> bool {
     matches!(g, 32 | 64 | 128)
 }
 
-impl Linear {
-    /// Takes `{prefix}.weight` / `.bias` (and `.scales` / `.biases` when the checkpoint holds
-    /// this layer quantized, bits and group size read from the shapes) from `loader`.
-    pub(crate) fn load(loader: &mut StrictLoader, prefix: &str, din: i32, dout: i32) -> Self {
-        let wk = format!("{prefix}.weight");
-        let sk = format!("{prefix}.scales");
-        let bias = loader.take(&format!("{prefix}.bias"), &[dout]);
-        if !loader.has(&sk) {
+impl Module for Linear {
+    /// `(in_features, out_features)`.
+    type Args = (usize, usize);
+
+    /// Takes `weight` / `bias` (and `scales` / `biases` when the source holds this layer
+    /// quantized; bits and group size read from the stored shapes).
+    fn load(v: &mut Vars<'_>, (din, dout): (usize, usize)) -> Self {
+        let (din, dout) = (din as i32, dout as i32);
+        let weight_role = Role::Weight {
+            fan_in: din.max(0) as usize,
+        };
+        let bias = v.take("bias", &[dout], Role::Bias);
+        if !v.has("scales") {
             return Linear::Float {
-                weight: loader.take(&wk, &[dout, din]),
+                weight: v.take("weight", &[dout, din], weight_role),
                 bias,
             };
         }
         // Quantized: infer bits from the packed width and the group size from the scales.
-        let wshape = loader.shape_of(&wk).unwrap_or_default();
-        let sshape = loader.shape_of(&sk).unwrap_or_default();
+        let wshape = v.shape_of("weight").unwrap_or_default();
+        let sshape = v.shape_of("scales").unwrap_or_default();
         let packed = if wshape.len() == 2 { wshape[1] } else { 0 };
         let groups = if sshape.len() == 2 { sshape[1] } else { 0 };
         let bits = if packed > 0 && (packed * 32) % din == 0 {
@@ -74,22 +80,22 @@ impl Linear {
             0
         };
         if !valid_bits(bits) || !valid_group_size(group_size) {
-            // Record the inconsistency and fall back to the 4-bit/64 layout so loading goes on
-            // and the final error lists every problem.
-            loader.record_mismatch(&wk, &[dout, din * 4 / 32], &wshape);
-            loader.record_mismatch(&sk, &[dout, din / 64], &sshape);
-            let _ = loader.take_any(&wk);
-            let _ = loader.take_any(&sk);
-            let _ = loader.take_any(&format!("{prefix}.biases"));
+            // Record the inconsistency and stand in a float layer so loading goes on and
+            // the final error lists every problem.
+            v.record_mismatch("weight", &[dout, din * 4 / 32], &wshape);
+            v.record_mismatch("scales", &[dout, din / 64], &sshape);
+            for k in ["weight", "scales", "biases"] {
+                v.discard(k);
+            }
             return Linear::Float {
-                weight: ops::zeros_dtype(&[dout, din], loader.dtype())
+                weight: ops::zeros_dtype(&[dout, din], v.dtype())
                     .unwrap_or_else(|_| Array::from_f32(0.0)),
                 bias,
             };
         }
-        let weight = loader.take_raw(&wk, &[dout, din * bits / 32]);
-        let scales = loader.take(&sk, &[dout, din / group_size]);
-        let biases = loader.take(&format!("{prefix}.biases"), &[dout, din / group_size]);
+        let weight = v.take_raw("weight", &[dout, din * bits / 32], weight_role);
+        let scales = v.take("scales", &[dout, din / group_size], Role::Other);
+        let biases = v.take("biases", &[dout, din / group_size], Role::Other);
         Linear::Quantized {
             weight,
             scales,
@@ -100,6 +106,20 @@ impl Linear {
         }
     }
 
+    fn visit<'a>(&'a self, path: &str, f: &mut dyn FnMut(&str, Param<'a>)) {
+        f(path, Param::Linear(self));
+    }
+
+    fn visit_linears_mut(
+        &mut self,
+        path: &str,
+        f: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
+    ) -> Result<()> {
+        f(path, self)
+    }
+}
+
+impl Linear {
     /// `x·Wᵀ + b` over the last axis of `x`.
     pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
         match self {

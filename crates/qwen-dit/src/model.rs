@@ -3,28 +3,65 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mlx_rs::{Array, Dtype, ops, random, transforms::eval};
+use mlx_rs::{Array, Dtype, ops, transforms::eval};
+use mlx_weights::{ParamSpec, RandomSource, ShapeRecorder, StrictLoader, Vars};
 
-use crate::block::{Attention, Block, BlockContext, FeedForward};
-use crate::config::{NORM_EPS, QuantizationRecord, QwenImageTransformerConfig, TIMESTEP_PROJ_DIM};
-use crate::embeddings::TimestepEmbedder;
+use crate::block::{Block, BlockContext, BlockDims};
+use crate::config::{NORM_EPS, QuantizationRecord, QwenImageTransformerConfig};
+use crate::embeddings::{TimestepEmbedder, timestep_freq_table};
 use crate::error::{DitError, Result};
 use crate::linear::Linear;
+use crate::module::{Module, Norm, Param, declare_module};
 use crate::ops::{layer_norm_modulate, rms_norm, silu};
 use crate::quant::QuantizeSpec;
 use crate::rope::RopeTables;
-use crate::weights::{load_parts, load_quantizing};
+use crate::weights::{canonicalize, load_quantizing};
 
-/// The model's parameters, grouped as in diffusers.
-#[derive(Debug, Clone)]
-pub(crate) struct Parts {
-    pub(crate) time_embed: TimestepEmbedder,
-    pub(crate) txt_norm: Array,
-    pub(crate) img_in: Linear,
-    pub(crate) txt_in: Linear,
-    pub(crate) blocks: Vec<Block>,
-    pub(crate) norm_out: Linear,
-    pub(crate) proj_out: Linear,
+/// The sizes the model is built with, all from the config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ModelDims {
+    block: BlockDims,
+    in_channels: usize,
+    joint: usize,
+    out: usize,
+    layers: usize,
+}
+
+impl ModelDims {
+    fn new(c: &QwenImageTransformerConfig) -> Self {
+        Self {
+            block: BlockDims {
+                inner: c.inner_dim(),
+                ffn: c.ffn_dim(),
+                head_dim: c.attention_head_dim,
+            },
+            in_channels: c.in_channels,
+            joint: c.joint_attention_dim,
+            out: c.proj_out_dim(),
+            layers: c.num_layers,
+        }
+    }
+}
+
+declare_module! {
+    /// The model's parameters, grouped and named as in diffusers.
+    struct Parts(d: ModelDims) {
+        time_embed: TimestepEmbedder = "time_text_embed.timestep_embedder" (d.block.inner),
+        txt_norm: Norm = "txt_norm" (d.joint),
+        img_in: Linear = "img_in" (d.in_channels, d.block.inner),
+        txt_in: Linear = "txt_in" (d.joint, d.block.inner),
+        blocks: Vec<Block> = "transformer_blocks" (d.layers, d.block),
+        norm_out: Linear = "norm_out.linear" (d.block.inner, 2 * d.block.inner),
+        proj_out: Linear = "proj_out" (d.block.inner, d.out),
+    }
+}
+
+/// Every parameter of a model with this config (key, shape, role), in declaration order,
+/// from the modules' declarations alone (nothing is allocated).
+pub(crate) fn parameter_specs(config: &QwenImageTransformerConfig) -> Vec<ParamSpec> {
+    let mut rec = ShapeRecorder::new(Dtype::Float32);
+    Parts::load(&mut Vars::new(&mut rec), ModelDims::new(config));
+    rec.params
 }
 
 /// The Qwen-Image MMDiT: packed image latents + text hidden states + σ → velocity.
@@ -33,15 +70,13 @@ pub struct QwenImageTransformer {
     config: QwenImageTransformerConfig,
     dtype: Dtype,
     parts: Parts,
+    /// The timestep embedder's frequency table, made once.
+    time_freqs: Array,
 }
 
 fn check_dtype(dtype: Dtype) -> Result<()> {
-    match dtype {
-        Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float16 => Ok(()),
-        other => Err(DitError::Unsupported(format!(
-            "compute dtype {other:?} (use Float32, Bfloat16 or Float16)"
-        ))),
-    }
+    mlx_fastops::ComputeDtype::try_from(dtype)?;
+    Ok(())
 }
 
 impl QwenImageTransformer {
@@ -74,11 +109,14 @@ impl QwenImageTransformer {
         if let Some(q) = &quant {
             q.validate()?;
         }
-        let parts = load_parts(&config, tensors, dtype)?;
+        let mut loader = StrictLoader::new(canonicalize(tensors)?, dtype);
+        let parts = Parts::load(&mut Vars::new(&mut loader), ModelDims::new(&config));
+        loader.finish(&[])?;
         let mut model = Self {
             config,
             dtype,
             parts,
+            time_freqs: timestep_freq_table(),
         };
         if let Some(q) = quant {
             model.quantize(&q)?;
@@ -90,120 +128,43 @@ impl QwenImageTransformer {
     }
 
     /// A model with random weights at the size `config` gives (for benchmarks; nothing is
-    /// read from disk). Weights ~ N(0, 1/in_features), biases ~ N(0, 0.02²), norm weights
-    /// ~ 1 + N(0, 0.1²). Deterministic for a given `seed`. The weights are evaluated block by
-    /// block here so that building a full-size model never holds f32 temporaries for all of it.
+    /// read from disk), drawn per parameter role (`mlx_weights::Role::distribution`: Linear
+    /// weights N(0, 1/in_features), biases N(0, 0.02²), norm weights 1 + N(0, 0.1²)).
+    /// Deterministic for a given `seed`. Each parameter is evaluated as it is drawn, so
+    /// building a full-size model never holds more than one f32 temporary.
     pub fn random(config: QwenImageTransformerConfig, dtype: Dtype, seed: u64) -> Result<Self> {
         config.validate()?;
         check_dtype(dtype)?;
-        let mut key = random::key(seed)?;
-        let mut next = || -> Result<Array> {
-            let (a, b) = random::split(&key, 2)?;
-            key = a;
-            Ok(b)
-        };
-        let mut normal = |shape: &[i32], loc: f32, std: f32| -> Result<Array> {
-            let k = next()?;
-            Ok(random::normal::<f32>(shape, loc, std, &k)?.as_dtype(dtype)?)
-        };
-        let mut lin = |din: usize, dout: usize| -> Result<Linear> {
-            let std = 1.0 / (din as f32).sqrt();
-            Ok(Linear::Float {
-                weight: normal(&[dout as i32, din as i32], 0.0, std)?,
-                bias: normal(&[dout as i32], 0.0, 0.02)?,
-            })
-        };
-        let d = config.inner_dim();
-        let f = config.ffn_dim();
-        let time_embed = TimestepEmbedder::new(lin(TIMESTEP_PROJ_DIM, d)?, lin(d, d)?);
-        let img_in = lin(config.in_channels, d)?;
-        let txt_in = lin(config.joint_attention_dim, d)?;
-        let mut blocks = Vec::with_capacity(config.num_layers);
-        for _ in 0..config.num_layers {
-            let block = Block {
-                img_mod: lin(d, 6 * d)?,
-                txt_mod: lin(d, 6 * d)?,
-                attn: Attention {
-                    to_q: lin(d, d)?,
-                    to_k: lin(d, d)?,
-                    to_v: lin(d, d)?,
-                    add_q_proj: lin(d, d)?,
-                    add_k_proj: lin(d, d)?,
-                    add_v_proj: lin(d, d)?,
-                    to_out_0: lin(d, d)?,
-                    to_add_out: lin(d, d)?,
-                    norm_q: Array::from_f32(0.0),
-                    norm_k: Array::from_f32(0.0),
-                    norm_added_q: Array::from_f32(0.0),
-                    norm_added_k: Array::from_f32(0.0),
-                },
-                img_mlp: FeedForward {
-                    proj_in: lin(d, f)?,
-                    proj_out: lin(f, d)?,
-                },
-                txt_mlp: FeedForward {
-                    proj_in: lin(d, f)?,
-                    proj_out: lin(f, d)?,
-                },
-            };
-            blocks.push(block);
-        }
-        let norm_out = lin(d, 2 * d)?;
-        let proj_out = lin(d, config.proj_out_dim())?;
-        // Norm weights (drawn after the Linears so the closures above are released).
-        let hd = config.attention_head_dim as i32;
-        let txt_norm = normal(&[config.joint_attention_dim as i32], 1.0, 0.1)?;
-        for b in blocks.iter_mut() {
-            b.attn.norm_q = normal(&[hd], 1.0, 0.1)?;
-            b.attn.norm_k = normal(&[hd], 1.0, 0.1)?;
-            b.attn.norm_added_q = normal(&[hd], 1.0, 0.1)?;
-            b.attn.norm_added_k = normal(&[hd], 1.0, 0.1)?;
-        }
-        let model = Self {
+        let mut src = RandomSource::new(seed, dtype)?;
+        let parts = Parts::load(&mut Vars::new(&mut src), ModelDims::new(&config));
+        src.finish()?;
+        Ok(Self {
             config,
             dtype,
-            parts: Parts {
-                time_embed,
-                txt_norm,
-                img_in,
-                txt_in,
-                blocks,
-                norm_out,
-                proj_out,
-            },
-        };
-        model.eval_weights()?;
-        Ok(model)
+            parts,
+            time_freqs: timestep_freq_table(),
+        })
     }
 
-    /// Materialises every parameter, block by block (bounded temporary memory).
+    /// Materialises every parameter: the parameters outside the blocks, then block by block
+    /// (bounded temporary memory while lazy casts run).
     fn eval_weights(&self) -> Result<()> {
-        let mut pending: Vec<Array> = Vec::new();
-        let mut flush = |arrays: Vec<Array>| -> Result<()> {
-            pending.extend(arrays);
-            eval(pending.iter())?;
-            pending.clear();
-            Ok(())
-        };
-        let p = &self.parts;
-        let mut head: Vec<Array> = vec![p.txt_norm.clone()];
-        for l in [
-            &p.time_embed.linear_1,
-            &p.time_embed.linear_2,
-            &p.img_in,
-            &p.txt_in,
-            &p.norm_out,
-            &p.proj_out,
-        ] {
-            head.extend(l.arrays().into_iter().map(|(_, a)| a.clone()));
+        fn arrays<'a>(m: &'a impl Module, path: &str, skip: Option<&str>) -> Vec<&'a Array> {
+            let mut v = Vec::new();
+            m.visit(path, &mut |p, param| {
+                if skip.is_some_and(|s| p.starts_with(s)) {
+                    return;
+                }
+                match param {
+                    Param::Linear(l) => v.extend(l.arrays().into_iter().map(|(_, a)| a)),
+                    Param::Norm(a) => v.push(a),
+                }
+            });
+            v
         }
-        flush(head)?;
-        for b in &p.blocks {
-            let mut v: Vec<Array> = b.norms().into_iter().map(|(_, a)| a.clone()).collect();
-            for (_, l) in b.linears() {
-                v.extend(l.arrays().into_iter().map(|(_, a)| a.clone()));
-            }
-            flush(v)?;
+        eval(arrays(&self.parts, "", Some("transformer_blocks.")))?;
+        for b in &self.parts.blocks {
+            eval(arrays(b, "", None))?;
         }
         Ok(())
     }
@@ -218,53 +179,24 @@ impl QwenImageTransformer {
         self.dtype
     }
 
-    /// Every Linear layer with its diffusers module path.
+    /// Every Linear layer with its diffusers module path, in declaration order.
     fn linears(&self) -> Vec<(String, &Linear)> {
-        let p = &self.parts;
-        let mut v: Vec<(String, &Linear)> = vec![
-            (
-                "time_text_embed.timestep_embedder.linear_1".into(),
-                &p.time_embed.linear_1,
-            ),
-            (
-                "time_text_embed.timestep_embedder.linear_2".into(),
-                &p.time_embed.linear_2,
-            ),
-            ("img_in".into(), &p.img_in),
-            ("txt_in".into(), &p.txt_in),
-        ];
-        for (i, b) in p.blocks.iter().enumerate() {
-            for (n, l) in b.linears() {
-                v.push((format!("transformer_blocks.{i}.{n}"), l));
+        let mut v = Vec::new();
+        self.parts.visit("", &mut |p, param| {
+            if let Param::Linear(l) = param {
+                v.push((p.to_string(), l));
             }
-        }
-        v.push(("norm_out.linear".into(), &p.norm_out));
-        v.push(("proj_out".into(), &p.proj_out));
+        });
         v
     }
 
-    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let p = &mut self.parts;
-        let mut v: Vec<(String, &mut Linear)> = vec![
-            (
-                "time_text_embed.timestep_embedder.linear_1".into(),
-                &mut p.time_embed.linear_1,
-            ),
-            (
-                "time_text_embed.timestep_embedder.linear_2".into(),
-                &mut p.time_embed.linear_2,
-            ),
-            ("img_in".into(), &mut p.img_in),
-            ("txt_in".into(), &mut p.txt_in),
-        ];
-        for (i, b) in p.blocks.iter_mut().enumerate() {
-            for (n, l) in b.linears_mut() {
-                v.push((format!("transformer_blocks.{i}.{n}"), l));
-            }
-        }
-        v.push(("norm_out.linear".into(), &mut p.norm_out));
-        v.push(("proj_out".into(), &mut p.proj_out));
-        v
+    /// Calls `f` with every Linear layer and its diffusers module path (e.g.
+    /// `transformer_blocks.3.attn.to_q`), in declaration order; stops at the first error.
+    pub(crate) fn for_each_linear_mut(
+        &mut self,
+        f: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
+    ) -> Result<()> {
+        self.parts.visit_linears_mut("", f)
     }
 
     /// Number of quantized Linear layers.
@@ -289,15 +221,15 @@ impl QwenImageTransformer {
     /// can be released.
     pub fn quantize(&mut self, spec: &QuantizeSpec) -> Result<()> {
         spec.validate()?;
-        for (path, l) in self.linears_mut() {
-            if l.is_quantized() || !spec.quantizes(&path, l.in_features() as usize) {
-                continue;
+        self.for_each_linear_mut(&mut |path, l| {
+            if l.is_quantized() || !spec.quantizes(path, l.in_features() as usize) {
+                return Ok(());
             }
             let q = l.quantized(spec.group_size, spec.bits)?;
             eval(q.arrays().into_iter().map(|(_, a)| a))?;
             *l = q;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// A copy of the model with every quantized layer replaced by its dequantized float
@@ -305,7 +237,7 @@ impl QwenImageTransformer {
     pub fn dequantized(&self) -> Result<Self> {
         let mut m = self.clone();
         let dt = self.dtype;
-        for (_, l) in m.linears_mut() {
+        m.for_each_linear_mut(&mut |_, l| {
             if let Linear::Quantized { bias, .. } = &*l {
                 let bias = bias.clone();
                 *l = Linear::Float {
@@ -313,7 +245,8 @@ impl QwenImageTransformer {
                     bias,
                 };
             }
-        }
+            Ok(())
+        })?;
         Ok(m)
     }
 
@@ -321,15 +254,12 @@ impl QwenImageTransformer {
     /// (`weight` packed u32, `scales`, `biases`, `bias`).
     pub fn weights(&self) -> BTreeMap<String, Array> {
         let mut out = BTreeMap::new();
-        for (path, l) in self.linears() {
-            l.export(&path, &mut out);
-        }
-        out.insert("txt_norm.weight".into(), self.parts.txt_norm.clone());
-        for (i, b) in self.parts.blocks.iter().enumerate() {
-            for (n, a) in b.norms() {
-                out.insert(format!("transformer_blocks.{i}.{n}"), a.clone());
+        self.parts.visit("", &mut |path, param| match param {
+            Param::Linear(l) => l.export(path, &mut out),
+            Param::Norm(a) => {
+                out.insert(format!("{path}.weight"), a.clone());
             }
-        }
+        });
         out
     }
 
@@ -376,9 +306,11 @@ impl QwenImageTransformer {
             return Ok(None);
         }
         let zero = ops::zeros_like(timestep)?;
-        Ok(Some(silu(
-            &self.parts.time_embed.forward(&zero, self.dtype)?,
-        )?))
+        Ok(Some(silu(&self.parts.time_embed.forward(
+            &zero,
+            &self.time_freqs,
+            self.dtype,
+        )?)?))
     }
 
     /// Runs block `index` alone on residual streams — image `(B, N, inner_dim)`, text
@@ -411,7 +343,10 @@ impl QwenImageTransformer {
                 "RoPE tables do not match the stream lengths".into(),
             ));
         }
-        let temb = self.parts.time_embed.forward(timestep, self.dtype)?;
+        let temb = self
+            .parts
+            .time_embed
+            .forward(timestep, &self.time_freqs, self.dtype)?;
         let silu_temb = silu(&temb)?;
         let silu_zero = self.zero_cond_embedding(timestep)?;
         let mask = joint_mask(encoder_mask, is[0], ts[1], is[1])?;
@@ -502,10 +437,10 @@ impl QwenImageTransformer {
         let mut img = p.img_in.forward(&cast(hidden_states)?)?;
         let mut txt = p.txt_in.forward(&rms_norm(
             &cast(encoder_hidden_states)?,
-            &p.txt_norm,
+            &p.txt_norm.0,
             NORM_EPS,
         )?)?;
-        let temb = p.time_embed.forward(timestep, dt)?;
+        let temb = p.time_embed.forward(timestep, &self.time_freqs, dt)?;
         let silu_temb = silu(&temb)?;
         let silu_zero = self.zero_cond_embedding(timestep)?;
         // f32 tables: the RoPE rotation is computed in f32 and rounded once, as diffusers.

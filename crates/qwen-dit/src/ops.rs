@@ -12,17 +12,12 @@ use crate::error::Result;
 
 /// A scalar in `dtype` (avoids promoting half-precision graphs).
 pub(crate) fn scalar(v: f32, dtype: Dtype) -> Result<Array> {
-    let a = Array::from_f32(v);
-    Ok(if dtype == Dtype::Float32 {
-        a
-    } else {
-        a.as_dtype(dtype)?
-    })
+    Ok(mlx_fastops::scalar(v, dtype)?)
 }
 
 /// `x · sigmoid(x)`.
 pub(crate) fn silu(x: &Array) -> Result<Array> {
-    Ok(ops::multiply(x, ops::sigmoid(x)?)?)
+    Ok(mlx_fastops::silu(x)?)
 }
 
 /// RMS normalisation over the last axis with a learnable weight (accumulated in f32).

@@ -74,11 +74,7 @@ impl TextEncoder {
     /// `tokenizer/` folders, with weights cast to `dtype` (f32, bf16 or f16). The weights are
     /// evaluated here, layer by layer, so the first encode does not pay for the casts.
     pub fn load(text_encoder_dir: &Path, tokenizer_dir: &Path, dtype: Dtype) -> Result<Self> {
-        if !matches!(dtype, Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float16) {
-            return Err(TextEncoderError::InvalidInput(format!(
-                "dtype {dtype:?} is not a floating activation dtype"
-            )));
-        }
+        mlx_fastops::ComputeDtype::try_from(dtype)?;
         let tokenizer = QwenTokenizer::from_dir(tokenizer_dir)?;
         let cfg = Qwen2_5_VLConfig::from_file(&text_encoder_dir.join("config.json"))?.resolve()?;
         let weights = load_weights(text_encoder_dir, &cfg, dtype)?;

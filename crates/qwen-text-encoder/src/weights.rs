@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use mlx_rs::{Array, Dtype};
-use mlx_weights::{StrictLoader, Tensors};
+use mlx_weights::{Role, StrictLoader, Tensors, Vars};
 
 use crate::config::TextConfig;
 use crate::error::Result;
@@ -110,52 +110,75 @@ pub fn language_model_prefix<'a>(keys: impl IntoIterator<Item = &'a str>) -> &'s
     }
 }
 
+impl LayerWeights {
+    /// Takes decoder layer's parameters from `v` (prefixed with the layer's key).
+    pub fn load(v: &mut Vars<'_>, cfg: &TextConfig) -> Self {
+        let h = cfg.hidden_size as i32;
+        let q = (cfg.num_attention_heads * cfg.head_dim) as i32;
+        let kv = (cfg.num_key_value_heads * cfg.head_dim) as i32;
+        let inter = cfg.intermediate_size as i32;
+        let norm = |v: &mut Vars<'_>, name: &str| v.take(name, &[h], Role::NormWeight);
+        let w = |v: &mut Vars<'_>, name: &str, dout: i32, din: i32| {
+            v.take(
+                &format!("{name}.weight"),
+                &[dout, din],
+                Role::Weight {
+                    fan_in: din as usize,
+                },
+            )
+        };
+        let b = |v: &mut Vars<'_>, name: &str, n: i32| {
+            v.take(&format!("{name}.bias"), &[n], Role::Bias)
+        };
+        Self {
+            input_layernorm: norm(v, "input_layernorm.weight"),
+            q_proj: (w(v, "self_attn.q_proj", q, h), b(v, "self_attn.q_proj", q)),
+            k_proj: (
+                w(v, "self_attn.k_proj", kv, h),
+                b(v, "self_attn.k_proj", kv),
+            ),
+            v_proj: (
+                w(v, "self_attn.v_proj", kv, h),
+                b(v, "self_attn.v_proj", kv),
+            ),
+            o_proj: w(v, "self_attn.o_proj", h, q),
+            post_attention_layernorm: norm(v, "post_attention_layernorm.weight"),
+            gate_proj: w(v, "mlp.gate_proj", inter, h),
+            up_proj: w(v, "mlp.up_proj", inter, h),
+            down_proj: w(v, "mlp.down_proj", h, inter),
+        }
+    }
+}
+
+impl TextModelWeights {
+    /// Takes the text path's parameters from `v` (below the language model's prefix).
+    pub fn load(v: &mut Vars<'_>, cfg: &TextConfig) -> Self {
+        let h = cfg.hidden_size as i32;
+        let embed_tokens = v.take(
+            "embed_tokens.weight",
+            &[cfg.vocab_size as i32, h],
+            Role::Other,
+        );
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| LayerWeights::load(&mut v.pp(format!("layers.{i}")), cfg))
+            .collect();
+        let norm = v.take("norm.weight", &[h], Role::NormWeight);
+        Self {
+            embed_tokens,
+            layers,
+            norm,
+        }
+    }
+}
+
 /// Takes the text path's weights out of `tensors` (cast to `dtype`), checks that nothing
 /// is missing, mis-shaped or unexpectedly left over, and evaluates them layer by layer
 /// ([`TextModelWeights::eval`]), so the returned arrays hold their data in `dtype`.
 pub fn take_weights(tensors: Tensors, cfg: &TextConfig, dtype: Dtype) -> Result<TextModelWeights> {
     let p = language_model_prefix(tensors.keys());
     let mut l = StrictLoader::new(tensors, dtype);
-    let h = cfg.hidden_size as i32;
-    let q = (cfg.num_attention_heads * cfg.head_dim) as i32;
-    let kv = (cfg.num_key_value_heads * cfg.head_dim) as i32;
-    let inter = cfg.intermediate_size as i32;
-    let embed_tokens = l.take(
-        &format!("{p}embed_tokens.weight"),
-        &[cfg.vocab_size as i32, h],
-    );
-    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-    for i in 0..cfg.num_hidden_layers {
-        let b = format!("{p}layers.{i}.");
-        let mut t = |name: &str, shape: &[i32]| l.take(&format!("{b}{name}"), shape);
-        layers.push(LayerWeights {
-            input_layernorm: t("input_layernorm.weight", &[h]),
-            q_proj: (
-                t("self_attn.q_proj.weight", &[q, h]),
-                t("self_attn.q_proj.bias", &[q]),
-            ),
-            k_proj: (
-                t("self_attn.k_proj.weight", &[kv, h]),
-                t("self_attn.k_proj.bias", &[kv]),
-            ),
-            v_proj: (
-                t("self_attn.v_proj.weight", &[kv, h]),
-                t("self_attn.v_proj.bias", &[kv]),
-            ),
-            o_proj: t("self_attn.o_proj.weight", &[h, q]),
-            post_attention_layernorm: t("post_attention_layernorm.weight", &[h]),
-            gate_proj: t("mlp.gate_proj.weight", &[inter, h]),
-            up_proj: t("mlp.up_proj.weight", &[inter, h]),
-            down_proj: t("mlp.down_proj.weight", &[h, inter]),
-        });
-    }
-    let norm = l.take(&format!("{p}norm.weight"), &[h]);
+    let weights = TextModelWeights::load(&mut Vars::new(&mut l).pp(p.trim_end_matches('.')), cfg);
     l.finish(IGNORED_PREFIXES)?;
-    let weights = TextModelWeights {
-        embed_tokens,
-        layers,
-        norm,
-    };
     weights.eval()?;
     Ok(weights)
 }

@@ -35,6 +35,9 @@ pub enum VaeError {
     /// The checkpoint could not be read or does not match the model.
     #[error(transparent)]
     Weights(#[from] mlx_weights::WeightsError),
+    /// An op of `mlx-fastops` rejected its input (e.g. a dtype that is not a compute dtype).
+    #[error(transparent)]
+    FastOps(#[from] mlx_fastops::FastOpsError),
     /// An MLX operation failed.
     #[error("mlx: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),

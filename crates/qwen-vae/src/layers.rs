@@ -8,8 +8,8 @@ use mlx_rs::{
     Array, Dtype,
     fast::{rms_norm, scaled_dot_product_attention},
     ops::{
-        broadcast_to, concatenate, conv2d, conv3d, indexing::TryIndexOp, pad, sigmoid, split_equal,
-        stack, zeros_dtype,
+        broadcast_to, concatenate, conv2d, conv3d, indexing::TryIndexOp, pad, split_equal, stack,
+        zeros_dtype,
     },
     transforms::eval,
 };
@@ -33,9 +33,9 @@ pub enum ConvPath {
     Causal3d,
 }
 
-/// `x · sigmoid(x)`; built from ops so no constant of another dtype enters the graph.
+/// `x · sigmoid(x)` (`mlx_fastops::silu`: no constant of another dtype enters the graph).
 pub(crate) fn silu(x: &Array) -> Result<Array> {
-    Ok(x.multiply(sigmoid(x)?)?)
+    Ok(mlx_fastops::silu(x)?)
 }
 
 /// A zero scalar in `dtype` (a strong f32 constant would promote bf16 graphs).
