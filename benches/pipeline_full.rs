@@ -27,8 +27,9 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
-use mlx_rs::Dtype;
+use anyhow::{Context, Result, ensure};
+use clap::Parser;
+use qwen_image::ComputeDtype;
 use qwen_image::{Event, GenerateRequest, Noise, PipelineOptions, QwenImagePipeline, Timings};
 use qwen_image_benches::components::{
     fixture_tokenizer_dir, full_size_configs, random_builders, text_param_count, tiny_configs,
@@ -38,88 +39,75 @@ use qwen_text_encoder::{PROMPT_TEMPLATE, QwenTokenizer, template_drop_index};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pipeline_full",
+    about = "The whole pipeline with random full-size weights"
+)]
 struct Opts {
-    width: usize,
-    height: usize,
+    /// Image size: N (square) or WxH pixels [default: 1024; 128 with --tiny].
+    #[arg(long, value_parser = parse_size)]
+    size: Option<(usize, usize)>,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 20)]
     steps: usize,
+    /// Runs (every run rebuilds all components; the last is summarised).
+    #[arg(long, default_value_t = 2)]
     runs: usize,
+    /// True CFG scale.
+    #[arg(long, default_value_t = 4.0)]
     cfg_scale: f32,
+    /// The prompt.
+    #[arg(
+        long,
+        default_value = "A red fox sitting in fresh snow at dawn, soft watercolor, pastel colors"
+    )]
     prompt: String,
+    /// The negative prompt.
+    #[arg(long, default_value = " ")]
     negative_prompt: String,
-    dtype: Dtype,
+    /// Compute dtype: f32, bf16 or f16 [default: bf16; f32 with --tiny].
+    #[arg(long)]
+    dtype: Option<ComputeDtype>,
+    /// Seed of the weights and the noise.
+    #[arg(long, default_value_t = 0)]
     seed: u64,
-    json: Option<String>,
+    /// Also write the summary as JSON here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<std::path::PathBuf>,
+    /// 2-layer components at 128², f32 (CPU smoke run).
+    #[arg(long)]
     tiny: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// A benchmark name filter passed by `cargo bench`; ignored.
+    #[arg(hide = true)]
+    filter: Vec<String>,
 }
 
-fn parse_size(s: &str) -> Result<(usize, usize)> {
-    let (w, h) = match s.split_once(['x', 'X']) {
-        Some((w, h)) => (w.trim().parse()?, h.trim().parse()?),
-        None => {
-            let v: usize = s.trim().parse()?;
-            (v, v)
-        }
-    };
-    Ok((w, h))
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let num = |v: &str| v.trim().parse::<usize>().map_err(|e| format!("{v}: {e}"));
+    match s.split_once(['x', 'X']) {
+        Some((w, h)) => Ok((num(w)?, num(h)?)),
+        None => num(s).map(|v| (v, v)),
+    }
 }
 
-fn parse_opts() -> Result<Opts> {
-    let mut o = Opts {
-        width: 1024,
-        height: 1024,
-        steps: 20,
-        runs: 2,
-        cfg_scale: 4.0,
-        prompt: "A red fox sitting in fresh snow at dawn, soft watercolor, pastel colors".into(),
-        negative_prompt: " ".into(),
-        dtype: Dtype::Bfloat16,
-        seed: 0,
-        json: None,
-        tiny: false,
-    };
-    let (mut size_given, mut dtype_given) = (false, false);
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
-        match a.as_str() {
-            "--size" => {
-                (o.width, o.height) =
-                    parse_size(&val("--size")?).context("--size: N or WxH pixels")?;
-                size_given = true;
-            }
-            "--steps" => o.steps = val("--steps")?.parse()?,
-            "--runs" => o.runs = val("--runs")?.parse()?,
-            "--cfg-scale" => o.cfg_scale = val("--cfg-scale")?.parse()?,
-            "--prompt" => o.prompt = val("--prompt")?,
-            "--negative-prompt" => o.negative_prompt = val("--negative-prompt")?,
-            "--seed" => o.seed = val("--seed")?.parse()?,
-            "--json" => o.json = Some(val("--json")?),
-            "--dtype" => {
-                o.dtype = match val("--dtype")?.as_str() {
-                    "bf16" | "bfloat16" => Dtype::Bfloat16,
-                    "f32" | "float32" => Dtype::Float32,
-                    "f16" | "float16" => Dtype::Float16,
-                    d => bail!("--dtype {d}: bf16, f32 or f16"),
-                };
-                dtype_given = true;
-            }
-            "--tiny" => o.tiny = true,
-            // `cargo bench` passes `--bench`; a positional filter is ignored.
-            "--bench" => {}
-            s if s.starts_with("--") => bail!("unknown option {s}"),
-            _ => {}
-        }
+impl Opts {
+    fn width_height(&self) -> (usize, usize) {
+        self.size
+            .unwrap_or(if self.tiny { (128, 128) } else { (1024, 1024) })
     }
-    if o.tiny {
-        if !size_given {
-            (o.width, o.height) = (128, 128);
-        }
-        if !dtype_given {
-            o.dtype = Dtype::Float32;
-        }
+
+    fn dtype(&self) -> ComputeDtype {
+        self.dtype.unwrap_or(if self.tiny {
+            ComputeDtype::F32
+        } else {
+            ComputeDtype::Bf16
+        })
     }
-    ensure!(o.runs > 0, "--runs must be positive");
-    Ok(o)
 }
 
 /// Text tokens the DiT sees for `prompt` (template applied, prefix dropped), with the
@@ -164,7 +152,9 @@ fn phase_rows(t: &Timings) -> Vec<(&'static str, f64, f64)> {
 }
 
 fn main() -> Result<()> {
-    let o = parse_opts()?;
+    let o = Opts::parse();
+    let (width, height) = o.width_height();
+    let dtype = o.dtype();
     let configs = if o.tiny {
         tiny_configs()
     } else {
@@ -205,11 +195,11 @@ fn main() -> Result<()> {
     );
     println!(
         "request: {}×{}, {} steps, true CFG scale {}, dtype {:?}, seed {}; text tokens: prompt {t_cond}, negative {t_neg} (fixture tokenizer, {} tokens); {} run(s), every component rebuilt each run",
-        o.width,
-        o.height,
+        width,
+        height,
         o.steps,
         o.cfg_scale,
-        o.dtype,
+        dtype,
         o.seed,
         tokenizer.vocab_size(),
         o.runs
@@ -217,7 +207,7 @@ fn main() -> Result<()> {
 
     let builders = random_builders(&configs, tok_dir, o.seed);
     let options = PipelineOptions {
-        dtype: o.dtype,
+        dtype,
         quantize: None,
         keep_transformer: false,
     };
@@ -226,8 +216,8 @@ fn main() -> Result<()> {
     req.negative_prompt = Some(o.negative_prompt.clone());
     req.true_cfg_scale = o.cfg_scale;
     req.steps = o.steps;
-    req.width = o.width;
-    req.height = o.height;
+    req.width = width;
+    req.height = height;
     req.noise = Noise::Seed(o.seed);
     ensure!(req.does_true_cfg(), "true CFG needs --cfg-scale > 1");
 
@@ -235,7 +225,7 @@ fn main() -> Result<()> {
     for run in 0..o.runs {
         let mut bad_dtype = None;
         let mut warnings = Vec::new();
-        let want = o.dtype;
+        let want = dtype.dtype();
         let t0 = Instant::now();
         let generation = pipe.generate_with(&req, &mut |e| match e {
             Event::Step { latents_dtype, .. } if latents_dtype != want => {
@@ -298,7 +288,7 @@ fn main() -> Result<()> {
     writeln!(
         s,
         "\n## pipeline_full summary: {}×{}, {} steps, true CFG, {:?}, run {} of {}",
-        o.width, o.height, o.steps, o.dtype, o.runs, o.runs
+        width, height, o.steps, dtype, o.runs, o.runs
     )?;
     writeln!(s, "| what | ms | peak GiB |")?;
     writeln!(s, "|---|---|---|")?;
@@ -341,29 +331,26 @@ fn main() -> Result<()> {
     print!("{s}");
 
     if let Some(path) = &o.json {
-        let steps: Vec<String> = t
-            .step_times
-            .iter()
-            .map(|d| format!("{:.3}", ms(*d)))
-            .collect();
-        let phases: Vec<String> = phase_rows(&t)
+        let phases: Vec<serde_json::Value> = phase_rows(&t)
             .into_iter()
-            .map(|(n, t_ms, p)| {
-                format!("{{\"phase\": \"{n}\", \"ms\": {t_ms:.3}, \"peak_gib\": {p:.3}}}")
-            })
+            .map(|(n, t_ms, p)| serde_json::json!({"phase": n, "ms": t_ms, "peak_gib": p}))
             .collect();
-        let js = format!(
-            "{{\"impl\": \"mlx\", \"width\": {}, \"height\": {}, \"steps\": {}, \"dtype\": \"{:?}\", \"text_tokens\": [{t_cond}, {t_neg}], \"step_median_ms\": {med:.3}, \"step_mean_ms\": {mean:.3}, \"total_ms\": {:.3}, \"peak_gib\": {:.3}, \"phases\": [{}], \"step_ms\": [{}]}}\n",
-            o.width,
-            o.height,
-            o.steps,
-            o.dtype,
-            ms(total),
-            t.peak_memory() as f64 / GIB,
-            phases.join(", "),
-            steps.join(", ")
-        );
-        std::fs::write(path, js).with_context(|| format!("writing {path}"))?;
+        let js = serde_json::json!({
+            "impl": "mlx",
+            "width": width,
+            "height": height,
+            "steps": o.steps,
+            "dtype": dtype.to_string(),
+            "text_tokens": [t_cond, t_neg],
+            "step_median_ms": med,
+            "step_mean_ms": mean,
+            "total_ms": ms(total),
+            "peak_gib": t.peak_memory() as f64 / GIB,
+            "phases": phases,
+            "step_ms": t.step_times.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&js)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

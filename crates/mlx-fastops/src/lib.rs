@@ -28,16 +28,13 @@
 //! (the project's machines have no Apple GPU), only the CUDA kernels were measured and
 //! tested on a GPU (NVIDIA H100).
 //!
-//! ## Performance (NVIDIA H100, MLX 0.32.2 CUDA, bf16 1×4224×3072)
-//! `layer_norm_modulate`: fused kernel 18.4 µs (ncu; 2.8 TB/s, floor ≈ 17 µs) vs 131.7 µs
-//! for the unfused MLX chain (7.2×) and ≈ 96 µs for PyTorch eager's kernels; in wall time
-//! per op inside a batch of 32, 0.030–0.035 ms vs 0.135–0.170 ms unfused (4.2–4.9×, capped
-//! by MLX's per-op overhead: MLX's own single `x·1` pass takes 0.025–0.031 ms) and
-//! 0.100–0.114 ms for PyTorch eager. `apply_rope` (1×24×4224×128): 0.036 ms vs 0.41 ms for
-//! the reference; `gated_residual`: 0.039 ms vs 0.063 ms. `gelu_tanh` at the DiT's FFN
-//! activation 1×4128×12288: 0.081 ms vs 0.711 ms for the unfused chain (MLX's own single
-//! `x·1` pass: 0.078 ms); `bias_gelu_tanh` 0.090 ms vs 0.816 ms. Full tables and method in
-//! the crate README; raw logs in `results/`.
+//! ## Shared helpers
+//! [`ComputeDtype`] (f32, bf16, f16: the one compute-dtype type of the workspace), [`scalar`]
+//! (a constant in the activation dtype: mlx-rs' `Array::from_f32` is a strong f32 that would
+//! promote a bf16 graph) and [`silu`].
+//!
+//! Measured speed of the fused kernels against the unfused chains and PyTorch: the crate
+//! README and `results/` (dated, with the machine).
 //!
 //! ## Using it on its own
 //! ```

@@ -21,8 +21,19 @@
 //! # }
 //! ```
 //!
-//! Saving ([`save_file`]) writes to a temporary file in the destination folder and renames it,
-//! so a crash never leaves a half-written checkpoint.
+//! Files and headers, without reading data: [`component_files`] (the index's shards, confined
+//! to the folder, or every `*.safetensors`), [`read_header`] (each tensor's dtype, shape and
+//! byte range checked against the file; errors name the tensor and the file) and
+//! [`for_each_tensor`].
+//!
+//! Tensor sources: a model describes its parameters once, taking each from a [`Vars`] (a key
+//! prefix over a [`TensorSource`]) with its [`Role`]; the source is a [`StrictLoader`] (a
+//! checkpoint), a [`RandomSource`] (seeded values initialised by role, for benchmarks) or a
+//! [`ShapeRecorder`] (the parameter list alone).
+//!
+//! Saving ([`save_file`], [`write_atomic`], [`persist_atomic`]) writes to a temporary file
+//! created exclusively with an unpredictable name in the destination folder and renames it, so
+//! a crash never leaves a half-written file and no planted link is followed.
 
 #![warn(missing_docs)]
 

@@ -56,15 +56,19 @@ pub trait TensorSource {
     /// The parameter `key` with exactly `shape`, in its stored dtype (packed integer
     /// weights of quantized layers).
     fn take_raw(&mut self, key: &str, shape: &[i32], role: Role) -> Array;
-    /// Whether the source holds `key` (a random or recording source holds nothing, so
-    /// optional and alternative layouts — quantized layers — are never chosen for it).
-    fn has(&self, key: &str) -> bool;
+    /// Whether the source holds `key`. By default nothing is held (a random or recording
+    /// source), so optional and alternative layouts — quantized layers — are never chosen.
+    fn has(&self, _key: &str) -> bool {
+        false
+    }
     /// The stored shape of `key`, if held.
-    fn shape_of(&self, key: &str) -> Option<Vec<i32>>;
+    fn shape_of(&self, _key: &str) -> Option<Vec<i32>> {
+        None
+    }
     /// Records a problem the caller found (e.g. an inconsistent pair of shapes).
-    fn record_mismatch(&mut self, key: &str, expected: &[i32], got: &[i32]);
+    fn record_mismatch(&mut self, _key: &str, _expected: &[i32], _got: &[i32]) {}
     /// Drops `key` without using it (its problem, if any, was recorded by the caller).
-    fn discard(&mut self, key: &str);
+    fn discard(&mut self, _key: &str) {}
 }
 
 impl TensorSource for StrictLoader {
@@ -147,14 +151,6 @@ impl TensorSource for RandomSource {
     fn take_raw(&mut self, key: &str, shape: &[i32], role: Role) -> Array {
         self.take(key, shape, role)
     }
-    fn has(&self, _key: &str) -> bool {
-        false
-    }
-    fn shape_of(&self, _key: &str) -> Option<Vec<i32>> {
-        None
-    }
-    fn record_mismatch(&mut self, _key: &str, _expected: &[i32], _got: &[i32]) {}
-    fn discard(&mut self, _key: &str) {}
 }
 
 /// One parameter a module asked for.
@@ -211,14 +207,6 @@ impl TensorSource for ShapeRecorder {
     fn take_raw(&mut self, key: &str, shape: &[i32], role: Role) -> Array {
         self.take(key, shape, role)
     }
-    fn has(&self, _key: &str) -> bool {
-        false
-    }
-    fn shape_of(&self, _key: &str) -> Option<Vec<i32>> {
-        None
-    }
-    fn record_mismatch(&mut self, _key: &str, _expected: &[i32], _got: &[i32]) {}
-    fn discard(&mut self, _key: &str) {}
 }
 
 /// A [`TensorSource`] seen below a key prefix: `vars.pp("blocks").pp("3").take("w", …)`

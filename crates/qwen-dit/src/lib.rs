@@ -16,6 +16,13 @@
 //!   pipelines' sequences (generated image first, then reference images); `zero_cond_t`
 //!   checkpoints (Qwen-Image-Edit-2511) are supported, the Layered variant's flags are not.
 //!
+//! The architecture is spelled once: each module (`Block`, `Attention`, `FeedForward`, the
+//! timestep embedder, the top level) is declared with its fields, their checkpoint keys and
+//! their sizes (`declare_module!` in `module.rs`); loading (a checkpoint, or seeded random
+//! weights for benchmarks, both through `mlx_weights::Vars`), the parameter list
+//! (`QwenImageTransformerConfig::linear_layers`, `param_count`), export, quantization and the
+//! walk over every Linear layer all follow from that one declaration.
+//!
 //! On its own:
 //!
 //! ```no_run

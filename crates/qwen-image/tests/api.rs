@@ -13,7 +13,7 @@ fn staged_phases_step_events_and_parity() -> anyhow::Result<()> {
     let mut pipe = QwenImagePipeline::load(
         &fixtures().join(&c.model),
         PipelineOptions {
-            dtype: mlx_rs::Dtype::Float32,
+            dtype: qwen_image::ComputeDtype::F32,
             quantize: None,
             keep_transformer: true,
         },
@@ -104,7 +104,7 @@ fn bf16_stays_bf16() -> anyhow::Result<()> {
     let mut pipe = QwenImagePipeline::load(
         &fixtures().join(&c.model),
         PipelineOptions {
-            dtype: mlx_rs::Dtype::Bfloat16,
+            dtype: qwen_image::ComputeDtype::Bf16,
             quantize: None,
             keep_transformer: false,
         },

@@ -18,7 +18,7 @@ use qwen_vae::QwenImageVae;
 fn builders_match_the_folder_pipeline_and_keep_the_staging() -> anyhow::Result<()> {
     let dir = fixtures().join("tiny");
     let options = PipelineOptions {
-        dtype: mlx_rs::Dtype::Float32,
+        dtype: qwen_image::ComputeDtype::F32,
         quantize: None,
         keep_transformer: false,
     };

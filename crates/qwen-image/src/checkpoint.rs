@@ -10,10 +10,9 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use flow_scheduler::SchedulerConfig;
+use flow_scheduler::{FlowMatchEulerScheduler, SchedulerConfig};
 use qwen_dit::QwenImageTransformerConfig;
 use qwen_text_encoder::{Qwen2_5_VLConfig, TextConfig};
 use qwen_vae::VaeConfig;
@@ -70,6 +69,50 @@ impl CheckpointConfigs {
     pub fn size_multiple(&self) -> usize {
         self.vae_scale_factor() * self.patch_size()
     }
+
+    /// Checks each config and that the components fit together: transformer
+    /// `in_channels = z_dim·p²`, `out_channels = z_dim`, `joint_attention_dim` = the text
+    /// encoder's hidden size, and a scheduler config the scheduler can run. Errors name
+    /// `transformer_config` (the file, or a label for configs made in memory).
+    pub fn check_fit(&self, transformer_config: &Path) -> Result<()> {
+        self.transformer.validate()?;
+        self.vae.validate()?;
+        let t = &self.transformer;
+        let (p, z) = (t.patch_size, self.vae.z_dim);
+        let fit = |ok: bool, msg: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(checkpoint(
+                    transformer_config,
+                    format!("components do not fit together: {msg}"),
+                ))
+            }
+        };
+        fit(
+            Some(t.in_channels) == z.checked_mul(p).and_then(|x| x.checked_mul(p)),
+            format!(
+                "in_channels {} does not match the VAE's z_dim {z} packed {p}×{p}",
+                t.in_channels
+            ),
+        )?;
+        fit(
+            t.out_channels() == z,
+            format!(
+                "out_channels {} does not match the VAE's z_dim {z}",
+                t.out_channels()
+            ),
+        )?;
+        fit(
+            t.joint_attention_dim == self.text.hidden_size,
+            format!(
+                "joint_attention_dim {} does not match the text encoder's hidden_size {}",
+                t.joint_attention_dim, self.text.hidden_size
+            ),
+        )?;
+        FlowMatchEulerScheduler::new(self.scheduler.clone())?;
+        Ok(())
+    }
 }
 
 const COMPONENTS: [&str; 5] = [
@@ -81,15 +124,16 @@ const COMPONENTS: [&str; 5] = [
 ];
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = fs::read_to_string(path).map_err(|e| {
-        checkpoint(
-            path,
-            if e.kind() == std::io::ErrorKind::NotFound {
-                "missing".to_string()
-            } else {
-                format!("cannot read: {e}")
-            },
-        )
+    let text = mlx_weights::read_regular_file(path).map_err(|e| match e {
+        mlx_weights::WeightsError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            checkpoint(path, "missing")
+        }
+        mlx_weights::WeightsError::Io { source, .. } => {
+            checkpoint(path, format!("cannot read: {source}"))
+        }
+        e => e.into(),
     })?;
     serde_json::from_str(&text).map_err(|e| checkpoint(path, format!("invalid JSON: {e}")))
 }
@@ -105,14 +149,10 @@ impl ComponentPaths {
         let index = read_json(&index_path).map_err(|e| match e {
             PipelineError::Checkpoint { path, msg } if msg == "missing" => {
                 if let Some(evidence) = mflux_evidence(root) {
-                    checkpoint(
-                        root,
-                        format!(
-                            "this looks like an mflux/MLX-converted checkpoint ({evidence}, no \
-                             model_index.json); qwen-image needs the diffusers layout (e.g. \
-                             Qwen/Qwen-Image); use --quantize 4|8 to quantize it on load"
-                        ),
-                    )
+                    PipelineError::MfluxCheckpoint {
+                        root: root.to_path_buf(),
+                        evidence,
+                    }
                 } else {
                     checkpoint(
                         path,
@@ -175,42 +215,14 @@ impl ComponentPaths {
         require_file(&spath)?;
         let scheduler = SchedulerConfig::from_file(&spath)?;
 
-        let p = transformer.patch_size;
-        let z = vae.z_dim;
-        if transformer.in_channels != z * p * p {
-            return Err(checkpoint(
-                &tpath,
-                format!(
-                    "in_channels {} does not match the VAE's z_dim {z} packed {p}×{p} ({})",
-                    transformer.in_channels,
-                    z * p * p
-                ),
-            ));
-        }
-        if transformer.out_channels() != z {
-            return Err(checkpoint(
-                &tpath,
-                format!(
-                    "out_channels {} does not match the VAE's z_dim {z}",
-                    transformer.out_channels()
-                ),
-            ));
-        }
-        if transformer.joint_attention_dim != text.hidden_size {
-            return Err(checkpoint(
-                &tpath,
-                format!(
-                    "joint_attention_dim {} does not match the text encoder's hidden_size {}",
-                    transformer.joint_attention_dim, text.hidden_size
-                ),
-            ));
-        }
-        Ok(CheckpointConfigs {
+        let configs = CheckpointConfigs {
             transformer,
             vae,
             text,
             scheduler,
-        })
+        };
+        configs.check_fit(&tpath)?;
+        Ok(configs)
     }
 
     /// Checks the files every component needs, without reading weights: tokenizer files,
@@ -227,7 +239,9 @@ impl ComponentPaths {
             ));
         }
         for dir in [&self.text_encoder, &self.transformer, &self.vae] {
-            check_weight_folder(dir)?;
+            for f in mlx_weights::component_files(dir)?.files {
+                mlx_weights::read_header(&f)?;
+            }
         }
         Ok(())
     }
@@ -269,10 +283,10 @@ pub fn mflux_evidence(root: &Path) -> Option<String> {
                 return None;
             }
             headers_read += 1;
-            if let Some(key) = safetensors_metadata(f).and_then(|m| {
+            if let Some(key) = mlx_weights::read_header(f).ok().and_then(|h| {
                 ["quantization_level", "mflux_version"]
                     .into_iter()
-                    .find(|k| m.contains_key(*k))
+                    .find(|k| h.metadata.contains_key(*k))
             }) {
                 return Some(format!("`{key}` metadata in {}", rel(f)));
             }
@@ -281,130 +295,10 @@ pub fn mflux_evidence(root: &Path) -> Option<String> {
     None
 }
 
-/// The `__metadata__` object of a safetensors header (`None` when unreadable or absent).
-fn safetensors_metadata(path: &Path) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let mut f = fs::File::open(path).ok()?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).ok()?;
-    let n = u64::from_le_bytes(len);
-    if n == 0 || n > 100_000_000 {
-        return None;
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    match v.get("__metadata__") {
-        Some(serde_json::Value::Object(m)) => Some(m.clone()),
-        _ => None,
-    }
-}
-
 fn require_file(path: &Path) -> Result<()> {
     if path.is_file() {
         Ok(())
     } else {
         Err(checkpoint(path, "missing"))
     }
-}
-
-/// Checks a weight folder: with a `*.safetensors.index.json`, every shard it names exists and
-/// is complete; otherwise there is at least one `*.safetensors` file and each is complete.
-pub fn check_weight_folder(dir: &Path) -> Result<()> {
-    let entries = fs::read_dir(dir).map_err(|source| PipelineError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut index = Vec::new();
-    let mut files = Vec::new();
-    for e in entries.flatten() {
-        let p = e.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.ends_with(".safetensors.index.json") {
-            index.push(p);
-        } else if name.ends_with(".safetensors") {
-            files.push(p);
-        }
-    }
-    index.sort();
-    files.sort();
-    if let Some(ipath) = index.first() {
-        let v = read_json(ipath)?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| checkpoint(ipath, "no `weight_map` object"))?;
-        let mut shards: Vec<&str> = map.values().filter_map(|s| s.as_str()).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        if shards.is_empty() {
-            return Err(checkpoint(ipath, "`weight_map` lists no shard"));
-        }
-        for s in shards {
-            let sp = dir.join(s);
-            if !sp.is_file() {
-                return Err(checkpoint(
-                    &sp,
-                    format!("missing (listed in {})", ipath.display()),
-                ));
-            }
-            check_safetensors(&sp)?;
-        }
-    } else {
-        if files.is_empty() {
-            return Err(checkpoint(dir, "no *.safetensors weights in this folder"));
-        }
-        for f in &files {
-            check_safetensors(f)?;
-        }
-    }
-    Ok(())
-}
-
-/// Reads a safetensors header and checks that the file holds all the data it declares.
-pub fn check_safetensors(path: &Path) -> Result<()> {
-    let bad = |msg: String| checkpoint(path, format!("corrupt safetensors file: {msg}"));
-    let io = |source| PipelineError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = fs::File::open(path).map_err(io)?;
-    let size = f.metadata().map_err(io)?.len();
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|_| bad(format!("{size} bytes, too short for a header")))?;
-    let n = u64::from_le_bytes(len);
-    if n == 0 || n > 100_000_000 || 8 + n > size {
-        return Err(bad(format!(
-            "header length {n} does not fit the file's {size} bytes"
-        )));
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).map_err(io)?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| bad("header is not a JSON object".into()))?;
-    let mut end = 0u64;
-    for (k, t) in obj {
-        if k == "__metadata__" {
-            continue;
-        }
-        let off = t
-            .get("data_offsets")
-            .and_then(|o| o.as_array())
-            .filter(|o| o.len() == 2)
-            .ok_or_else(|| bad(format!("tensor `{k}` has no data_offsets")))?;
-        let e = off[1]
-            .as_u64()
-            .ok_or_else(|| bad(format!("tensor `{k}` has bad data_offsets")))?;
-        end = end.max(e);
-    }
-    let data = size - 8 - n;
-    if end > data {
-        return Err(bad(format!(
-            "truncated: the header declares {end} bytes of data, the file holds {data}"
-        )));
-    }
-    Ok(())
 }

@@ -4,20 +4,18 @@
 //! The pipeline's stages hold one weighted component each (text encoder, then transformer,
 //! then VAE; see [`crate::pipeline`]), so the largest stage's weights bound the resident
 //! weights. The estimate counts parameters in the compute dtype: the transformer's from its
-//! config through [`qwen_dit::weight_bytes`] (which knows what `--quantize` packs), the text
+//! config through [`qwen_dit::weight_bytes`] (which knows what quantization packs), the text
 //! encoder's and the VAE's from their safetensors headers (element counts; the text encoder's
 //! vision tower and LM head, which are never loaded, are skipped). Activations come on top,
 //! so a warning is raised only when the weights alone exceed the limit.
 
-use std::fs;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use mlx_rs::Dtype;
+use mlx_fastops::ComputeDtype;
 use qwen_dit::QuantizeSpec;
 
 use crate::checkpoint::{CheckpointConfigs, ComponentPaths};
-use crate::error::{PipelineError, Result, checkpoint};
+use crate::error::Result;
 
 /// Estimated weight bytes of each stage, in the compute dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,39 +40,54 @@ impl StageBytes {
         .fold(("text encoder", 0), |a, b| if b.1 > a.1 { b } else { a })
     }
 
-    /// A warning when the largest stage's weights exceed `limit` bytes (MLX's memory limit),
-    /// naming the numbers and what lowers them; `None` when they fit.
-    pub fn warning(&self, limit: u64, dtype: Dtype, quantized: bool) -> Option<String> {
+    /// A warning when the largest stage's weights exceed `limit` bytes (MLX's memory limit);
+    /// `None` when they fit.
+    pub fn warning(
+        &self,
+        limit: u64,
+        dtype: ComputeDtype,
+        quantized: bool,
+    ) -> Option<MemoryWarning> {
         let (stage, bytes) = self.largest();
-        if bytes <= limit {
-            return None;
-        }
-        let mut advice = Vec::new();
-        if !quantized {
-            advice.push("--quantize 8 (or 4)");
-        }
-        if dtype == Dtype::Float32 {
-            advice.push("--dtype bf16");
-        }
-        Some(format!(
-            "the {stage}'s weights need about {} in {dtype:?}, more than MLX's memory limit of {}; \
-             loading may fail or swap{}",
-            crate::info::human_bytes(bytes as usize),
-            crate::info::human_bytes(limit as usize),
-            if advice.is_empty() {
-                String::new()
-            } else {
-                format!(" (try {})", advice.join(", "))
-            }
-        ))
+        (bytes > limit).then_some(MemoryWarning {
+            stage,
+            bytes,
+            limit,
+            dtype,
+            suggest_quantize: !quantized,
+            suggest_bf16: dtype == ComputeDtype::F32,
+        })
     }
 }
 
-/// Bytes of one element of a float compute dtype (4 for anything that is not 16-bit).
-pub fn float_bytes(dtype: Dtype) -> u64 {
-    match dtype {
-        Dtype::Float16 | Dtype::Bfloat16 => 2,
-        _ => 4,
+/// The weights of a stage need more than MLX's memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryWarning {
+    /// The largest stage.
+    pub stage: &'static str,
+    /// Its estimated weight bytes.
+    pub bytes: u64,
+    /// MLX's memory limit.
+    pub limit: u64,
+    /// The compute dtype.
+    pub dtype: ComputeDtype,
+    /// Quantizing the transformer (8 or 4 bits) would lower it.
+    pub suggest_quantize: bool,
+    /// Computing in bf16 would halve it.
+    pub suggest_bf16: bool,
+}
+
+impl std::fmt::Display for MemoryWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the {}'s weights need about {} in {}, more than MLX's memory limit of {}; loading \
+             may fail or swap",
+            self.stage,
+            crate::info::human_bytes(self.bytes as usize),
+            self.dtype,
+            crate::info::human_bytes(self.limit as usize),
+        )
     }
 }
 
@@ -82,10 +95,10 @@ pub fn float_bytes(dtype: Dtype) -> u64 {
 pub fn estimate(
     paths: &ComponentPaths,
     configs: &CheckpointConfigs,
-    dtype: Dtype,
+    dtype: ComputeDtype,
     quantize: Option<&QuantizeSpec>,
 ) -> Result<StageBytes> {
-    let fb = float_bytes(dtype);
+    let fb = dtype.bytes();
     let text = folder_elements(&paths.text_encoder, qwen_text_encoder::IGNORED_PREFIXES)?;
     let vae = folder_elements(&paths.vae, &[])?;
     Ok(StageBytes {
@@ -95,60 +108,16 @@ pub fn estimate(
     })
 }
 
-/// Elements of every tensor in the folder's `*.safetensors` files whose name does not start
-/// with one of `skip`.
+/// Elements of every tensor of a component folder (its shard index's files, or every
+/// `*.safetensors` file) whose name does not start with one of `skip`; from the headers.
 pub fn folder_elements(dir: &Path, skip: &[&str]) -> Result<u64> {
-    let rd = fs::read_dir(dir).map_err(|source| PipelineError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut files: Vec<PathBuf> = rd
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
     let mut total = 0u64;
-    for f in &files {
-        total += file_elements(f, skip)?;
-    }
-    Ok(total)
-}
-
-fn file_elements(path: &Path, skip: &[&str]) -> Result<u64> {
-    let bad = |msg: &str| checkpoint(path, format!("corrupt safetensors file: {msg}"));
-    let io = |source| PipelineError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = fs::File::open(path).map_err(io)?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(io)?;
-    let n = u64::from_le_bytes(len);
-    if n == 0 || n > 100_000_000 {
-        return Err(bad("bad header length"));
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).map_err(io)?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|_| bad("header is not JSON"))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| bad("header is not an object"))?;
-    let mut total = 0u64;
-    for (k, t) in obj {
-        if k == "__metadata__" || skip.iter().any(|p| k.starts_with(p)) {
-            continue;
+    mlx_weights::for_each_tensor(dir, &mut |_, t| {
+        if !skip.iter().any(|p| t.name.starts_with(p)) {
+            total = total.saturating_add(t.elements());
         }
-        let shape = t
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .ok_or_else(|| bad("tensor without shape"))?;
-        total += shape
-            .iter()
-            .map(|d| d.as_u64().unwrap_or(0))
-            .product::<u64>();
-    }
+        Ok(())
+    })?;
     Ok(total)
 }
 
@@ -156,7 +125,7 @@ fn file_elements(path: &Path, skip: &[&str]) -> Result<u64> {
 mod tests {
     use super::*;
 
-    fn tiny() -> PathBuf {
+    fn tiny() -> std::path::PathBuf {
         let p = Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../fixtures/data/pipeline/tiny"
@@ -164,7 +133,7 @@ mod tests {
         if p.is_dir() {
             p.to_path_buf()
         } else {
-            PathBuf::from("fixtures/data/pipeline/tiny")
+            std::path::PathBuf::from("fixtures/data/pipeline/tiny")
         }
     }
 
@@ -184,7 +153,7 @@ mod tests {
     fn estimate_matches_the_tiny_checkpoint() -> anyhow::Result<()> {
         let paths = ComponentPaths::from_root(&tiny())?;
         let configs = paths.read_configs()?;
-        let f32 = estimate(&paths, &configs, Dtype::Float32, None)?;
+        let f32 = estimate(&paths, &configs, ComputeDtype::F32, None)?;
         // The transformer's count comes from its config; the file's tensors must agree.
         assert_eq!(
             f32.transformer,
@@ -200,13 +169,13 @@ mod tests {
             "fixture has no ignored tensors"
         );
         assert_eq!(f32.vae, 4 * loaded_elements(&paths.vae, &[]));
-        let bf16 = estimate(&paths, &configs, Dtype::Bfloat16, None)?;
+        let bf16 = estimate(&paths, &configs, ComputeDtype::Bf16, None)?;
         assert_eq!(
             (bf16.text_encoder * 2, bf16.transformer * 2, bf16.vae * 2),
             (f32.text_encoder, f32.transformer, f32.vae)
         );
         let q = QuantizeSpec::new(8).with_group_size(32);
-        let q8 = estimate(&paths, &configs, Dtype::Bfloat16, Some(&q))?;
+        let q8 = estimate(&paths, &configs, ComputeDtype::Bf16, Some(&q))?;
         assert_eq!(
             q8.transformer,
             qwen_dit::weight_bytes(&configs.transformer, 2, Some(&q))
@@ -224,18 +193,14 @@ mod tests {
             vae: 1 << 30,
         };
         assert_eq!(s.largest(), ("transformer", 40 << 30));
-        assert_eq!(s.warning(40 << 30, Dtype::Float32, false), None);
-        let w = s.warning(24 << 30, Dtype::Float32, false).unwrap();
-        for n in [
-            "transformer",
-            "40.0 GiB",
-            "24.0 GiB",
-            "--quantize 8",
-            "--dtype bf16",
-        ] {
-            assert!(w.contains(n), "{n:?} not in {w}");
+        assert_eq!(s.warning(40 << 30, ComputeDtype::F32, false), None);
+        let w = s.warning(24 << 30, ComputeDtype::F32, false).unwrap();
+        assert!(w.suggest_quantize && w.suggest_bf16, "{w:?}");
+        let text = w.to_string();
+        for n in ["transformer", "40.0 GiB", "24.0 GiB", "f32"] {
+            assert!(text.contains(n), "{n:?} not in {text}");
         }
-        let w = s.warning(24 << 30, Dtype::Bfloat16, true).unwrap();
-        assert!(!w.contains("--quantize") && !w.contains("--dtype"), "{w}");
+        let w = s.warning(24 << 30, ComputeDtype::Bf16, true).unwrap();
+        assert!(!w.suggest_quantize && !w.suggest_bf16, "{w:?}");
     }
 }

@@ -1,5 +1,5 @@
-//! `--model DIR|HUB_ID`: a checkpoint directory, or a Hugging Face repository id looked up in
-//! the local Hugging Face cache (and optionally downloaded into it with the `hf` CLI).
+//! Where a model lives: a checkpoint directory, or a Hugging Face repository id looked up in
+//! the local Hugging Face cache.
 //!
 //! Cache layout (what `huggingface_hub` writes): `<cache>/models--<owner>--<name>/refs/main`
 //! holds the commit hash of the `main` revision, and the files are under
@@ -8,7 +8,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::error::{PipelineError, Result};
 
@@ -75,113 +74,74 @@ pub fn looks_like_repo_id(s: &str) -> bool {
 
 /// The snapshot folder of `repo_id`'s `main` revision in the cache at `cache`, if present:
 /// `refs/main` → `snapshots/<hash>`; without `refs/main`, the only snapshot when there is
-/// exactly one.
-pub fn find_in_cache(cache: &Path, repo_id: &str) -> Option<PathBuf> {
+/// exactly one. A `refs/main` that is not a plain name (`..`, a path) is refused: the
+/// snapshot must lie inside the repository's `snapshots/` folder.
+pub fn find_in_cache(cache: &Path, repo_id: &str) -> Result<Option<PathBuf>> {
     let repo = cache.join(format!("models--{}", repo_id.replace('/', "--")));
     let snapshots = repo.join("snapshots");
-    if let Ok(hash) = std::fs::read_to_string(repo.join("refs").join("main")) {
-        let dir = snapshots.join(hash.trim());
-        return dir.is_dir().then_some(dir);
+    let refs_main = repo.join("refs").join("main");
+    if let Ok(hash) = std::fs::read_to_string(&refs_main) {
+        let hash = hash.trim();
+        let plain = !hash.is_empty()
+            && hash != "."
+            && hash != ".."
+            && hash
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain {
+            return Err(crate::error::checkpoint(
+                &refs_main,
+                format!(
+                    "`{}` is not a snapshot name (a commit hash); the cache entry is corrupt",
+                    hash.escape_default()
+                ),
+            ));
+        }
+        let dir = snapshots.join(hash);
+        return Ok(dir.is_dir().then_some(dir));
     }
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&snapshots)
-        .ok()?
+    let Ok(rd) = std::fs::read_dir(&snapshots) else {
+        return Ok(None);
+    };
+    let mut dirs: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .collect();
-    if dirs.len() == 1 { dirs.pop() } else { None }
+    Ok(if dirs.len() == 1 { dirs.pop() } else { None })
 }
 
-/// The command that downloads `repo_id` into the cache.
-pub fn download_command(repo_id: &str) -> String {
-    format!("hf download {repo_id}")
-}
-
-fn not_found_message(spec: &str, env: &HubEnv, extra: &str) -> String {
-    let cache = env
-        .cache_dir()
-        .map(|c| c.display().to_string())
-        .unwrap_or_else(|| "<no cache: HOME, HF_HOME and HF_HUB_CACHE are unset>".into());
-    format!(
-        "model `{spec}` is neither a directory nor in the Hugging Face cache ({cache}){extra}. \
-         Download it with `{}` (install the CLI with `pip install -U huggingface_hub`), \
-         or pass --model a directory in the diffusers layout",
-        download_command(spec)
-    )
-}
-
-/// A CLI that downloads from the hub, if one is on `PATH`: `hf`, else `huggingface-cli`.
-fn downloader() -> Option<&'static str> {
-    ["hf", "huggingface-cli"].into_iter().find(|cmd| {
-        Command::new(cmd)
-            .arg("--help")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    })
-}
-
-/// Resolves `--model`: an existing directory is used as is; a hub id is looked up in the
-/// cache. When it is not cached and downloading is allowed (`allow_download` and not
-/// `HF_HUB_OFFLINE`), the `hf` (or `huggingface-cli`) program downloads it, showing its own
-/// progress; without one, the error says exactly which command to run.
-pub fn resolve_model(spec: &str, env: &HubEnv, allow_download: bool) -> Result<PathBuf> {
+/// Resolves a model: an existing directory is used as is; a hub id is looked up in the
+/// cache. A hub id missing from the cache is [`PipelineError::NotInCache`] (a program may
+/// download it and resolve again).
+pub fn resolve_model(spec: &str, env: &HubEnv) -> Result<PathBuf> {
     let as_path = Path::new(spec);
     if as_path.is_dir() {
         return Ok(as_path.to_path_buf());
     }
+    let not_found = |msg: &str| PipelineError::ModelNotFound {
+        spec: spec.to_string(),
+        msg: msg.to_string(),
+    };
     if as_path.exists() {
-        return Err(PipelineError::ModelNotFound(format!(
-            "--model {spec}: not a directory (a checkpoint is a folder in the diffusers layout)"
-        )));
+        return Err(not_found(
+            "not a directory (a checkpoint is a folder in the diffusers layout)",
+        ));
     }
     if !looks_like_repo_id(spec) {
-        return Err(PipelineError::ModelNotFound(format!(
-            "--model {spec}: no such directory (and not a Hugging Face id of the form owner/name)"
-        )));
+        return Err(not_found(
+            "no such directory (and not a Hugging Face id of the form owner/name)",
+        ));
     }
-    if let Some(dir) = env.cache_dir().and_then(|c| find_in_cache(&c, spec)) {
+    let cache = env.cache_dir();
+    if let Some(c) = &cache
+        && let Some(dir) = find_in_cache(c, spec)?
+    {
         return Ok(dir);
     }
-    if !allow_download || env.offline {
-        let why = if env.offline {
-            " and HF_HUB_OFFLINE is set"
-        } else {
-            " and downloading is off"
-        };
-        return Err(PipelineError::ModelNotFound(not_found_message(
-            spec, env, why,
-        )));
-    }
-    let Some(cli) = downloader() else {
-        return Err(PipelineError::ModelNotFound(not_found_message(
-            spec,
-            env,
-            ", and no `hf` / `huggingface-cli` program is installed to download it",
-        )));
-    };
-    eprintln!(
-        "{spec} is not in the Hugging Face cache: downloading it with `{cli} download {spec}`"
-    );
-    let mut cmd = Command::new(cli);
-    cmd.arg("download").arg(spec);
-    if let Some(c) = &env.hf_hub_cache {
-        cmd.arg("--cache-dir").arg(c);
-    }
-    let status = cmd.status().map_err(|e| {
-        PipelineError::ModelNotFound(format!("could not run `{cli} download {spec}`: {e}"))
-    })?;
-    if !status.success() {
-        return Err(PipelineError::ModelNotFound(format!(
-            "`{cli} download {spec}` failed ({status}); check the network and run it by hand"
-        )));
-    }
-    env.cache_dir()
-        .and_then(|c| find_in_cache(&c, spec))
-        .ok_or_else(|| {
-            PipelineError::ModelNotFound(not_found_message(spec, env, " even after downloading"))
-        })
+    Err(PipelineError::NotInCache {
+        repo_id: spec.to_string(),
+        cache,
+    })
 }
 
 #[cfg(test)]
@@ -250,7 +210,7 @@ mod tests {
             offline: true,
             ..Default::default()
         };
-        assert_eq!(resolve_model("Qwen/Qwen-Image", &env, false).unwrap(), snap);
+        assert_eq!(resolve_model("Qwen/Qwen-Image", &env).unwrap(), snap);
 
         // $HF_HOME/hub wins over HOME
         let hf_home = tmp.path().join("hfhome");
@@ -261,10 +221,7 @@ mod tests {
             offline: true,
             ..Default::default()
         };
-        assert_eq!(
-            resolve_model("Qwen/Qwen-Image", &env, false).unwrap(),
-            snap2
-        );
+        assert_eq!(resolve_model("Qwen/Qwen-Image", &env).unwrap(), snap2);
 
         // $HF_HUB_CACHE wins over both; no refs/main but a single snapshot
         let hub = tmp.path().join("hubcache");
@@ -273,10 +230,7 @@ mod tests {
             hf_hub_cache: Some(hub.into()),
             ..env
         };
-        assert_eq!(
-            resolve_model("Qwen/Qwen-Image", &env, false).unwrap(),
-            snap3
-        );
+        assert_eq!(resolve_model("Qwen/Qwen-Image", &env).unwrap(), snap3);
     }
 
     #[test]
@@ -285,25 +239,35 @@ mod tests {
         let base = tmp.path().join("models--Qwen--Qwen-Image");
         std::fs::create_dir_all(base.join("refs")).unwrap();
         std::fs::write(base.join("refs/main"), "missing").unwrap();
-        assert!(find_in_cache(tmp.path(), "Qwen/Qwen-Image").is_none());
+        assert!(
+            find_in_cache(tmp.path(), "Qwen/Qwen-Image")
+                .unwrap()
+                .is_none()
+        );
+        // A ref that climbs out of snapshots/ is refused, not followed.
+        for bad in ["../..", "..", "a/b", "/etc"] {
+            std::fs::write(base.join("refs/main"), bad).unwrap();
+            let e = find_in_cache(tmp.path(), "Qwen/Qwen-Image").unwrap_err();
+            assert!(e.to_string().contains("not a snapshot name"), "{bad}: {e}");
+        }
     }
 
     #[test]
-    fn not_found_names_the_download_command() {
+    fn not_in_cache_is_typed_and_names_the_cache() {
         let tmp = tempfile::tempdir().unwrap();
         let env = HubEnv {
             hf_hub_cache: Some(tmp.path().into()),
             offline: true,
             ..Default::default()
         };
-        let err = resolve_model("Qwen/Qwen-Image", &env, true)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("hf download Qwen/Qwen-Image"), "{err}");
-        assert!(err.contains(&tmp.path().display().to_string()), "{err}");
-        let err = resolve_model("no-such-dir", &env, true)
-            .unwrap_err()
-            .to_string();
+        let err = resolve_model("Qwen/Qwen-Image", &env).unwrap_err();
+        assert!(
+            matches!(&err, PipelineError::NotInCache { repo_id, cache }
+                if repo_id == "Qwen/Qwen-Image" && cache.as_deref() == Some(tmp.path())),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&tmp.path().display().to_string()));
+        let err = resolve_model("no-such-dir", &env).unwrap_err().to_string();
         assert!(err.contains("no such directory"), "{err}");
     }
 
@@ -311,9 +275,6 @@ mod tests {
     fn a_directory_is_used_as_is() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().to_str().unwrap();
-        assert_eq!(
-            resolve_model(p, &HubEnv::default(), false).unwrap(),
-            tmp.path()
-        );
+        assert_eq!(resolve_model(p, &HubEnv::default()).unwrap(), tmp.path());
     }
 }

@@ -3,7 +3,7 @@
 //! never leaves a partial or stale image under the requested name.
 
 use std::fs;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use image::ImageEncoder;
@@ -68,17 +68,13 @@ pub fn check_output(path: &Path) -> Result<()> {
             format!("folder {} does not exist", dir.display()),
         ));
     }
-    let probe = dir.join(format!(".qwen-image-probe-{}", std::process::id()));
-    match fs::File::create(&probe) {
-        Ok(_) => {
-            let _ = fs::remove_file(&probe);
-        }
-        Err(e) => {
-            return Err(out_err(
-                path,
-                format!("cannot write into {}: {e}", dir.display()),
-            ));
-        }
+    // An unnamed temporary file (O_TMPFILE where available; otherwise a random name created
+    // exclusively and removed at once): nothing a planted link could redirect.
+    if let Err(e) = tempfile::tempfile_in(&dir) {
+        return Err(out_err(
+            path,
+            format!("cannot write into {}: {e}", dir.display()),
+        ));
     }
     if let Ok(meta) = fs::metadata(path)
         && meta.permissions().readonly()
@@ -88,8 +84,9 @@ pub fn check_output(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Encodes `image` as PNG into `path` atomically (temporary file in the same folder, then
-/// rename).
+/// Encodes `image` as PNG into `path` atomically (an exclusive temporary file with an
+/// unpredictable name in the same folder, then a rename): nothing appears under `path`
+/// unless the whole file was written, and no planted link is followed.
 pub fn write_png(path: &Path, image: &Image) -> Result<()> {
     if image.data.len() != image.width * image.height * 3 {
         return Err(out_err(
@@ -102,14 +99,7 @@ pub fn write_png(path: &Path, image: &Image) -> Result<()> {
             ),
         ));
     }
-    let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image.png".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let file = fs::File::create(&tmp).map_err(|e| out_err(path, e.to_string()))?;
+    mlx_weights::persist_atomic(path, |file| {
         let mut w = BufWriter::new(file);
         PngEncoder::new(&mut w)
             .write_image(
@@ -118,18 +108,13 @@ pub fn write_png(path: &Path, image: &Image) -> Result<()> {
                 image.height as u32,
                 image::ExtendedColorType::Rgb8,
             )
-            .map_err(|e| out_err(path, format!("PNG encoding failed: {e}")))?;
-        let file = w
-            .into_inner()
-            .map_err(|e| out_err(path, e.error().to_string()))?;
-        file.sync_all().map_err(|e| out_err(path, e.to_string()))?;
-        fs::rename(&tmp, path).map_err(|e| out_err(path, e.to_string()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+            .map_err(std::io::Error::other)?;
+        w.flush()
+    })
+    .map_err(|e| match e {
+        mlx_weights::WeightsError::Io { source, .. } => out_err(path, source.to_string()),
+        e => out_err(path, e.to_string()),
+    })
 }
 
 #[cfg(test)]

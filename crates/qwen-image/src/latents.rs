@@ -1,4 +1,4 @@
-//! Initial noise, `--init-latents` files, and the 2×2 packing of latents into DiT tokens
+//! Initial noise, initial-latents files, and the 2×2 packing of latents into DiT tokens
 //! (diffusers `QwenImagePipeline.prepare_latents` / `_pack_latents` / `_unpack_latents`).
 //!
 //! Unpacked latents have the pipeline's noise layout `(B, 1, C, h, w)` (frame before
@@ -16,7 +16,7 @@ pub fn pack_latents(latents: &Array, patch: usize) -> Result<Array> {
     let s = latents.shape();
     let p = patch as i32;
     if s.len() != 5 || s[1] != 1 || s[3] % p != 0 || s[4] % p != 0 {
-        return Err(PipelineError::InvalidRequest(format!(
+        return Err(PipelineError::Shape(format!(
             "latents to pack must be (B, 1, C, h, w) with h, w multiples of {p}, got {s:?}"
         )));
     }
@@ -34,7 +34,7 @@ pub fn unpack_latents(packed: &Array, h: usize, w: usize, patch: usize) -> Resul
     let (h, w) = (h as i32, w as i32);
     if s.len() != 3 || h % p != 0 || w % p != 0 || s[1] != (h / p) * (w / p) || s[2] % (p * p) != 0
     {
-        return Err(PipelineError::InvalidRequest(format!(
+        return Err(PipelineError::Shape(format!(
             "packed latents {s:?} do not fit a {h}×{w} latent grid with patch {p}"
         )));
     }
@@ -57,21 +57,23 @@ pub fn seeded_noise(seed: u64, channels: usize, h: usize, w: usize) -> Result<Ar
     )?)
 }
 
-/// Reads an `--init-latents` safetensors file: an f32 tensor `latents` of shape
-/// `(n, 1, channels, h, w)` (diffusers' unpacked noise layout), with `n` the number of images.
-pub fn load_init_latents(
-    path: &Path,
-    n: usize,
-    channels: usize,
-    h: usize,
-    w: usize,
-) -> Result<Array> {
+/// Reads an initial-latents safetensors file: an f32 tensor `latents` in diffusers' unpacked
+/// noise layout `(images, 1, channels, h, w)`. The shape is checked against a request by
+/// [`crate::request::validate`].
+pub fn read_init_latents(path: &Path) -> Result<Array> {
     let err = |msg: String| PipelineError::InitLatents {
-        path: path.to_path_buf(),
+        path: Some(path.to_path_buf()),
         msg,
     };
-    if !path.is_file() {
-        return Err(err("no such file".into()));
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => err("no such file".into()),
+        _ => err(e.to_string()),
+    })?;
+    if !meta.is_file() {
+        return Err(err(format!(
+            "is {}, not a safetensors file",
+            mlx_weights::describe_file_type(&meta)
+        )));
     }
     let mut tensors = mlx_weights::load_file(path).map_err(|e| err(e.to_string()))?;
     let Some(a) = tensors.remove("latents") else {
@@ -84,14 +86,6 @@ pub fn load_init_latents(
         return Err(err(format!(
             "`latents` must be float32, got {:?}",
             a.dtype()
-        )));
-    }
-    let want = [n as i32, 1, channels as i32, h as i32, w as i32];
-    if a.shape() != want {
-        return Err(err(format!(
-            "`latents` has shape {:?}; this request needs {want:?} \
-             (images, 1, latent channels, latent height, latent width)",
-            a.shape()
         )));
     }
     Ok(a)

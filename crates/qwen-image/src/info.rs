@@ -1,35 +1,20 @@
-//! What MLX runtime this program runs on: `qwen-image info`.
+//! What MLX runtime this program runs on (`qwen-image info`): version, backend, default
+//! device and its memory. The backend is the one `mlx-fastops` dispatches its kernels on.
 
 use std::ffi::{CStr, CString};
 use std::fmt;
 
-/// The MLX backend that executes GPU work in this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// Apple GPUs through Metal.
-    Metal,
-    /// NVIDIA GPUs through MLX's CUDA backend (`mlx-cuda-13` on Linux).
-    Cuda,
-    /// No GPU backend: everything runs on the CPU.
-    Cpu,
-}
+pub use mlx_fastops::Backend;
 
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Metal => "metal",
-            Backend::Cuda => "cuda",
-            Backend::Cpu => "cpu",
-        })
-    }
-}
+use crate::error::{PipelineError, Result};
 
 /// A description of the MLX runtime and its default device.
 #[derive(Debug, Clone)]
 pub struct RuntimeInfo {
     /// MLX's version string as the loaded `libmlx` reports it.
     pub mlx_version: String,
-    /// The backend in use.
+    /// The backend GPU work runs on ([`mlx_fastops::gpu_backend`]); [`Backend::Cpu`] when
+    /// the default device is the CPU.
     pub backend: Backend,
     /// The default device, e.g. `Device(gpu, 0)`.
     pub default_device: String,
@@ -41,13 +26,18 @@ pub struct RuntimeInfo {
     pub memory_limit: Option<usize>,
 }
 
-fn check(rc: i32, what: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(rc == 0, "MLX call {what} failed (status {rc})");
-    Ok(())
+fn check(rc: i32, what: &str) -> Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(PipelineError::Runtime(format!(
+            "MLX call {what} failed (status {rc})"
+        )))
+    }
 }
 
 /// Queries the loaded MLX library.
-pub fn runtime_info() -> anyhow::Result<RuntimeInfo> {
+pub fn runtime_info() -> Result<RuntimeInfo> {
     // SAFETY: plain FFI calls into mlx-c; every object created here is freed before return
     // and strings are copied out while their owners are alive.
     unsafe {
@@ -57,24 +47,6 @@ pub fn runtime_info() -> anyhow::Result<RuntimeInfo> {
             .to_string_lossy()
             .into_owned();
         mlx_sys::mlx_string_free(s);
-
-        let mut cuda = false;
-        let mut metal = false;
-        check(
-            mlx_sys::mlx_cuda_is_available(&mut cuda),
-            "mlx_cuda_is_available",
-        )?;
-        check(
-            mlx_sys::mlx_metal_is_available(&mut metal),
-            "mlx_metal_is_available",
-        )?;
-        let backend = if metal {
-            Backend::Metal
-        } else if cuda {
-            Backend::Cuda
-        } else {
-            Backend::Cpu
-        };
 
         let mut dev = mlx_sys::mlx_device_new();
         check(
@@ -96,6 +68,11 @@ pub fn runtime_info() -> anyhow::Result<RuntimeInfo> {
             "mlx_device_get_type",
         )?;
         let default_is_gpu = ty == mlx_sys::mlx_device_type__MLX_GPU;
+        let backend = if default_is_gpu {
+            mlx_fastops::gpu_backend()
+        } else {
+            Backend::Cpu
+        };
 
         let mut device_properties = Vec::new();
         let mut info = mlx_sys::mlx_device_info_new();
@@ -108,7 +85,9 @@ pub fn runtime_info() -> anyhow::Result<RuntimeInfo> {
                         continue;
                     }
                     let key = CStr::from_ptr(k).to_string_lossy().into_owned();
-                    let ckey = CString::new(key.clone())?;
+                    let Ok(ckey) = CString::new(key.clone()) else {
+                        continue;
+                    };
                     let mut is_string = false;
                     mlx_sys::mlx_device_info_is_string(&mut is_string, info, ckey.as_ptr());
                     let value = if is_string {

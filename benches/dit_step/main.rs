@@ -1,0 +1,280 @@
+//! One true-CFG denoising step of the full-size Qwen-Image DiT with random bf16 weights.
+//!
+//! As `QwenImagePipeline` runs it at batch 1: two forwards (cond + uncond, `--txt` text
+//! tokens each, no text mask), the true-CFG combine with its norm rescale, and the Euler
+//! update; evaluated once per step. Also, where asked: the same step with CFG batched as one
+//! B=2 forward, the step with `mlx-fastops`' plain-MLX references instead of its fused
+//! kernels, and a breakdown of one block's time into its GEMMs, attention and elementwise
+//! ops at the real shapes (`--profile SIZE`).
+//!
+//! ```text
+//! dit_step [--sizes 512,1024,1328] [--warmup 2] [--iters 5] [--txt 32] [--layers N]
+//!          [--no-batched] [--no-reference] [--pipelined] [--profile 1024 | --profile 0] [--tiny]
+//!          [--json PATH]
+//! ```
+//! `--tiny` runs a 2-layer, 32-wide model at 64² and 128² (a CPU smoke test). Prints one
+//! table row per (size, mode): median / min ms per step, achieved TFLOP/s (FLOPs counted from
+//! the shapes, see `qwen_image_benches::forward_flops`) and MLX's peak memory.
+
+mod profile;
+mod step;
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use clap::Parser;
+use mlx_rs::{Dtype, memory};
+use qwen_dit::{QwenImageTransformer, QwenImageTransformerConfig};
+use qwen_image_benches::{forward_flops, median};
+
+use crate::step::{Rng, Row, inputs, measure, measure_pipelined};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dit_step",
+    about = "One true-CFG step of the full-size DiT (random bf16 weights)"
+)]
+pub(crate) struct Opts {
+    /// Image sizes in pixels (square) [default: 512,1024,1328; 64,128 with --tiny].
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Untimed steps before measuring.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) iters: usize,
+    /// Text tokens per prompt.
+    #[arg(long, default_value_t = 32)]
+    txt: usize,
+    /// Blocks of the model [default: the config's 60].
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Skip the CFG-as-one-batch-of-2 mode.
+    #[arg(long)]
+    no_batched: bool,
+    /// Skip the plain-MLX reference kernels mode.
+    #[arg(long)]
+    no_reference: bool,
+    /// Also time steps built while the previous one runs (as the pipeline does).
+    #[arg(long)]
+    pipelined: bool,
+    /// Profile one block at this size (0: no profile) [default: 1024; 128 with --tiny].
+    #[arg(long)]
+    profile: Option<usize>,
+    /// A 2-layer, 32-wide model at small sizes (CPU smoke test).
+    #[arg(long)]
+    tiny: bool,
+    /// Also write the rows as JSON here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<std::path::PathBuf>,
+    /// True CFG scale.
+    #[arg(long, default_value_t = 4.0)]
+    pub(crate) cfg_scale: f32,
+    /// Seed of the random weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// A benchmark name filter passed by `cargo bench`; ignored.
+    #[arg(hide = true)]
+    filter: Vec<String>,
+}
+
+impl Opts {
+    fn sizes(&self) -> Vec<usize> {
+        match (self.sizes.is_empty(), self.tiny) {
+            (false, _) => self.sizes.clone(),
+            (true, true) => vec![64, 128],
+            (true, false) => vec![512, 1024, 1328],
+        }
+    }
+
+    fn profile_size(&self) -> Option<usize> {
+        match self.profile {
+            Some(0) => None,
+            Some(p) => Some(p),
+            None if self.tiny => Some(128),
+            None => Some(1024),
+        }
+    }
+}
+
+/// The Qwen-Image DiT configuration (diffusers defaults), or a 2-layer toy for `--tiny`.
+fn config(o: &Opts) -> QwenImageTransformerConfig {
+    let mut c = if o.tiny {
+        QwenImageTransformerConfig {
+            num_layers: 2,
+            attention_head_dim: 16,
+            num_attention_heads: 2,
+            joint_attention_dim: 32,
+            axes_dims_rope: vec![4, 6, 6],
+            ..Default::default()
+        }
+    } else {
+        QwenImageTransformerConfig::default()
+    };
+    if let Some(l) = o.layers {
+        c.num_layers = l;
+    }
+    c
+}
+
+/// One row as JSON.
+fn row_json(r: &Row) -> serde_json::Value {
+    serde_json::json!({
+        "impl": "mlx",
+        "size": r.size,
+        "mode": r.mode,
+        "kernels": r.kernels,
+        "median_ms": r.median(),
+        "min_ms": r.min(),
+        "tflops": r.tflops(),
+        "flops_per_step": r.flops,
+        "peak_bytes": r.peak_bytes,
+        "graph_build_ms": median(&r.build_ms),
+        "times_ms": r.times_ms,
+    })
+}
+
+fn main() -> Result<()> {
+    let o = Opts::parse();
+    ensure!(o.iters > 0, "--iters must be positive");
+    let cfg = config(&o);
+    let dt = Dtype::Bfloat16;
+    println!(
+        "qwen-image-rs dit_step: backend {} (fused path {:?}), cuda available {}",
+        mlx_fastops::current_backend(),
+        mlx_fastops::fused_path(),
+        mlx_fastops::cuda_available()
+    );
+    println!(
+        "config: {} layers, {} heads × {}, joint dim {}, in {}, out {}, axes {:?}; {} params; text tokens {}",
+        cfg.num_layers,
+        cfg.num_attention_heads,
+        cfg.attention_head_dim,
+        cfg.joint_attention_dim,
+        cfg.in_channels,
+        cfg.out_channels(),
+        cfg.axes_dims_rope,
+        cfg.param_count(),
+        o.txt
+    );
+    let t0 = Instant::now();
+    let model = QwenImageTransformer::random(cfg.clone(), dt, o.seed)?;
+    println!(
+        "random bf16 weights built in {:.1} s; active memory {:.2} GiB",
+        t0.elapsed().as_secs_f64(),
+        memory::active_memory()? as f64 / GIB
+    );
+    let mut rng = Rng {
+        seed: o.seed + 1,
+        n: 0,
+    };
+
+    // (label, CFG batched, reference kernels, pipelined)
+    let mut modes: Vec<(&'static str, bool, bool, bool)> = vec![("2×B=1", false, false, false)];
+    if !o.no_batched {
+        modes.push(("B=2", true, false, false));
+    }
+    if o.pipelined {
+        modes.push(("2×B=1 pipelined", false, false, true));
+    }
+    if !o.no_reference {
+        modes.push(("2×B=1", false, true, false));
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    let mut fwd_ms_at_profile = None;
+    for size in o.sizes() {
+        let inp = inputs(&cfg, size, o.txt, &mut rng)?;
+        let fl = forward_flops(&cfg, 1, inp.img_tokens, o.txt)
+            .scaled(2.0)
+            .total();
+        for &(mode, batched, reference, pipelined) in &modes {
+            mlx_fastops::set_force_reference(reference);
+            let (times_ms, build_ms, peak) = if pipelined {
+                let (t, p) = measure_pipelined(&model, &inp, &o)?;
+                (t, Vec::new(), p)
+            } else {
+                measure(&model, &inp, batched, &o)
+                    .with_context(|| format!("{size}² {mode} reference={reference}"))?
+            };
+            mlx_fastops::set_force_reference(false);
+            let row = Row {
+                size,
+                mode,
+                kernels: if reference { "reference" } else { "fused" },
+                times_ms,
+                build_ms,
+                flops: fl,
+                peak_bytes: peak,
+            };
+            println!(
+                "{size:>5}² {mode:<15} {:<9} median {:>8.1} ms  min {:>8.1} ms  {:>6.1} TFLOP/s  peak {:>6.2} GiB  graph build {:.1} ms  [{}]",
+                row.kernels,
+                row.median(),
+                row.min(),
+                row.tflops(),
+                peak as f64 / GIB,
+                median(&row.build_ms),
+                row.times_ms
+                    .iter()
+                    .map(|t| format!("{t:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if Some(size) == o.profile_size() && !batched && !reference && !pipelined {
+                fwd_ms_at_profile = Some(row.median() / 2.0);
+            }
+            rows.push(row);
+        }
+        drop(inp);
+        memory::clear_cache()?;
+    }
+
+    let prof = match o.profile_size() {
+        Some(size) => Some(profile::profile(
+            &cfg,
+            size,
+            o.txt,
+            fwd_ms_at_profile,
+            &mut rng,
+        )?),
+        None => None,
+    };
+
+    println!(
+        "\n## one true-CFG step, qwen-image-rs (MLX), bf16, {} text tokens, {} iters after {} warm-up",
+        o.txt, o.iters, o.warmup
+    );
+    println!(
+        "| size | CFG | kernels | ms/step (median) | min | TFLOP/s | peak GiB | graph build ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {}² | {} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} |",
+            r.size,
+            r.mode,
+            r.kernels,
+            r.median(),
+            r.min(),
+            r.tflops(),
+            r.peak_bytes as f64 / GIB,
+            median(&r.build_ms)
+        );
+    }
+    if let Some(p) = &prof {
+        println!("{p}");
+    }
+    if let Some(path) = &o.json {
+        let rows: Vec<serde_json::Value> = rows.iter().map(row_json).collect();
+        let text = serde_json::to_string_pretty(&rows)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! The measured step: inputs at one size, one true-CFG step (two B=1 forwards or one B=2),
+//! and its timing, plain or pipelined.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use mlx_fastops::scalar;
+use mlx_rs::transforms::async_eval;
+use mlx_rs::{Array, Dtype, memory, ops, random};
+use qwen_dit::{QwenImageTransformer, QwenImageTransformerConfig, RopeTables};
+use qwen_image_benches::{image_tokens, median};
+
+use crate::Opts;
+
+/// Deterministic random arrays: N(0, std²) in `dt`, one fresh key per call.
+pub(crate) struct Rng {
+    pub(crate) seed: u64,
+    pub(crate) n: u64,
+}
+
+impl Rng {
+    pub(crate) fn normal(&mut self, shape: &[i32], std: f32, dt: Dtype) -> Result<Array> {
+        self.n += 1;
+        let key = random::key(self.seed.wrapping_mul(1_000_003).wrapping_add(self.n))?;
+        let a = random::normal::<f32>(shape, 0.0, std, &key)?.as_dtype(dt)?;
+        a.eval()?;
+        Ok(a)
+    }
+}
+
+/// Inputs of one step at one image size.
+pub(crate) struct Inputs {
+    x: Array,
+    ctx_cond: Array,
+    ctx_uncond: Array,
+    sigma: Array,
+    ctx2: Array,
+    sigma2: Array,
+    rope: RopeTables,
+    pub(crate) img_tokens: usize,
+}
+
+pub(crate) fn inputs(
+    cfg: &QwenImageTransformerConfig,
+    size: usize,
+    txt: usize,
+    rng: &mut Rng,
+) -> Result<Inputs> {
+    let (h, w) = image_tokens(cfg, size, size);
+    ensure!(h > 0 && w > 0, "image size {size} is too small");
+    let n = h * w;
+    let dt = Dtype::Bfloat16;
+    let x = rng.normal(&[1, n as i32, cfg.in_channels as i32], 1.0, dt)?;
+    let ctx_cond = rng.normal(&[1, txt as i32, cfg.joint_attention_dim as i32], 1.0, dt)?;
+    let ctx_uncond = rng.normal(&[1, txt as i32, cfg.joint_attention_dim as i32], 1.0, dt)?;
+    let sigma = Array::from_slice(&[0.6f32], &[1]);
+    let ctx2 = ops::concatenate(&[&ctx_cond, &ctx_uncond], 0)?;
+    let sigma2 = Array::from_slice(&[0.6f32, 0.6], &[2]);
+    let rope = RopeTables::new(cfg, &[(1, h, w)], txt)?;
+    mlx_rs::transforms::eval([&ctx2, &sigma, &sigma2, rope.cos(), rope.sin()])?;
+    Ok(Inputs {
+        x,
+        ctx_cond,
+        ctx_uncond,
+        sigma,
+        ctx2,
+        sigma2,
+        rope,
+        img_tokens: n,
+    })
+}
+
+/// `QwenImagePipeline`'s true-CFG combine with the norm rescale, then the Euler update
+/// `x + (σ_next − σ)·v` (σ_next − σ = −0.02).
+fn cfg_update(x: &Array, cond: &Array, uncond: &Array, scale: f32) -> Result<Array> {
+    let dt = cond.dtype();
+    let comb = ops::add(
+        uncond,
+        ops::multiply(scalar(scale, dt)?, ops::subtract(cond, uncond)?)?,
+    )?;
+    let norm =
+        |a: &Array| -> Result<Array> { Ok(ops::sqrt(ops::sum_axis(ops::square(a)?, -1, true)?)?) };
+    let pred = ops::multiply(&comb, ops::divide(norm(cond)?, norm(&comb)?)?)?;
+    Ok(ops::add(x, ops::multiply(&pred, scalar(-0.02, dt)?)?)?)
+}
+
+/// One denoising step from latents `x`, lazy: two B=1 forwards, or one B=2 forward when
+/// `batched`.
+fn step(
+    model: &QwenImageTransformer,
+    inp: &Inputs,
+    x: &Array,
+    batched: bool,
+    scale: f32,
+) -> Result<Array> {
+    let (cond, uncond) = if batched {
+        let x2 = ops::concatenate(&[x, x], 0)?;
+        let v = model.forward(&x2, &inp.ctx2, None, &inp.sigma2, &inp.rope)?;
+        let mut p = ops::split_equal(&v, 2, 0)?;
+        let u = p.pop().context("split")?;
+        (p.pop().context("split")?, u)
+    } else {
+        (
+            model.forward(x, &inp.ctx_cond, None, &inp.sigma, &inp.rope)?,
+            model.forward(x, &inp.ctx_uncond, None, &inp.sigma, &inp.rope)?,
+        )
+    };
+    // The bf16 trap: a strong f32 constant anywhere would turn the whole graph to f32.
+    ensure!(
+        cond.dtype() == Dtype::Bfloat16 && uncond.dtype() == Dtype::Bfloat16,
+        "DiT output is {:?}, expected bfloat16 (an f32 constant promoted the graph?)",
+        cond.dtype()
+    );
+    let out = cfg_update(x, &cond, &uncond, scale)?;
+    ensure!(
+        out.dtype() == Dtype::Bfloat16,
+        "step output is {:?}, expected bfloat16",
+        out.dtype()
+    );
+    Ok(out)
+}
+
+/// One measured configuration.
+pub(crate) struct Row {
+    pub(crate) size: usize,
+    pub(crate) mode: &'static str,
+    pub(crate) kernels: &'static str,
+    pub(crate) times_ms: Vec<f64>,
+    pub(crate) build_ms: Vec<f64>,
+    pub(crate) flops: f64,
+    pub(crate) peak_bytes: usize,
+}
+
+impl Row {
+    pub(crate) fn median(&self) -> f64 {
+        median(&self.times_ms)
+    }
+    pub(crate) fn min(&self) -> f64 {
+        self.times_ms.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+    pub(crate) fn tflops(&self) -> f64 {
+        self.flops / (self.median() * 1e-3) / 1e12
+    }
+}
+
+/// Per-step wall times, per-step graph-build times (host only, before `eval`) and the peak
+/// memory over the timed steps.
+pub(crate) fn measure(
+    model: &QwenImageTransformer,
+    inp: &Inputs,
+    batched: bool,
+    o: &Opts,
+) -> Result<(Vec<f64>, Vec<f64>, usize)> {
+    for _ in 0..o.warmup {
+        step(model, inp, &inp.x, batched, o.cfg_scale)?.eval()?;
+    }
+    memory::clear_cache()?;
+    memory::reset_peak_memory()?;
+    let mut times = Vec::with_capacity(o.iters);
+    let mut build = Vec::with_capacity(o.iters);
+    for _ in 0..o.iters {
+        let t0 = Instant::now();
+        let out = step(model, inp, &inp.x, batched, o.cfg_scale)?;
+        build.push(t0.elapsed().as_secs_f64() * 1e3);
+        out.eval()?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((times, build, memory::peak_memory()?))
+}
+
+/// Steady-state ms per step when each step's graph is built while the GPU still runs the
+/// previous one (`async_eval` after each step, as a denoising loop can do): `iters` chained
+/// steps timed together, three times. Returns (per-step times, peak memory).
+pub(crate) fn measure_pipelined(
+    model: &QwenImageTransformer,
+    inp: &Inputs,
+    o: &Opts,
+) -> Result<(Vec<f64>, usize)> {
+    let chain = |n: usize| -> Result<()> {
+        let mut x = inp.x.clone();
+        for _ in 0..n {
+            x = step(model, inp, &x, false, o.cfg_scale)?;
+            async_eval([&x])?;
+        }
+        x.eval()?;
+        Ok(())
+    };
+    chain(o.warmup.max(2))?;
+    memory::clear_cache()?;
+    memory::reset_peak_memory()?;
+    let mut per_step = Vec::new();
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        chain(o.iters)?;
+        per_step.push(t0.elapsed().as_secs_f64() * 1e3 / o.iters as f64);
+    }
+    Ok((per_step, memory::peak_memory()?))
+}
+
+// ---------------------------------------------------------------------------------------

@@ -1,0 +1,184 @@
+//! Command-line arguments and their one conversion into the library's request and options.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use qwen_image::{
+    ComputeDtype, DEFAULT_VAE_TILE_SIZE, Field, GenerateRequest, Noise, PipelineOptions,
+    QuantizeSpec, Tiles, VaeTiling,
+};
+
+/// Qwen-Image text-to-image inference on MLX (Metal, CUDA or CPU).
+///
+/// `qwen-image generate --model Qwen/Qwen-Image --prompt "..." --output out.png` generates an
+/// image; `qwen-image info` shows the MLX runtime. See `qwen-image generate --help`.
+#[derive(Debug, Parser)]
+#[command(name = "qwen-image", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the MLX version, the backend in use, the default device and its memory.
+    Info,
+    /// Generate images from a text prompt.
+    ///
+    /// Example: qwen-image generate --model Qwen/Qwen-Image --prompt "a red fox in the snow,
+    /// watercolor" --negative-prompt " " --seed 42 --output fox.png
+    Generate(Box<GenerateArgs>),
+}
+
+/// `--vae-tiling`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TilingArg {
+    /// Tile images of more than 2²¹ pixels (2.1 MPx, e.g. 2048×1152 and up); every official
+    /// Qwen-Image size (up to 1328²) decodes whole.
+    Auto,
+    /// Always tile.
+    On,
+    /// Never tile (memory grows with about the square of the pixel count).
+    Off,
+}
+
+fn parse_dtype(s: &str) -> Result<ComputeDtype, String> {
+    s.parse::<ComputeDtype>().map_err(|e| e.to_string())
+}
+
+/// `generate`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Checkpoint: a directory in the diffusers layout (model_index.json, transformer/, vae/,
+    /// text_encoder/, tokenizer/, scheduler/) or a Hugging Face id such as Qwen/Qwen-Image,
+    /// looked up in the local Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else
+    /// ~/.cache/huggingface/hub). A hub id missing from the cache is downloaded with the
+    /// `hf` CLI when it is installed; otherwise the error names the command to run.
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: String,
+    /// The text prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// Negative prompt. True CFG (two transformer passes per step) runs only with a negative
+    /// prompt and --true-cfg-scale > 1.
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// True classifier-free guidance scale.
+    #[arg(long, default_value_t = 4.0)]
+    pub true_cfg_scale: f32,
+    /// Denoising steps (1..=1000).
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Image width in pixels (a multiple of 16, at most 8192).
+    #[arg(long, default_value_t = 1024)]
+    pub width: usize,
+    /// Image height in pixels (a multiple of 16, at most 8192).
+    #[arg(long, default_value_t = 1024)]
+    pub height: usize,
+    /// Seed of the initial noise (MLX's generator); image i of --num-images uses seed + i.
+    /// Random (and printed) when absent.
+    #[arg(long, conflicts_with = "init_latents")]
+    pub seed: Option<u64>,
+    /// Initial noise from a safetensors file: a float32 tensor `latents` of shape
+    /// (N, 1, 16, H/8, W/8) (diffusers' unpacked noise layout; N = --num-images).
+    #[arg(long, value_name = "FILE")]
+    pub init_latents: Option<PathBuf>,
+    /// Compute dtype: f32, bf16 or f16 [default: bf16 on a GPU, f32 on the CPU].
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<ComputeDtype>,
+    /// Quantize the transformer's Linear layers to 4 or 8 bits when loading (MLX affine,
+    /// group size 64).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["4", "8"]))]
+    pub quantize: Option<String>,
+    /// Number of images (1..=64). With N > 1 the files are FILE-0.png, FILE-1.png, … next to --output.
+    #[arg(long, default_value_t = 1)]
+    pub num_images: usize,
+    /// Output PNG (written atomically: nothing appears under this name unless the run
+    /// succeeds).
+    #[arg(long, value_name = "FILE.png", default_value = "qwen-image.png")]
+    pub output: PathBuf,
+    /// Maximum prompt length in tokens after the template (1..=1024).
+    #[arg(long, default_value_t = qwen_text_encoder::DEFAULT_MAX_SEQUENCE_LENGTH)]
+    pub max_sequence_length: usize,
+    /// Never download: fail when a hub id is not in the local cache (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// When the VAE decodes tile by tile (overlapping tiles, linearly blended, as diffusers'
+    /// `vae.enable_tiling()`), which bounds decode memory by one tile whatever the image
+    /// size; tiled and whole decodes differ slightly.
+    #[arg(long, value_enum, default_value_t = TilingArg::Auto)]
+    pub vae_tiling: TilingArg,
+    /// Square tile size in pixels for tiled decode: a positive multiple of the VAE's
+    /// compression (8); tiles are 3/4 of it apart (1024 → 768 px stride, 256 px overlap).
+    /// 256 is diffusers' size: ~8× less memory, ~3× slower than 1024 [default: 1024].
+    #[arg(long, value_name = "PX")]
+    pub vae_tile_size: Option<usize>,
+}
+
+impl GenerateArgs {
+    /// The request these arguments describe (`seed` is used when neither --seed nor
+    /// --init-latents is given; `noise` is the --init-latents content when given).
+    pub fn request(&self, seed: u64, noise: Option<mlx_rs::Array>) -> GenerateRequest {
+        let tiles = Tiles::Square(self.vae_tile_size.unwrap_or(DEFAULT_VAE_TILE_SIZE));
+        GenerateRequest {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            true_cfg_scale: self.true_cfg_scale,
+            steps: self.steps,
+            width: self.width,
+            height: self.height,
+            num_images: self.num_images,
+            noise: match noise {
+                Some(a) => Noise::Latents(a),
+                None => Noise::Seed(self.seed.unwrap_or(seed)),
+            },
+            max_sequence_length: self.max_sequence_length,
+            vae_tiling: match self.vae_tiling {
+                TilingArg::Auto => VaeTiling::Auto(tiles),
+                TilingArg::On => VaeTiling::On(tiles),
+                TilingArg::Off => VaeTiling::Off,
+            },
+        }
+    }
+
+    /// The pipeline options; `gpu` says whether the default device is a GPU (bf16 default).
+    pub fn options(&self, gpu: bool) -> PipelineOptions {
+        PipelineOptions {
+            dtype: self.dtype.unwrap_or(if gpu {
+                ComputeDtype::Bf16
+            } else {
+                ComputeDtype::F32
+            }),
+            quantize: self
+                .quantize
+                .as_deref()
+                .and_then(|b| b.parse::<i32>().ok())
+                .map(QuantizeSpec::new),
+            keep_transformer: false,
+        }
+    }
+
+    /// The flag (and the value given) a request field came from, for error messages.
+    pub fn flag_for(&self, field: Field) -> String {
+        match field {
+            Field::Prompt => "--prompt".into(),
+            Field::NegativePrompt => "--negative-prompt".into(),
+            Field::TrueCfgScale => format!("--true-cfg-scale {}", self.true_cfg_scale),
+            Field::Steps => format!("--steps {}", self.steps),
+            Field::Width => format!("--width {}", self.width),
+            Field::Height => format!("--height {}", self.height),
+            Field::NumImages => format!("--num-images {}", self.num_images),
+            Field::Noise => "--init-latents".into(),
+            Field::MaxSequenceLength => {
+                format!("--max-sequence-length {}", self.max_sequence_length)
+            }
+            Field::VaeTiling => match self.vae_tile_size {
+                Some(px) => format!("--vae-tile-size {px}"),
+                None => "--vae-tiling".into(),
+            },
+            Field::Quantize => "--quantize".into(),
+        }
+    }
+}

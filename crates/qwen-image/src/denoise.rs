@@ -1,0 +1,96 @@
+//! The denoising loop: the one loop every pipeline mode runs.
+//!
+//! Each step calls the transformer once (twice with true CFG), combines the predictions
+//! ([`crate::guidance`]), takes the Euler step and lets the mode's [`StepHook`] adjust the
+//! new latents (e.g. an inpainting blend). Each step's latents are evaluated once,
+//! asynchronously: step `i + 1`'s graph is built while the device still runs step `i`, and
+//! the host blocks only to report step `i`.
+
+use std::time::Instant;
+
+use flow_scheduler::FlowMatchEulerScheduler;
+use mlx_rs::Array;
+use mlx_rs::transforms::async_eval;
+use qwen_dit::{QwenImageTransformer, RopeTables};
+
+use crate::error::Result;
+use crate::guidance::true_cfg_combine;
+
+/// The text side of one transformer pass: embeddings `(1, T, joint_dim)` and the RoPE tables
+/// for them and the image grid(s).
+#[derive(Debug)]
+pub(crate) struct Conditioning {
+    pub(crate) embeds: Array,
+    pub(crate) rope: RopeTables,
+}
+
+/// What a mode may change after each Euler step.
+pub(crate) trait StepHook {
+    /// The latents to continue from after step `step` (0-based index into the schedule)
+    /// produced `latents`.
+    fn after_step(&mut self, step: usize, latents: Array) -> Result<Array>;
+}
+
+/// No change (text-to-image, img2img).
+pub(crate) struct NoHook;
+
+impl StepHook for NoHook {
+    fn after_step(&mut self, _step: usize, latents: Array) -> Result<Array> {
+        Ok(latents)
+    }
+}
+
+/// One image's denoising.
+pub(crate) struct Denoise<'a> {
+    pub(crate) dit: &'a QwenImageTransformer,
+    pub(crate) sched: &'a FlowMatchEulerScheduler,
+    /// The transformer's timestep input for each scheduled step (`t / 1000` in the
+    /// compute dtype), evaluated.
+    pub(crate) sigmas: &'a [Array],
+    /// The first step to run (img2img starts inside the schedule).
+    pub(crate) first_step: usize,
+    pub(crate) cond: &'a Conditioning,
+    /// The negative prompt's conditioning and the CFG scale, when true CFG runs.
+    pub(crate) neg: Option<(&'a Conditioning, f32)>,
+}
+
+impl Denoise<'_> {
+    /// Runs the steps from `first_step` on the packed latents `x`; `on_step(step, latents)`
+    /// is called once each step's latents are evaluated. Returns the final latents.
+    pub(crate) fn run(
+        &self,
+        mut x: Array,
+        hook: &mut dyn StepHook,
+        on_step: &mut dyn FnMut(usize, &Array, std::time::Duration) -> Result<()>,
+    ) -> Result<Array> {
+        let mut last_done = Instant::now();
+        let mut report = |step: usize, x: &Array| -> Result<()> {
+            x.eval()?;
+            let now = Instant::now();
+            let elapsed = now - last_done;
+            last_done = now;
+            on_step(step, x, elapsed)
+        };
+        let steps = self.first_step..self.sigmas.len();
+        for i in steps.clone() {
+            let sigma = &self.sigmas[i];
+            let mut v = self
+                .dit
+                .forward(&x, &self.cond.embeds, None, sigma, &self.cond.rope)?;
+            if let Some((neg, scale)) = self.neg {
+                let vn = self.dit.forward(&x, &neg.embeds, None, sigma, &neg.rope)?;
+                v = true_cfg_combine(&v, &vn, scale)?;
+            }
+            let next = hook.after_step(i, self.sched.step(&v, i, &x)?)?;
+            async_eval([&next])?;
+            if i > steps.start {
+                report(i - 1, &x)?;
+            }
+            x = next;
+        }
+        if !steps.is_empty() {
+            report(steps.end - 1, &x)?;
+        }
+        Ok(x)
+    }
+}

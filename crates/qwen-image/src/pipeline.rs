@@ -1,0 +1,587 @@
+//! The pipeline (diffusers `QwenImagePipeline.__call__`) and its memory staging: the text
+//! encoder is loaded, run and freed before the transformer is loaded; the VAE is loaded only
+//! after denoising.
+//!
+//! Components come from a checkpoint folder ([`QwenImagePipeline::load`]) or from builders
+//! that make them in memory ([`QwenImagePipeline::from_builders`], e.g. random full-size
+//! weights for benchmarks); both follow the same staging. A request is checked once
+//! ([`QwenImagePipeline::prepare`]) and then run ([`QwenImagePipeline::run`]);
+//! [`QwenImagePipeline::generate_with`] does both.
+
+use std::path::Path;
+
+use flow_scheduler::FlowMatchEulerScheduler;
+use mlx_fastops::ComputeDtype;
+use mlx_rs::ops::indexing::IndexOp;
+use mlx_rs::{Array, Dtype, ops};
+use qwen_dit::{QuantizeSpec, QwenImageTransformer, RopeTables};
+use qwen_text_encoder::TextEncoder;
+use qwen_vae::{QwenImageVae, TilingConfig};
+
+use crate::checkpoint::{CheckpointConfigs, ComponentPaths};
+use crate::denoise::{Conditioning, Denoise, NoHook};
+use crate::error::{Field, NonFiniteAdvice, PipelineError, Result, invalid};
+use crate::events::{Event, Phase, PhaseTimer, Timings};
+use crate::latents::{pack_latents, seeded_noise, unpack_latents};
+use crate::output::Image;
+use crate::request::{GenerateRequest, Noise, latent_size, validate};
+
+/// The pipeline divides the scheduler's timestep by this before the transformer sees it
+/// (`timestep / 1000` in `QwenImagePipeline.__call__`).
+const TIMESTEP_DIVISOR: f32 = 1000.0;
+
+/// How a pipeline is loaded.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Compute dtype of every component (fp16 activations overflow in the DiT: prefer bf16
+    /// on GPUs and f32 on CPUs).
+    pub dtype: ComputeDtype,
+    /// Quantize the transformer's float Linear layers when loading it.
+    pub quantize: Option<QuantizeSpec>,
+    /// Keep the transformer loaded between generations (faster repeated generation) instead
+    /// of freeing it before the VAE decode (lower peak memory).
+    pub keep_transformer: bool,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            dtype: ComputeDtype::F32,
+            quantize: None,
+            keep_transformer: true,
+        }
+    }
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The images, 8-bit RGB.
+    pub images: Vec<Image>,
+    /// Per-phase time and memory.
+    pub timings: Timings,
+    /// Remarks made on the way (also sent as [`Event::Warning`]).
+    pub warnings: Vec<String>,
+    /// Linear layers of the transformer that run quantized.
+    pub quantized_layers: usize,
+    /// The tiles the VAE decoded with (`None`: whole images).
+    pub vae_tiles: Option<TilingConfig>,
+    /// Each image's final denoised latents, packed `(1, (h/p)·(w/p), z·p²)` as the transformer
+    /// works on them (before unpacking and de-normalisation), evaluated.
+    pub latents: Vec<Array>,
+}
+
+/// Makes one component in memory, in the given compute dtype (see
+/// [`QwenImagePipeline::from_builders`]). Called each time the pipeline's staging needs the
+/// component.
+pub type Builder<T> = Box<dyn FnMut(Dtype) -> Result<T>>;
+
+/// Builders of the three weighted components of an in-memory pipeline (the tokenizer is part
+/// of the [`TextEncoder`]).
+pub struct ComponentBuilders {
+    /// The tokenizer + text encoder; built at the start of every generation and freed after
+    /// encoding.
+    pub text_encoder: Builder<TextEncoder>,
+    /// The transformer; built after the text encoder is freed (kept between generations
+    /// when [`PipelineOptions::keep_transformer`]).
+    pub transformer: Builder<QwenImageTransformer>,
+    /// The VAE; built after denoising and freed after decoding.
+    pub vae: Builder<QwenImageVae>,
+}
+
+impl std::fmt::Debug for ComponentBuilders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ComponentBuilders { .. }")
+    }
+}
+
+/// Where the components come from.
+#[derive(Debug)]
+enum Source {
+    /// A checkpoint folder in the diffusers layout.
+    Disk(ComponentPaths),
+    /// Builders that make them in memory.
+    Memory(ComponentBuilders),
+}
+
+/// A request checked against a pipeline's checkpoint ([`QwenImagePipeline::prepare`]),
+/// with what the checks derived: the schedule and the decode tiles.
+#[derive(Debug, Clone)]
+pub struct PreparedRequest {
+    req: GenerateRequest,
+    sched: FlowMatchEulerScheduler,
+    vae_tiles: Option<TilingConfig>,
+}
+
+impl PreparedRequest {
+    /// The request.
+    pub fn request(&self) -> &GenerateRequest {
+        &self.req
+    }
+
+    /// The tiles the VAE will decode with (`None`: whole images).
+    pub fn vae_tiles(&self) -> Option<&TilingConfig> {
+        self.vae_tiles.as_ref()
+    }
+
+    /// Denoising steps over all images.
+    pub fn total_steps(&self) -> usize {
+        self.req.steps * self.req.num_images
+    }
+}
+
+/// Qwen-Image text-to-image on MLX.
+pub struct QwenImagePipeline {
+    source: Source,
+    configs: CheckpointConfigs,
+    options: PipelineOptions,
+    transformer: Option<QwenImageTransformer>,
+}
+
+impl std::fmt::Debug for QwenImagePipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let root = match &self.source {
+            Source::Disk(p) => Some(&p.root),
+            Source::Memory(_) => None,
+        };
+        f.debug_struct("QwenImagePipeline")
+            .field("root", &root)
+            .field("dtype", &self.options.dtype)
+            .field("transformer_loaded", &self.transformer.is_some())
+            .finish()
+    }
+}
+
+fn check_options(options: &PipelineOptions) -> Result<()> {
+    if let Some(q) = &options.quantize {
+        q.validate()
+            .map_err(|e| invalid(Field::Quantize, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Fails with [`PipelineError::NonFiniteLatents`] when any of the final latents holds a NaN or
+/// an infinity: one `all(isfinite)` reduction per image, stacked and evaluated once (a few
+/// kilobytes of work, against a decode that would silently give black images).
+pub fn check_finite(latents: &[Array], dtype: ComputeDtype) -> Result<()> {
+    if latents.is_empty() {
+        return Ok(());
+    }
+    let flags = latents
+        .iter()
+        .map(|x| x.is_finite()?.all(None))
+        .collect::<std::result::Result<Vec<Array>, _>>()?;
+    let flags = ops::stack(&flags, 0)?;
+    flags.eval()?;
+    let bad: Vec<usize> = flags
+        .as_slice::<bool>()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &ok)| (!ok).then_some(i))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(PipelineError::NonFiniteLatents {
+            images: bad,
+            dtype,
+            advice: NonFiniteAdvice::for_dtype(dtype),
+        })
+    }
+}
+
+/// The scheduler for a request: the checkpoint's config, μ from the packed token count when
+/// it shifts dynamically, `steps` pipeline sigmas. Rejects what the scheduler cannot run.
+fn schedule(configs: &CheckpointConfigs, req: &GenerateRequest) -> Result<FlowMatchEulerScheduler> {
+    let mut sched = FlowMatchEulerScheduler::new(configs.scheduler.clone())?;
+    let p = configs.patch_size();
+    let (h, w) = latent_size(configs, req.width, req.height);
+    let seq_len = (h / p) * (w / p);
+    let mu = if sched.config().use_dynamic_shifting {
+        Some(sched.mu(seq_len)?)
+    } else {
+        None
+    };
+    sched.set_timesteps(req.steps, mu)?;
+    Ok(sched)
+}
+
+impl QwenImagePipeline {
+    /// Opens a checkpoint folder in the diffusers layout: reads `model_index.json` and every
+    /// component config, checks that they fit together and that every weight file is
+    /// complete. No weights are loaded here (see the type's staging).
+    pub fn load(model_dir: &Path, options: PipelineOptions) -> Result<Self> {
+        check_options(&options)?;
+        let paths = ComponentPaths::from_root(model_dir)?;
+        let configs = paths.read_configs()?;
+        paths.check_files()?;
+        // The tokenizer is small: load it now so that a broken one fails before heavy work.
+        qwen_text_encoder::QwenTokenizer::from_dir(&paths.tokenizer)?;
+        Ok(Self {
+            source: Source::Disk(paths),
+            configs,
+            options,
+            transformer: None,
+        })
+    }
+
+    /// A pipeline whose components are made in memory by `builders` instead of read from a
+    /// checkpoint folder, with the same staging as [`Self::load`]: the text encoder is built,
+    /// run and dropped before the transformer is built, the VAE is built after denoising.
+    /// `configs` must describe what the builders make (sizes, the scheduler); they are checked
+    /// to fit together here. With [`PipelineOptions::quantize`], the built transformer is
+    /// quantized before its first use.
+    pub fn from_builders(
+        configs: CheckpointConfigs,
+        options: PipelineOptions,
+        builders: ComponentBuilders,
+    ) -> Result<Self> {
+        check_options(&options)?;
+        configs.check_fit(Path::new("<in memory>"))?;
+        Ok(Self {
+            source: Source::Memory(builders),
+            configs,
+            options,
+            transformer: None,
+        })
+    }
+
+    /// The component folders (`None` for a pipeline made with [`Self::from_builders`]).
+    pub fn paths(&self) -> Option<&ComponentPaths> {
+        match &self.source {
+            Source::Disk(p) => Some(p),
+            Source::Memory(_) => None,
+        }
+    }
+
+    fn text_encoder(&mut self) -> Result<TextEncoder> {
+        let dt = self.options.dtype.dtype();
+        match &mut self.source {
+            Source::Disk(p) => Ok(TextEncoder::load(&p.text_encoder, &p.tokenizer, dt)?),
+            Source::Memory(b) => (b.text_encoder)(dt),
+        }
+    }
+
+    fn build_transformer(&mut self) -> Result<QwenImageTransformer> {
+        let dt = self.options.dtype.dtype();
+        let quant = self.options.quantize.clone();
+        match &mut self.source {
+            Source::Disk(p) => Ok(QwenImageTransformer::load(&p.transformer, dt, quant)?),
+            Source::Memory(b) => {
+                let mut model = (b.transformer)(dt)?;
+                if let Some(q) = &quant {
+                    model.quantize(q)?;
+                }
+                Ok(model)
+            }
+        }
+    }
+
+    fn vae(&mut self) -> Result<QwenImageVae> {
+        let dt = self.options.dtype.dtype();
+        match &mut self.source {
+            Source::Disk(p) => Ok(QwenImageVae::load(&p.vae, dt)?),
+            Source::Memory(b) => (b.vae)(dt),
+        }
+    }
+
+    /// Estimated weight bytes of each stage for this pipeline's dtype and quantization (from
+    /// configs and safetensors headers; nothing is loaded). `None` for a pipeline made with
+    /// [`Self::from_builders`].
+    pub fn weight_memory_estimate(&self) -> Option<Result<crate::memory::StageBytes>> {
+        match &self.source {
+            Source::Disk(p) => Some(crate::memory::estimate(
+                p,
+                &self.configs,
+                self.options.dtype,
+                self.options.quantize.as_ref(),
+            )),
+            Source::Memory(_) => None,
+        }
+    }
+
+    /// The component configs.
+    pub fn configs(&self) -> &CheckpointConfigs {
+        &self.configs
+    }
+
+    /// The options the pipeline was loaded with.
+    pub fn options(&self) -> &PipelineOptions {
+        &self.options
+    }
+
+    /// Latent grid `(h, w)` for an image size.
+    pub fn latent_size(&self, width: usize, height: usize) -> (usize, usize) {
+        latent_size(&self.configs, width, height)
+    }
+
+    /// Checks `req` against this checkpoint without doing any heavy work (the one validation
+    /// of a request; see [`crate::request::validate`]) and derives what running it needs.
+    pub fn prepare(&self, req: GenerateRequest) -> Result<PreparedRequest> {
+        validate(&req, &self.configs)?;
+        let sched = schedule(&self.configs, &req)?;
+        let vae_tiles =
+            req.vae_tiling
+                .tiles_for(req.width, req.height, self.configs.vae_scale_factor());
+        Ok(PreparedRequest {
+            req,
+            sched,
+            vae_tiles,
+        })
+    }
+
+    /// Checks a request against this checkpoint without doing any heavy work
+    /// ([`Self::prepare`], keeping nothing).
+    pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
+        self.prepare(req.clone()).map(|_| ())
+    }
+
+    /// Generates images (see [`Self::generate_with`] for progress reports and timings).
+    pub fn generate(&mut self, req: &GenerateRequest) -> Result<Vec<Image>> {
+        Ok(self.generate_with(req, &mut |_| {})?.images)
+    }
+
+    /// Checks and runs a request ([`Self::prepare`] then [`Self::run`]), reporting phases and
+    /// steps to `on_event`.
+    pub fn generate_with(
+        &mut self,
+        req: &GenerateRequest,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Generation> {
+        let job = self.prepare(req.clone())?;
+        self.run(&job, on_event)
+    }
+
+    /// Runs a prepared request, reporting phases and steps to `on_event`.
+    ///
+    /// Staging: load text encoder → encode prompt (and negative prompt) → free the encoder →
+    /// load the transformer (unless kept from an earlier call) → denoise each image (one
+    /// evaluation per step) → free the transformer unless
+    /// [`PipelineOptions::keep_transformer`] → load the VAE → decode (whole, or tile by tile
+    /// per [`GenerateRequest::vae_tiling`]) → free the VAE.
+    pub fn run(
+        &mut self,
+        job: &PreparedRequest,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Generation> {
+        let req = &job.req;
+        let mut timings = Timings::default();
+        let mut warnings = Vec::new();
+        let mut warn = |w: String, on_event: &mut dyn FnMut(Event)| {
+            on_event(Event::Warning(w.clone()));
+            warnings.push(w);
+        };
+        let cfg = req.does_true_cfg();
+        if req.true_cfg_scale > 1.0 && req.negative_prompt.is_none() {
+            warn(
+                format!(
+                    "true CFG scale is {} but there is no negative prompt: classifier-free \
+                     guidance is off",
+                    req.true_cfg_scale
+                ),
+                on_event,
+            );
+        } else if req.true_cfg_scale <= 1.0 && req.negative_prompt.is_some() {
+            warn(
+                "a negative prompt is given but true CFG scale ≤ 1: it is not used".into(),
+                on_event,
+            );
+        }
+
+        // 1. Text: load, encode, free.
+        let t = PhaseTimer::start(Phase::LoadTextEncoder, on_event);
+        let encoder = self.text_encoder()?;
+        timings.load_text_encoder = t.end(Phase::LoadTextEncoder, on_event);
+        let t = PhaseTimer::start(Phase::Encode, on_event);
+        let cond = encoder.encode_prompts(&[req.prompt.as_str()], req.max_sequence_length)?;
+        let neg = match (&req.negative_prompt, cfg) {
+            (Some(n), true) => {
+                Some(encoder.encode_prompts(&[n.as_str()], req.max_sequence_length)?)
+            }
+            _ => None,
+        };
+        let mut to_eval = vec![&cond.embeds];
+        if let Some(n) = &neg {
+            to_eval.push(&n.embeds);
+        }
+        mlx_rs::transforms::eval(to_eval)?;
+        drop(encoder);
+        mlx_rs::memory::clear_cache()?;
+        timings.encode = t.end(Phase::Encode, on_event);
+        for w in cond
+            .warnings
+            .iter()
+            .chain(neg.iter().flat_map(|n| n.warnings.iter()))
+        {
+            warn(w.clone(), on_event);
+        }
+
+        // 2. Transformer.
+        if self.transformer.is_none() {
+            let t = PhaseTimer::start(Phase::LoadTransformer, on_event);
+            let model = self.build_transformer()?;
+            self.transformer = Some(model);
+            timings.load_transformer = t.end(Phase::LoadTransformer, on_event);
+        }
+        let quantized_layers = self
+            .transformer
+            .as_ref()
+            .map_or(0, |t| t.quantized_layer_count());
+        let latents = self.denoise(
+            job,
+            cond.embeds.clone(),
+            neg.as_ref().map(|n| n.embeds.clone()),
+            &mut timings,
+            on_event,
+        );
+        if !self.options.keep_transformer {
+            self.transformer = None;
+            mlx_rs::memory::clear_cache()?;
+        }
+        let latents = latents?;
+        drop((cond, neg));
+        check_finite(&latents, self.options.dtype)?;
+
+        // 3. VAE.
+        let t = PhaseTimer::start(Phase::LoadVae, on_event);
+        let vae = self.vae()?;
+        timings.load_vae = t.end(Phase::LoadVae, on_event);
+        let t = PhaseTimer::start(Phase::Decode, on_event);
+        let (h, w) = self.latent_size(req.width, req.height);
+        let mut images = Vec::with_capacity(latents.len());
+        for packed in &latents {
+            let z =
+                vae.denormalize_latents(&unpack_latents(packed, h, w, self.configs.patch_size())?)?;
+            let decoded = match &job.vae_tiles {
+                Some(t) => vae.decode_tiled(&z, t)?,
+                None => vae.decode(&z)?,
+            };
+            images.extend(qwen_vae::to_rgb8(&decoded)?);
+        }
+        drop(vae);
+        mlx_rs::memory::clear_cache()?;
+        timings.decode = t.end(Phase::Decode, on_event);
+        Ok(Generation {
+            images,
+            timings,
+            warnings,
+            quantized_layers,
+            vae_tiles: job.vae_tiles,
+            latents,
+        })
+    }
+
+    /// The denoising loops; returns each image's final packed latents (evaluated).
+    fn denoise(
+        &self,
+        job: &PreparedRequest,
+        cond: Array,
+        neg: Option<Array>,
+        timings: &mut Timings,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Vec<Array>> {
+        let req = &job.req;
+        let dit = self
+            .transformer
+            .as_ref()
+            .ok_or_else(|| PipelineError::Runtime("transformer not loaded".into()))?;
+        let dt = self.options.dtype.dtype();
+        let p = self.configs.patch_size();
+        let (h, w) = self.latent_size(req.width, req.height);
+        let grid = [(1usize, h / p, w / p)];
+        let conditioning = |embeds: Array| -> Result<Conditioning> {
+            let rope = RopeTables::new(dit.config(), &grid, embeds.shape()[1] as usize)?;
+            Ok(Conditioning { embeds, rope })
+        };
+        let cond = conditioning(cond)?;
+        let neg = neg.map(conditioning).transpose()?;
+        // The transformer's timestep input of every step, made (and evaluated, once) before
+        // the loop: `timestep = t.to(latents.dtype)`, then `timestep / 1000`.
+        let divisor = mlx_fastops::scalar(TIMESTEP_DIVISOR, dt)?;
+        let sigmas = job
+            .sched
+            .timesteps()
+            .iter()
+            .map(|&ts| {
+                Ok(Array::from_slice(&[ts], &[1])
+                    .as_dtype(dt)?
+                    .divide(&divisor)?)
+            })
+            .collect::<Result<Vec<Array>>>()?;
+        mlx_rs::transforms::eval(&sigmas)?;
+        let loop_ = Denoise {
+            dit,
+            sched: &job.sched,
+            sigmas: &sigmas,
+            first_step: 0,
+            cond: &cond,
+            neg: neg.as_ref().map(|n| (n, req.true_cfg_scale)),
+        };
+        let t = PhaseTimer::start(Phase::Denoise, on_event);
+        let mut out = Vec::with_capacity(req.num_images);
+        for image in 0..req.num_images {
+            let noise = match &req.noise {
+                Noise::Seed(s) => seeded_noise(
+                    s.wrapping_add(image as u64),
+                    self.configs.latent_channels(),
+                    h,
+                    w,
+                )?,
+                Noise::Latents(a) => {
+                    let i = image as i32;
+                    a.index(i..i + 1)
+                }
+            };
+            // The pipeline prepares latents in the prompt embeddings' dtype.
+            let x = pack_latents(&noise.as_dtype(dt)?, p)?;
+            let x = loop_.run(x, &mut NoHook, &mut |step, x, elapsed| {
+                timings.step_times.push(elapsed);
+                on_event(Event::Step {
+                    image,
+                    num_images: req.num_images,
+                    step,
+                    steps: req.steps,
+                    elapsed,
+                    latents_dtype: x.dtype(),
+                });
+                Ok(())
+            })?;
+            out.push(x);
+        }
+        timings.denoise = t.end(Phase::Denoise, on_event);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inf_f32() -> anyhow::Result<Array> {
+        Ok(Array::from_slice(&[f32::INFINITY], &[1]))
+    }
+
+    #[test]
+    fn check_finite_names_the_images_with_nan_or_inf() -> anyhow::Result<()> {
+        let ok = Array::from_slice(&[1.0f32, -2.0, 3.0e38, 0.0], &[1, 2, 2]);
+        let nan = Array::from_slice(&[1.0f32, f32::NAN, 0.0, 0.0], &[1, 2, 2]);
+        let inf = Array::from_slice(&[0.0f32, 0.0, 0.0, f32::NEG_INFINITY], &[1, 2, 2])
+            .as_dtype(Dtype::Float16)?;
+        check_finite(&[ok.clone(), ok.clone()], ComputeDtype::F32)?;
+        check_finite(&[], ComputeDtype::F32)?;
+        let e = check_finite(&[ok.clone(), nan, ok, inf], ComputeDtype::F16).unwrap_err();
+        assert!(
+            matches!(&e, PipelineError::NonFiniteLatents { images, advice, .. }
+                if images == &[1, 3] && *advice == NonFiniteAdvice::UseBf16OrF32),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("compute in bf16 or f32"), "{e}");
+        let e = check_finite(&[inf_f32()?], ComputeDtype::Bf16).unwrap_err();
+        assert!(
+            matches!(&e, PipelineError::NonFiniteLatents { advice, .. }
+                if *advice == NonFiniteAdvice::TryF32),
+            "{e:?}"
+        );
+        Ok(())
+    }
+}
