@@ -24,6 +24,9 @@ pub enum DitError {
     #[error("invalid input: {0}")]
     InvalidInput(String),
     /// A quantized checkpoint or quantization request is inconsistent.
+    #[error("LoRA: {0}")]
+    Lora(String),
+    /// Quantization error.
     #[error("quantization: {0}")]
     Quantization(String),
     /// The checkpoint could not be read or does not match the model.

@@ -55,6 +55,7 @@ pub mod config;
 mod embeddings;
 mod error;
 mod linear;
+pub mod lora;
 mod model;
 mod module;
 mod ops;
@@ -64,6 +65,7 @@ pub mod weights;
 
 pub use config::{QuantizationRecord, QwenImageTransformerConfig};
 pub use error::{DitError, Result};
+pub use lora::{LoraSet, LoraUpdate};
 pub use model::QwenImageTransformer;
 pub use quant::{QuantizeSpec, weight_bytes};
 pub use rope::RopeTables;

@@ -11,6 +11,7 @@ use crate::config::{NORM_EPS, QuantizationRecord, QwenImageTransformerConfig};
 use crate::embeddings::{TimestepEmbedder, timestep_freq_table};
 use crate::error::{DitError, Result};
 use crate::linear::Linear;
+use crate::lora::LoraSet;
 use crate::module::{Module, Norm, Param, declare_module};
 use crate::ops::{layer_norm_modulate, rms_norm, silu};
 use crate::quant::QuantizeSpec;
@@ -86,14 +87,31 @@ impl QwenImageTransformer {
     /// are quantized on the fly, shard by shard (only one shard's float weights are held at
     /// a time).
     pub fn load(dir: &Path, dtype: Dtype, quant: Option<QuantizeSpec>) -> Result<Self> {
+        Self::load_with_lora(dir, dtype, quant, &LoraSet::new())
+    }
+
+    /// [`QwenImageTransformer::load`] with `lora` merged into the float weights as they are
+    /// read (before quantization when `quant` is given), each layer evaluated as it is merged
+    /// so the extra memory is one layer's f32 temporaries. The set is checked against the
+    /// config first: nothing is half-applied.
+    pub fn load_with_lora(
+        dir: &Path,
+        dtype: Dtype,
+        quant: Option<QuantizeSpec>,
+        lora: &LoraSet,
+    ) -> Result<Self> {
         let config = QwenImageTransformerConfig::from_file(&dir.join("config.json"))?;
         config.validate()?;
         check_dtype(dtype)?;
-        let tensors = match &quant {
-            Some(spec) => load_quantizing(dir, &config, spec, dtype)?,
-            None => mlx_weights::load_component(dir)?,
+        lora.check(&config)?;
+        let (tensors, rest) = match &quant {
+            Some(spec) => {
+                let (t, merged) = load_quantizing(dir, &config, spec, dtype, lora)?;
+                (t, lora.without(&merged))
+            }
+            None => (mlx_weights::load_component(dir)?, lora.clone()),
         };
-        Self::from_tensors(config, tensors, dtype, None)
+        Self::from_tensors_with_lora(config, tensors, dtype, None, &rest)
     }
 
     /// Builds the model from already-read tensors (diffusers or aliased names); see
@@ -103,6 +121,17 @@ impl QwenImageTransformer {
         tensors: mlx_weights::Tensors,
         dtype: Dtype,
         quant: Option<QuantizeSpec>,
+    ) -> Result<Self> {
+        Self::from_tensors_with_lora(config, tensors, dtype, quant, &LoraSet::new())
+    }
+
+    /// [`QwenImageTransformer::from_tensors`] with `lora` merged before quantization.
+    pub fn from_tensors_with_lora(
+        config: QwenImageTransformerConfig,
+        tensors: mlx_weights::Tensors,
+        dtype: Dtype,
+        quant: Option<QuantizeSpec>,
+        lora: &LoraSet,
     ) -> Result<Self> {
         config.validate()?;
         check_dtype(dtype)?;
@@ -118,6 +147,7 @@ impl QwenImageTransformer {
             parts,
             time_freqs: timestep_freq_table(),
         };
+        model.merge_lora(lora)?;
         if let Some(q) = quant {
             model.quantize(&q)?;
         }
@@ -197,6 +227,37 @@ impl QwenImageTransformer {
         f: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
     ) -> Result<()> {
         self.parts.visit_linears_mut("", f)
+    }
+
+    /// Adds `lora`'s updates to the float Linear layers it names (checked against the config
+    /// first; a layer the checkpoint stores quantized cannot take an update). Each merged
+    /// layer is evaluated at once, so the extra memory is one layer's f32 temporaries.
+    /// Returns the number of layers changed.
+    pub fn merge_lora(&mut self, lora: &LoraSet) -> Result<usize> {
+        if lora.is_empty() {
+            return Ok(0);
+        }
+        lora.check(&self.config)?;
+        let dt = self.dtype;
+        let mut changed = 0;
+        self.for_each_linear_mut(&mut |path, l| {
+            let Linear::Float { weight, .. } = l else {
+                if lora.modules().any(|m| m == path) {
+                    return Err(DitError::Lora(format!(
+                        "`{path}` is stored quantized in the checkpoint; merge the LoRA into the \
+                         float checkpoint and quantize on load instead"
+                    )));
+                }
+                return Ok(());
+            };
+            if let Some(w) = lora.merged(path, weight, dt)? {
+                w.eval()?;
+                *weight = w;
+                changed += 1;
+            }
+            Ok(())
+        })?;
+        Ok(changed)
     }
 
     /// Number of quantized Linear layers.

@@ -5,7 +5,7 @@
 //! block modules differently; [`BLOCK_ALIASES`] maps those names (with any suffix: `.weight`,
 //! `.bias`, `.scales`, `.biases`) onto the diffusers ones before loading.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use mlx_rs::{Dtype, ops, transforms::eval};
@@ -13,6 +13,7 @@ use mlx_weights::{Tensors, WeightsError};
 
 use crate::config::QwenImageTransformerConfig;
 use crate::error::Result;
+use crate::lora::LoraSet;
 use crate::quant::QuantizeSpec;
 
 /// Module names inside `transformer_blocks.{i}.`: (diffusers name, alternative name in
@@ -75,7 +76,9 @@ pub(crate) fn load_quantizing(
     config: &QwenImageTransformerConfig,
     spec: &QuantizeSpec,
     dtype: Dtype,
-) -> Result<Tensors> {
+    lora: &LoraSet,
+) -> Result<(Tensors, BTreeSet<String>)> {
+    let mut merged = BTreeSet::new();
     spec.validate()?;
     let linears: BTreeMap<String, usize> = config
         .linear_layers()
@@ -107,10 +110,14 @@ pub(crate) fn load_quantizing(
                         && a.dim(1) as usize == din
                         && spec.quantizes(path, din) =>
                 {
-                    let w = if a.dtype() == dtype {
-                        a
-                    } else {
-                        a.as_dtype(dtype)?
+                    // LoRA first, then quantize (the merged weight is what gets quantized).
+                    let w = match lora.merged(path, &a, dtype)? {
+                        Some(m) => {
+                            merged.insert(path.to_string());
+                            m
+                        }
+                        None if a.dtype() == dtype => a,
+                        None => a.as_dtype(dtype)?,
                     };
                     let (wq, scales, biases) = ops::quantize(&w, spec.group_size, spec.bits)?;
                     eval([&wq, &scales, &biases])?;
@@ -122,7 +129,7 @@ pub(crate) fn load_quantizing(
             }
         }
     }
-    Ok(out)
+    Ok((out, merged))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use qwen_image::{
-    ComputeDtype, DEFAULT_VAE_TILE_SIZE, Field, GenerateRequest, Noise, PipelineOptions,
+    ComputeDtype, DEFAULT_VAE_TILE_SIZE, Field, GenerateRequest, Lora, Noise, PipelineOptions,
     QuantizeSpec, Tiles, VaeTiling,
 };
 
@@ -50,6 +50,7 @@ fn parse_dtype(s: &str) -> Result<ComputeDtype, String> {
 
 /// `generate`'s arguments.
 #[derive(Debug, clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub struct GenerateArgs {
     /// Checkpoint: a directory in the diffusers layout (model_index.json, transformer/, vae/,
     /// text_encoder/, tokenizer/, scheduler/) or a Hugging Face id such as Qwen/Qwen-Image,
@@ -110,6 +111,21 @@ pub struct GenerateArgs {
     /// size; tiled and whole decodes differ slightly.
     #[arg(long, value_enum, default_value_t = TilingArg::Auto)]
     pub vae_tiling: TilingArg,
+    /// A LoRA to merge into the transformer (safetensors; every layout diffusers loads for
+    /// Qwen-Image: diffusers/PEFT, kohya `lora_unet_…`, `diffusion_model.…`, bare
+    /// lora_down/lora_up with alpha as the Lightning files). Repeatable: several LoRAs add up
+    /// as diffusers' `set_adapters(names, adapter_weights)`.
+    #[arg(long, value_name = "FILE")]
+    pub lora: Vec<PathBuf>,
+    /// The weight of the i-th --lora (repeatable, in the order of --lora; default 1.0 for
+    /// each LoRA without one).
+    #[arg(long, value_name = "X")]
+    pub lora_scale: Vec<f32>,
+    /// A JSON object of diffusers `FlowMatchEulerDiscreteScheduler` config keys replacing
+    /// the checkpoint's scheduler/scheduler_config.json, e.g. the Qwen-Image-Lightning recipe
+    /// (`base_shift` = `max_shift` = ln 3, `shift_terminal` null). An unknown key is an error.
+    #[arg(long, value_name = "FILE")]
+    pub scheduler_config: Option<PathBuf>,
     /// Square tile size in pixels for tiled decode: a positive multiple of the VAE's
     /// compression (8); tiles are 3/4 of it apart (1024 → 768 px stride, 256 px overlap).
     /// 256 is diffusers' size: ~8× less memory, ~3× slower than 1024 [default: 1024].
@@ -118,6 +134,24 @@ pub struct GenerateArgs {
 }
 
 impl GenerateArgs {
+    /// The LoRAs with their scales (the i-th scale to the i-th LoRA, 1.0 by default); an
+    /// error when more scales than LoRAs are given.
+    pub fn loras(&self) -> anyhow::Result<Vec<Lora>> {
+        anyhow::ensure!(
+            self.lora_scale.len() <= self.lora.len(),
+            "--lora-scale is given {} times for {} --lora: the i-th --lora-scale belongs to \
+             the i-th --lora",
+            self.lora_scale.len(),
+            self.lora.len()
+        );
+        Ok(self
+            .lora
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Lora::file(p, self.lora_scale.get(i).copied().unwrap_or(1.0)))
+            .collect())
+    }
+
     /// The request these arguments describe (`seed` is used when neither --seed nor
     /// --init-latents is given; `noise` is the --init-latents content when given).
     pub fn request(&self, seed: u64, noise: Option<mlx_rs::Array>) -> GenerateRequest {
@@ -140,6 +174,8 @@ impl GenerateArgs {
                 TilingArg::On => VaeTiling::On(tiles),
                 TilingArg::Off => VaeTiling::Off,
             },
+            loras: Vec::new(),
+            scheduler_overrides: None,
         }
     }
 

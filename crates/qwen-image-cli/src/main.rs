@@ -64,6 +64,10 @@ fn cli_error(e: PipelineError, args: &GenerateArgs) -> anyhow::Error {
             anyhow::anyhow!("{}: {e}", args.flag_for(*field))
         }
         PipelineError::ModelNotFound { spec, msg } => anyhow::anyhow!("--model {spec}: {msg}"),
+        PipelineError::Lora { lora, msg } => anyhow::anyhow!("--lora {lora}: {msg}"),
+        PipelineError::SchedulerOverride { origin, source } => {
+            anyhow::anyhow!("--scheduler-config {origin}: {source}")
+        }
         PipelineError::MfluxCheckpoint { .. } => {
             anyhow::anyhow!("{e}: use it with --quantize 4|8 to quantize it on load")
         }
@@ -99,6 +103,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let seed = random_seed();
     qwen_image::request::check_limits(&args.request(seed, None))
         .map_err(|e| cli_error(e, &args))?;
+    let loras = args.loras()?;
     anyhow::ensure!(
         !(args.vae_tiling == TilingArg::Off && args.vae_tile_size.is_some()),
         "--vae-tile-size has no effect with --vae-tiling off"
@@ -162,10 +167,16 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(qwen_image::latents::read_init_latents)
         .transpose()?;
-    let mut pipe = pipe;
-    let job = pipe
-        .prepare(args.request(seed, init))
+    let mut request = args.request(seed, init);
+    request.loras = loras;
+    request.scheduler_overrides = args
+        .scheduler_config
+        .as_deref()
+        .map(qwen_image::SchedulerOverrides::from_file)
+        .transpose()
         .map_err(|e| cli_error(e, &args))?;
+    let mut pipe = pipe;
+    let job = pipe.prepare(request).map_err(|e| cli_error(e, &args))?;
     let open_time = t_open.elapsed();
     let req = job.request();
     eout!(

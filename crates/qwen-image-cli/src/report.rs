@@ -90,6 +90,14 @@ pub fn summary(args: &GenerateArgs, req: &GenerateRequest, result: &Generation, 
             TilingArg::Off => "off".into(),
         }
     );
+    for (l, scale) in result.loras.iter().zip(req.loras.iter().map(|l| l.scale)) {
+        out!(
+            "lora:     {} (scale {scale}, {}): {} layers changed",
+            l.name,
+            l.layout,
+            l.layers
+        );
+    }
     if args.quantize.is_some() || result.quantized_layers > 0 {
         out!("quantized transformer layers: {}", result.quantized_layers);
     }

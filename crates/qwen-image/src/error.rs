@@ -160,6 +160,23 @@ pub enum PipelineError {
         /// What is wrong.
         msg: String,
     },
+    /// A LoRA cannot be applied (its keys, shapes or file).
+    #[error("LoRA {lora}: {msg}")]
+    Lora {
+        /// The LoRA file (or in-memory name).
+        lora: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The scheduler-config overrides cannot be applied.
+    #[error("scheduler config override {origin}: {source}")]
+    SchedulerOverride {
+        /// The override file, or `<request>` for in-memory overrides.
+        origin: String,
+        /// The scheduler's error (naming the key).
+        #[source]
+        source: flow_scheduler::SchedulerError,
+    },
     /// The output image cannot be written.
     #[error("output {path}: {msg}")]
     Output {

@@ -50,6 +50,7 @@ pub mod guidance;
 pub mod hub;
 pub mod info;
 pub mod latents;
+pub mod lora;
 pub mod memory;
 pub mod output;
 pub mod pipeline;
@@ -58,14 +59,16 @@ pub mod request;
 pub use checkpoint::{CheckpointConfigs, ComponentPaths};
 pub use error::{Field, NonFiniteAdvice, PipelineError, Result};
 pub use events::{Event, Phase, PhaseStats, Timings};
+pub use lora::{Lora, LoraSource};
 pub use mlx_fastops::ComputeDtype;
 pub use output::Image;
 pub use pipeline::{
-    Builder, ComponentBuilders, Generation, PipelineOptions, PreparedRequest, QwenImagePipeline,
+    Builder, ComponentBuilders, Generation, LoraReport, PipelineOptions, PreparedRequest,
+    QwenImagePipeline,
 };
 pub use qwen_dit::QuantizeSpec;
 pub use qwen_vae::TilingConfig;
 pub use request::{
     AUTO_TILING_MIN_PIXELS, DEFAULT_VAE_TILE_SIZE, GenerateRequest, MAX_IMAGE_SIDE, MAX_NUM_IMAGES,
-    MAX_STEPS, Noise, Tiles, VaeTiling,
+    MAX_STEPS, Noise, SchedulerOverrides, Tiles, VaeTiling,
 };

@@ -23,6 +23,7 @@ use crate::denoise::{Conditioning, Denoise, NoHook};
 use crate::error::{Field, NonFiniteAdvice, PipelineError, Result, invalid};
 use crate::events::{Event, Phase, PhaseTimer, Timings};
 use crate::latents::{pack_latents, seeded_noise, unpack_latents};
+use crate::lora::LoraPlan;
 use crate::output::Image;
 use crate::request::{GenerateRequest, Noise, latent_size, validate};
 
@@ -64,11 +65,24 @@ pub struct Generation {
     pub warnings: Vec<String>,
     /// Linear layers of the transformer that run quantized.
     pub quantized_layers: usize,
+    /// Each LoRA of the request: its name, key layout and the Linear layers it changed.
+    pub loras: Vec<LoraReport>,
     /// The tiles the VAE decoded with (`None`: whole images).
     pub vae_tiles: Option<TilingConfig>,
     /// Each image's final denoised latents, packed `(1, (h/p)·(w/p), z·p²)` as the transformer
     /// works on them (before unpacking and de-normalisation), evaluated.
     pub latents: Vec<Array>,
+}
+
+/// What one LoRA did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoraReport {
+    /// The file (or in-memory name).
+    pub name: String,
+    /// Its key layout.
+    pub layout: String,
+    /// Linear layers it changed.
+    pub layers: usize,
 }
 
 /// Makes one component in memory, in the given compute dtype (see
@@ -111,6 +125,7 @@ pub struct PreparedRequest {
     req: GenerateRequest,
     sched: FlowMatchEulerScheduler,
     vae_tiles: Option<TilingConfig>,
+    loras: Vec<LoraPlan>,
 }
 
 impl PreparedRequest {
@@ -124,6 +139,16 @@ impl PreparedRequest {
         self.vae_tiles.as_ref()
     }
 
+    /// The request's LoRAs, mapped onto the transformer.
+    pub fn loras(&self) -> &[LoraPlan] {
+        &self.loras
+    }
+
+    /// The scheduler the request runs with (the checkpoint's config with any overrides).
+    pub fn scheduler(&self) -> &FlowMatchEulerScheduler {
+        &self.sched
+    }
+
     /// Denoising steps over all images.
     pub fn total_steps(&self) -> usize {
         self.req.steps * self.req.num_images
@@ -135,7 +160,8 @@ pub struct QwenImagePipeline {
     source: Source,
     configs: CheckpointConfigs,
     options: PipelineOptions,
-    transformer: Option<QwenImageTransformer>,
+    /// The loaded transformer and the LoRAs (name, scale bits) merged into it.
+    transformer: Option<(Vec<(String, u32)>, QwenImageTransformer)>,
 }
 
 impl std::fmt::Debug for QwenImagePipeline {
@@ -193,7 +219,17 @@ pub fn check_finite(latents: &[Array], dtype: ComputeDtype) -> Result<()> {
 /// The scheduler for a request: the checkpoint's config, μ from the packed token count when
 /// it shifts dynamically, `steps` pipeline sigmas. Rejects what the scheduler cannot run.
 fn schedule(configs: &CheckpointConfigs, req: &GenerateRequest) -> Result<FlowMatchEulerScheduler> {
-    let mut sched = FlowMatchEulerScheduler::new(configs.scheduler.clone())?;
+    let config = match &req.scheduler_overrides {
+        Some(o) => configs
+            .scheduler
+            .with_overrides(&o.keys)
+            .map_err(|source| PipelineError::SchedulerOverride {
+                origin: o.origin.clone(),
+                source,
+            })?,
+        None => configs.scheduler.clone(),
+    };
+    let mut sched = FlowMatchEulerScheduler::new(config)?;
     let p = configs.patch_size();
     let (h, w) = latent_size(configs, req.width, req.height);
     let seq_len = (h / p) * (w / p);
@@ -262,13 +298,21 @@ impl QwenImagePipeline {
         }
     }
 
-    fn build_transformer(&mut self) -> Result<QwenImageTransformer> {
+    /// Builds the transformer with `loras` merged (before quantization).
+    fn build_transformer(&mut self, loras: &[LoraPlan]) -> Result<QwenImageTransformer> {
         let dt = self.options.dtype.dtype();
         let quant = self.options.quantize.clone();
+        let set = crate::lora::load_all(loras)?;
         match &mut self.source {
-            Source::Disk(p) => Ok(QwenImageTransformer::load(&p.transformer, dt, quant)?),
+            Source::Disk(p) => Ok(QwenImageTransformer::load_with_lora(
+                &p.transformer,
+                dt,
+                quant,
+                &set,
+            )?),
             Source::Memory(b) => {
                 let mut model = (b.transformer)(dt)?;
+                model.merge_lora(&set)?;
                 if let Some(q) = &quant {
                     model.quantize(q)?;
                 }
@@ -323,10 +367,16 @@ impl QwenImagePipeline {
         let vae_tiles =
             req.vae_tiling
                 .tiles_for(req.width, req.height, self.configs.vae_scale_factor());
+        let loras = req
+            .loras
+            .iter()
+            .map(|l| crate::lora::plan(l, &self.configs.transformer))
+            .collect::<Result<Vec<_>>>()?;
         Ok(PreparedRequest {
             req,
             sched,
             vae_tiles,
+            loras,
         })
     }
 
@@ -372,6 +422,11 @@ impl QwenImagePipeline {
             warnings.push(w);
         };
         let cfg = req.does_true_cfg();
+        for plan in &job.loras {
+            for note in &plan.notes {
+                warn(format!("LoRA {}: {note}", plan.lora().name()), on_event);
+            }
+        }
         if req.true_cfg_scale > 1.0 && req.negative_prompt.is_none() {
             warn(
                 format!(
@@ -416,17 +471,26 @@ impl QwenImagePipeline {
             warn(w.clone(), on_event);
         }
 
-        // 2. Transformer.
+        // 2. Transformer (rebuilt when the request's LoRAs differ from the loaded ones).
+        let lora_keys: Vec<(String, u32)> = job.loras.iter().map(|p| p.lora().key()).collect();
+        if self
+            .transformer
+            .as_ref()
+            .is_some_and(|(keys, _)| *keys != lora_keys)
+        {
+            self.transformer = None;
+            mlx_rs::memory::clear_cache()?;
+        }
         if self.transformer.is_none() {
             let t = PhaseTimer::start(Phase::LoadTransformer, on_event);
-            let model = self.build_transformer()?;
-            self.transformer = Some(model);
+            let model = self.build_transformer(&job.loras)?;
+            self.transformer = Some((lora_keys, model));
             timings.load_transformer = t.end(Phase::LoadTransformer, on_event);
         }
         let quantized_layers = self
             .transformer
             .as_ref()
-            .map_or(0, |t| t.quantized_layer_count());
+            .map_or(0, |(_, t)| t.quantized_layer_count());
         let latents = self.denoise(
             job,
             cond.embeds.clone(),
@@ -466,6 +530,15 @@ impl QwenImagePipeline {
             timings,
             warnings,
             quantized_layers,
+            loras: job
+                .loras
+                .iter()
+                .map(|p| LoraReport {
+                    name: p.lora().name(),
+                    layout: p.layout.clone(),
+                    layers: p.layer_count(),
+                })
+                .collect(),
             vae_tiles: job.vae_tiles,
             latents,
         })
@@ -484,6 +557,7 @@ impl QwenImagePipeline {
         let dit = self
             .transformer
             .as_ref()
+            .map(|(_, t)| t)
             .ok_or_else(|| PipelineError::Runtime("transformer not loaded".into()))?;
         let dt = self.options.dtype.dtype();
         let p = self.configs.patch_size();

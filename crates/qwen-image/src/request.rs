@@ -7,6 +7,7 @@ use qwen_vae::TilingConfig;
 
 use crate::checkpoint::CheckpointConfigs;
 use crate::error::{Field, PipelineError, Result, invalid};
+use crate::lora::Lora;
 
 /// Largest image width or height accepted, in pixels.
 ///
@@ -172,6 +173,46 @@ pub struct GenerateRequest {
     pub max_sequence_length: usize,
     /// Whole-image or tiled VAE decode (default: [`VaeTiling::Auto`] with 1024 px tiles).
     pub vae_tiling: VaeTiling,
+    /// LoRAs merged into the transformer (as diffusers' `load_lora_weights` +
+    /// `set_adapters(names, adapter_weights)`). The pipeline keeps the merged transformer
+    /// while the same LoRAs at the same scales are asked for.
+    pub loras: Vec<Lora>,
+    /// Scheduler config keys replacing the checkpoint's (e.g. the Qwen-Image-Lightning
+    /// recipe).
+    pub scheduler_overrides: Option<SchedulerOverrides>,
+}
+
+/// Keys of diffusers' `FlowMatchEulerDiscreteScheduler` config that replace the checkpoint's
+/// `scheduler/scheduler_config.json` for a request (applied strictly: an unknown key is an
+/// error naming it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerOverrides {
+    /// Where they came from (a file name), for messages.
+    pub origin: String,
+    /// The keys and their values.
+    pub keys: serde_json::Map<String, serde_json::Value>,
+}
+
+impl SchedulerOverrides {
+    /// Reads a JSON object of scheduler config keys.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let origin = path.display().to_string();
+        let fail = |msg: String| PipelineError::SchedulerOverride {
+            origin: origin.clone(),
+            source: flow_scheduler::SchedulerError::Json {
+                path: path.to_path_buf(),
+                msg,
+            },
+        };
+        let text = mlx_weights::read_regular_file(path).map_err(|e| fail(e.to_string()))?;
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::Object(keys)) => Ok(Self { origin, keys }),
+            Ok(_) => Err(fail(
+                "the top level must be a JSON object of scheduler config keys".into(),
+            )),
+            Err(e) => Err(fail(e.to_string())),
+        }
+    }
 }
 
 impl GenerateRequest {
@@ -190,6 +231,8 @@ impl GenerateRequest {
             noise: Noise::Seed(0),
             max_sequence_length: qwen_text_encoder::DEFAULT_MAX_SEQUENCE_LENGTH,
             vae_tiling: VaeTiling::default(),
+            loras: Vec::new(),
+            scheduler_overrides: None,
         }
     }
 
