@@ -30,7 +30,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use qwen_image::ComputeDtype;
-use qwen_image::{Event, GenerateRequest, Noise, PipelineOptions, QwenImagePipeline, Timings};
+use qwen_image::{
+    Event, GenerateRequest, Lora, LoraSource, Noise, PipelineOptions, QwenImagePipeline,
+    SchedulerOverrides, Timings,
+};
 use qwen_image_benches::components::{
     fixture_tokenizer_dir, full_size_configs, random_builders, text_param_count, tiny_configs,
 };
@@ -79,6 +82,14 @@ struct Opts {
     /// 2-layer components at 128², f32 (CPU smoke run).
     #[arg(long)]
     tiny: bool,
+    /// Merge a random LoRA of this rank into every Linear of the transformer (bf16 tensors in
+    /// memory, in diffusers' key layout, alpha = rank); its merge shows in "build transformer".
+    #[arg(long, value_name = "R")]
+    lora_rank: Option<usize>,
+    /// The Qwen-Image-Lightning recipe: the Lightning scheduler overrides and no CFG (pass
+    /// `--steps 8` or 4).
+    #[arg(long)]
+    lightning: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -151,6 +162,34 @@ fn phase_rows(t: &Timings) -> Vec<(&'static str, f64, f64)> {
     .collect()
 }
 
+/// A random LoRA in diffusers' layout on every Linear of the transformer: bf16 `lora_A`
+/// N(0, 1/in), `lora_B` N(0, 0.01²), evaluated.
+fn random_lora(cfg: &qwen_dit::QwenImageTransformerConfig, rank: usize, seed: u64) -> Result<Lora> {
+    let mut tensors = std::collections::BTreeMap::new();
+    let mut key = mlx_rs::random::key(seed.wrapping_add(77))?;
+    for (path, din, dout) in cfg.linear_layers() {
+        let (k1, rest) = mlx_rs::random::split(&key, 2)?;
+        let (k2, k3) = mlx_rs::random::split(&rest, 2)?;
+        key = k3;
+        let (r, din, dout) = (rank as i32, din as i32, dout as i32);
+        let a = mlx_rs::random::normal::<f32>(&[r, din], 0.0, 1.0 / (din as f32).sqrt(), &k1)?
+            .as_dtype(mlx_rs::Dtype::Bfloat16)?;
+        let b = mlx_rs::random::normal::<f32>(&[dout, r], 0.0, 0.01, &k2)?
+            .as_dtype(mlx_rs::Dtype::Bfloat16)?;
+        mlx_rs::transforms::eval([&a, &b])?;
+        tensors.insert(format!("transformer.{path}.lora_A.weight"), a);
+        tensors.insert(format!("transformer.{path}.lora_B.weight"), b);
+    }
+    Ok(Lora {
+        source: LoraSource::Tensors {
+            name: format!("random rank-{rank}"),
+            tensors,
+            metadata: Default::default(),
+        },
+        scale: 1.0,
+    })
+}
+
 fn main() -> Result<()> {
     let o = Opts::parse();
     let (width, height) = o.width_height();
@@ -219,7 +258,27 @@ fn main() -> Result<()> {
     req.width = width;
     req.height = height;
     req.noise = Noise::Seed(o.seed);
-    ensure!(req.does_true_cfg(), "true CFG needs --cfg-scale > 1");
+    if o.lightning {
+        req.true_cfg_scale = 1.0;
+        req.negative_prompt = None;
+        let recipe: serde_json::Value = serde_json::from_str(include_str!(
+            "../configs/qwen-image-lightning-scheduler.json"
+        ))?;
+        req.scheduler_overrides = Some(SchedulerOverrides {
+            origin: "configs/qwen-image-lightning-scheduler.json".into(),
+            keys: recipe.as_object().cloned().context("recipe is an object")?,
+        });
+    } else {
+        ensure!(req.does_true_cfg(), "true CFG needs --cfg-scale > 1");
+    }
+    if let Some(rank) = o.lora_rank {
+        let t0 = Instant::now();
+        req.loras = vec![random_lora(&pipe.configs().transformer, rank, o.seed)?];
+        println!(
+            "random rank-{rank} LoRA on every Linear made in {:.1} s (not part of the phases)",
+            t0.elapsed().as_secs_f64()
+        );
+    }
 
     let mut last = None;
     for run in 0..o.runs {
@@ -287,8 +346,21 @@ fn main() -> Result<()> {
     let mut s = String::new();
     writeln!(
         s,
-        "\n## pipeline_full summary: {}×{}, {} steps, true CFG, {:?}, run {} of {}",
-        width, height, o.steps, dtype, o.runs, o.runs
+        "\n## pipeline_full summary: {}×{}, {} steps, {}, {:?}{}, run {} of {}",
+        width,
+        height,
+        o.steps,
+        if o.lightning {
+            "CFG off (Lightning scheduler)"
+        } else {
+            "true CFG"
+        },
+        dtype,
+        o.lora_rank
+            .map(|r| format!(", rank-{r} LoRA merged"))
+            .unwrap_or_default(),
+        o.runs,
+        o.runs
     )?;
     writeln!(s, "| what | ms | peak GiB |")?;
     writeln!(s, "|---|---|---|")?;
