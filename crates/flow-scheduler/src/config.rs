@@ -101,10 +101,7 @@ impl SchedulerConfig {
     /// to blame, the key.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| SchedulerError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_config_text(path)?;
         let config = Self::from_json_str(&text).map_err(|e| with_origin(e, path))?;
         Ok(config)
     }
@@ -210,10 +207,7 @@ impl SchedulerConfig {
     /// [`Self::with_overrides`]; errors name the file.
     pub fn with_overrides_file(&self, path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| SchedulerError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_config_text(path)?;
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| SchedulerError::Json {
                 path: path.to_path_buf(),
@@ -309,6 +303,27 @@ impl SchedulerConfig {
         }
         Ok(())
     }
+}
+
+/// Reads a config file, refusing what is not a regular file (a folder, a FIFO, a device —
+/// a link to `/dev/zero` would never end) or is over 16 MiB.
+fn read_config_text(path: &Path) -> Result<String> {
+    let io = |source| SchedulerError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() || meta.len() > 16 << 20 {
+        return Err(SchedulerError::Json {
+            path: path.to_path_buf(),
+            msg: if meta.is_file() {
+                format!("{} bytes: too large for a scheduler config", meta.len())
+            } else {
+                "not a regular file".into()
+            },
+        });
+    }
+    std::fs::read_to_string(path).map_err(io)
 }
 
 /// Replace the `<in-memory config>` origin of an error with the file it came from.

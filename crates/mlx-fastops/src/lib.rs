@@ -63,7 +63,7 @@ pub use backend::{
 };
 pub use dtype::{ComputeDtype, ParseComputeDtypeError};
 pub use error::{FastOpsError, Result};
-pub use ops::{layer_norm, rms_norm, scalar, sdpa, silu};
+pub use ops::{MAX_ATTENTION_SCORES, layer_norm, query_chunk, rms_norm, scalar, sdpa, silu};
 
 use mlx_rs::Array;
 

@@ -55,7 +55,22 @@ pub(crate) fn shape_err(op: &'static str, msg: impl Into<String>) -> FastOpsErro
 /// additive (added to the scaled logits; cast to q's dtype so a bf16 graph stays bf16 —
 /// use a large negative finite value such as -1e4·… or `-inf` for masked positions). MLX
 /// computes the softmax in f32 whatever the input dtype.
+///
+/// A score matrix larger than [`MAX_ATTENTION_SCORES`] elements is avoided by attending to
+/// the queries in row chunks (results are the same: rows are independent).
 pub fn sdpa(q: &Array, k: &Array, v: &Array, scale: f32, mask: Option<&Array>) -> Result<Array> {
+    sdpa_limited(q, k, v, scale, mask, max_attention_scores())
+}
+
+/// [`sdpa`] with the score-matrix limit given.
+pub(crate) fn sdpa_limited(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    scale: f32,
+    mask: Option<&Array>,
+    limit: usize,
+) -> Result<Array> {
     const OP: &str = "sdpa";
     let dt = check_float(OP, q)?;
     for (name, a) in [("q", q), ("k", k), ("v", v)] {
@@ -79,25 +94,72 @@ pub fn sdpa(q: &Array, k: &Array, v: &Array, scale: f32, mask: Option<&Array>) -
             format!("incompatible q {qs:?}, k {ks:?}, v {vs:?}"),
         ));
     }
-    let out = match mask {
-        None => fast::scaled_dot_product_attention(q, k, v, scale, None, None)?,
-        Some(m) => {
-            let m = if m.dtype() == Dtype::Bool {
-                m.clone()
-            } else {
-                cast(m, dt)?
-            };
-            fast::scaled_dot_product_attention(
+    let mask = match mask {
+        Some(m) if m.dtype() != Dtype::Bool => Some(cast(m, dt)?),
+        m => m.cloned(),
+    };
+    let attend = |q: &Array, mask: Option<&Array>| -> Result<Array> {
+        Ok(match mask {
+            None => fast::scaled_dot_product_attention(q, k, v, scale, None, None)?,
+            Some(m) => fast::scaled_dot_product_attention(
                 q,
                 k,
                 v,
                 scale,
-                ScaledDotProductAttentionMask::Array(&m),
+                ScaledDotProductAttentionMask::Array(m),
                 None,
-            )?
-        }
+            )?,
+        })
     };
-    Ok(out)
+    let dims = |a: &[i32]| a.iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>();
+    let (qd, kd) = (dims(qs), dims(ks));
+    let Some(rows) = query_chunk(qd[0], qd[1], qd[2], kd[2], limit) else {
+        return attend(q, mask.as_ref());
+    };
+    // Queries are independent: attend `rows` of them at a time, so no score matrix (which a
+    // backend without a fused kernel materialises, e.g. MLX's CPU path) exceeds the limit.
+    let lq = qs[2];
+    let mut outs = Vec::new();
+    let mut start = 0i32;
+    while start < lq {
+        let end = (start + rows as i32).min(lq);
+        let idx = Array::from_slice(&(start..end).collect::<Vec<i32>>(), &[end - start]);
+        let qc = q.take_axis(&idx, 2)?;
+        let mc = match &mask {
+            Some(m) if m.ndim() == 4 && m.shape()[2] == lq && lq > 1 => Some(m.take_axis(&idx, 2)?),
+            m => m.clone(),
+        };
+        outs.push(attend(&qc, mc.as_ref())?);
+        start = end;
+    }
+    Ok(mlx_rs::ops::concatenate(&outs, 2)?)
+}
+
+/// The largest attention score matrix, in elements (`B·H·Lq·Lk`), computed at once by
+/// [`sdpa`]: 2³⁰, half of what MLX's i32-indexed CPU kernels can address (a larger one
+/// crashed MLX's CPU matmul). `MLX_FASTOPS_MAX_SCORES` (read once) lowers it, for tests.
+pub const MAX_ATTENTION_SCORES: usize = 1 << 30;
+
+fn max_attention_scores() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("MLX_FASTOPS_MAX_SCORES")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&v| v > 0)
+            .map_or(MAX_ATTENTION_SCORES, |v| v.min(MAX_ATTENTION_SCORES))
+    })
+}
+
+/// Query rows per chunk when attention of `b·h` heads over `lq × lk` would exceed `limit`
+/// score elements (`None`: attend at once). Always at least one row.
+pub fn query_chunk(b: usize, h: usize, lq: usize, lk: usize, limit: usize) -> Option<usize> {
+    let per_row = b.saturating_mul(h).saturating_mul(lk).max(1);
+    if per_row.saturating_mul(lq) <= limit {
+        None
+    } else {
+        Some((limit / per_row).max(1))
+    }
 }
 
 /// RMSNorm over the last axis: `x / sqrt(mean(x²) + eps) · weight`, accumulated in f32 by
@@ -124,4 +186,55 @@ pub fn rms_norm(x: &Array, weight: &Array, eps: f32) -> Result<Array> {
 pub fn layer_norm(x: &Array, eps: f32) -> Result<Array> {
     check_float("layer_norm", x)?;
     Ok(fast::layer_norm(x, None, None, eps)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(query_chunk(1, 2, 10, 10, 200), None);
+        assert_eq!(query_chunk(1, 2, 10, 10, 199), Some(9));
+        assert_eq!(query_chunk(1, 2, 10, 10, 1), Some(1));
+        // The crash of issue 19: the tiny DiT at 4096² on the CPU (2 heads, 65 536 image + 20
+        // text tokens) needs 8.6e9 scores at once; it is chunked to stay below 2^30.
+        let s = 65_536 + 20;
+        let rows = query_chunk(1, 2, s, s, MAX_ATTENTION_SCORES).unwrap();
+        assert!(
+            2 * rows * s <= MAX_ATTENTION_SCORES && rows >= 8000,
+            "{rows}"
+        );
+        assert_eq!(query_chunk(usize::MAX, 2, 3, 4, 10), Some(1));
+    }
+
+    /// Chunked attention (a tiny limit forces 1-, 3- and 7-row chunks) equals attention in one
+    /// piece: exactly, since every row is computed by the same ops on the same data.
+    #[test]
+    fn chunked_attention_equals_whole() -> anyhow::Result<()> {
+        let k0 = mlx_rs::random::key(5)?;
+        let ks = mlx_rs::random::split(&k0, 4)?;
+        let (b, h, lq, lk, d) = (2, 3, 11, 9, 8);
+        let q = mlx_rs::random::normal::<f32>(&[b, h, lq, d], None, None, &ks.0)?;
+        let k = mlx_rs::random::normal::<f32>(&[b, h, lk, d], None, None, &ks.1)?;
+        let v = mlx_rs::random::normal::<f32>(&[b, h, lk, d], None, None, &ks.1)?;
+        let keep: Vec<bool> = (0..b * lk).map(|i| i % 4 != 3).collect();
+        let key_mask = Array::from_slice(&keep, &[b, 1, 1, lk]);
+        let full: Vec<bool> = (0..b * lq * lk).map(|i| i % 5 != 2).collect();
+        let full_mask = Array::from_slice(&full, &[b, 1, lq, lk]);
+        for mask in [None, Some(&key_mask), Some(&full_mask)] {
+            let whole = sdpa_limited(&q, &k, &v, 0.3, mask, usize::MAX)?;
+            for per_row in [1usize, 3, 7] {
+                let limit = (b * h * lk) as usize * per_row;
+                let chunked = sdpa_limited(&q, &k, &v, 0.3, mask, limit)?;
+                assert_eq!(chunked.shape(), whole.shape());
+                assert_eq!(
+                    chunked.as_slice::<f32>(),
+                    whole.as_slice::<f32>(),
+                    "{per_row}"
+                );
+            }
+        }
+        Ok(())
+    }
 }

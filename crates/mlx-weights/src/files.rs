@@ -154,8 +154,12 @@ pub fn component_files(dir: &Path) -> Result<ComponentFiles, WeightsError> {
     })
 }
 
+/// Largest text file (config, index) [`read_regular_file`] reads.
+pub const MAX_TEXT_FILE_BYTES: u64 = 64 << 20;
+
 /// Reads a small text file (a config or an index), saying what is wrong with a path that is
-/// not a regular file (missing, a folder, a FIFO, a device).
+/// not a regular file (missing, a folder, a FIFO, a device — also through a link) or is
+/// larger than [`MAX_TEXT_FILE_BYTES`].
 pub fn read_regular_file(path: &Path) -> Result<String, WeightsError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
     if !meta.is_file() {
@@ -164,7 +168,31 @@ pub fn read_regular_file(path: &Path) -> Result<String, WeightsError> {
             format!("is {}, not a regular file", describe_file_type(&meta)),
         ));
     }
+    if meta.len() > MAX_TEXT_FILE_BYTES {
+        return Err(format_err(
+            path,
+            format!(
+                "{} bytes: too large for a config or index file (at most {MAX_TEXT_FILE_BYTES})",
+                meta.len()
+            ),
+        ));
+    }
     fs::read_to_string(path).map_err(io_err(path))
+}
+
+/// Reads a JSON config file ([`read_regular_file`]) whose top level must be an object (a
+/// JSON array would otherwise fill a config struct by position).
+pub fn read_json_object(path: &Path) -> Result<serde_json::Value, WeightsError> {
+    let text = read_regular_file(path)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format_err(path, format!("invalid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(format_err(
+            path,
+            "the top level must be a JSON object of config keys",
+        ));
+    }
+    Ok(v)
 }
 
 /// "a directory", "a FIFO", "a device"… for error messages.
@@ -342,6 +370,33 @@ pub fn read_header(path: &Path) -> Result<Header, WeightsError> {
             )));
         }
     }
+    // safetensors stores tensors back to back: a gap means a header entry is missing.
+    let mut pos = 0u64;
+    let mut before: Option<&str> = None;
+    for t in &by_offset {
+        if t.data_offsets.0 > pos {
+            let place = match before {
+                Some(b) => format!("between `{b}` and `{}`", t.name),
+                None => format!("before `{}`", t.name),
+            };
+            return Err(bad(format!(
+                "bytes [{pos}, {}) of the data section belong to no tensor ({place}): a header \
+                 entry is missing",
+                t.data_offsets.0
+            )));
+        }
+        pos = t.data_offsets.1;
+        before = Some(&t.name);
+    }
+    if pos < data_len {
+        return Err(bad(format!(
+            "the data section holds {data_len} bytes but its tensors end at {pos}{}: a header \
+             entry is missing or the file has trailing bytes",
+            before
+                .map(|b| format!(" (after `{b}`)"))
+                .unwrap_or_default()
+        )));
+    }
     Ok(Header {
         path: path.to_path_buf(),
         tensors,
@@ -381,4 +436,114 @@ pub fn for_each_tensor(
         }
     }
     Ok(())
+}
+
+/// Every tensor of a component folder by name, from the headers ([`for_each_tensor`]).
+pub fn inventory(dir: &Path) -> Result<BTreeMap<String, TensorInfo>, WeightsError> {
+    let mut out = BTreeMap::new();
+    for_each_tensor(dir, &mut |_, t| {
+        out.insert(t.name.clone(), t.clone());
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// A parameter a model expects, for [`check_inventory`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// Its key.
+    pub key: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Whether it must be a floating tensor (a packed quantized weight is not).
+    pub floating: bool,
+}
+
+/// Compares what a model expects with a checkpoint's tensors (headers only), before anything
+/// is loaded: one error lists every missing, unexpected (not under `ignored_prefixes`),
+/// mis-shaped and non-floating-where-floating-is-expected tensor, naming `source`.
+pub fn check_inventory(
+    source: &Path,
+    expected: &[Expected],
+    found: &BTreeMap<String, TensorInfo>,
+    ignored_prefixes: &[&str],
+) -> Result<(), WeightsError> {
+    let to_i32 = |s: &[usize]| -> Vec<i32> {
+        s.iter()
+            .map(|&d| i32::try_from(d).unwrap_or(i32::MAX))
+            .collect()
+    };
+    let mut missing = Vec::new();
+    let mut mismatched = Vec::new();
+    let mut wrong_dtype = Vec::new();
+    let mut used = std::collections::BTreeSet::new();
+    for e in expected {
+        match found.get(&e.key) {
+            None => missing.push(e.key.clone()),
+            Some(t) => {
+                used.insert(e.key.as_str());
+                if t.shape != e.shape {
+                    mismatched.push((e.key.clone(), to_i32(&e.shape), to_i32(&t.shape)));
+                }
+                let is_float = matches!(
+                    t.dtype,
+                    Dtype::Float16 | Dtype::Bfloat16 | Dtype::Float32 | Dtype::Float64
+                );
+                if e.floating && !is_float {
+                    wrong_dtype.push(format!("{} is {:?}", e.key, t.dtype));
+                }
+            }
+        }
+    }
+    let unexpected: Vec<String> = found
+        .keys()
+        .filter(|k| !used.contains(k.as_str()))
+        .filter(|k| !ignored_prefixes.iter().any(|p| k.starts_with(p)))
+        .cloned()
+        .collect();
+    if !wrong_dtype.is_empty() && missing.is_empty() && unexpected.is_empty() {
+        return Err(format_err(
+            source,
+            format!(
+                "tensors that must be floating point are not: {}",
+                wrong_dtype.join(", ")
+            ),
+        ));
+    }
+    if missing.is_empty() && unexpected.is_empty() && mismatched.is_empty() {
+        return Ok(());
+    }
+    Err(WeightsError::Mismatch {
+        path: source.to_path_buf(),
+        missing,
+        unexpected,
+        mismatched,
+    })
+}
+
+/// Refuses a config whose loop count (`what`, e.g. `num_layers`) asks for at least
+/// `count · per_item + fixed` tensors when the checkpoint holds only `held`, before anything
+/// is built from the count (an absurd config would otherwise allocate for it). Overflow-safe.
+pub fn check_count(
+    source: &Path,
+    what: &str,
+    count: usize,
+    per_item: usize,
+    fixed: usize,
+    held: usize,
+) -> Result<(), WeightsError> {
+    let needed = count
+        .checked_mul(per_item)
+        .and_then(|n| n.checked_add(fixed));
+    match needed {
+        Some(n) if n <= held => Ok(()),
+        _ => Err(format_err(
+            source,
+            format!(
+                "the config's {what} = {count} needs at least {} tensors, the checkpoint holds \
+                 {held}",
+                needed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+            ),
+        )),
+    }
 }

@@ -50,8 +50,9 @@ mod files;
 mod source;
 pub use error::WeightsError;
 pub use files::{
-    ComponentFiles, Header, MAX_HEADER_BYTES, TensorInfo, component_files, confined_path,
-    describe_file_type, for_each_tensor, read_header, read_regular_file,
+    ComponentFiles, Expected, Header, MAX_HEADER_BYTES, MAX_TEXT_FILE_BYTES, TensorInfo,
+    check_count, check_inventory, component_files, confined_path, describe_file_type,
+    for_each_tensor, inventory, read_header, read_json_object, read_regular_file,
 };
 pub use source::{ParamSpec, RandomSource, Role, ShapeRecorder, TensorSource, Vars};
 

@@ -290,3 +290,92 @@ fn sources_fill_the_same_declaration() -> anyhow::Result<()> {
     assert!(err.contains("1 missing: lin.bias"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_deleted_header_entry_is_named_as_such() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let p = dir.path().join("gap.safetensors");
+    // `a` [0, 8) and `c` [16, 24): the entry of the tensor at [8, 16) was deleted.
+    raw_file(
+        &p,
+        &serde_json::json!({
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "c": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]}}),
+        24,
+    );
+    let err = load_file(&p).unwrap_err().to_string();
+    assert!(
+        err.contains("[8, 16)") && err.contains("between `a` and `c`") && err.contains("missing"),
+        "{err}"
+    );
+    raw_file(
+        &p,
+        &serde_json::json!({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}),
+        12,
+    );
+    let err = read_header(&p).unwrap_err().to_string();
+    assert!(
+        err.contains("trailing bytes") && err.contains("after `a`"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn inventories_are_checked_against_expectations() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut m = BTreeMap::new();
+    m.insert("w".to_string(), arange(6, &[2, 3]));
+    m.insert("i".to_string(), Array::from_slice(&[1i32, 2], &[2]));
+    m.insert("extra".to_string(), arange(1, &[1]));
+    save_file(&dir.path().join("m.safetensors"), &m)?;
+    let inv = inventory(dir.path())?;
+    let e = |k: &str, s: &[usize], f: bool| Expected {
+        key: k.into(),
+        shape: s.to_vec(),
+        floating: f,
+    };
+    let err = check_inventory(
+        dir.path(),
+        &[
+            e("w", &[3, 2], true),
+            e("i", &[2], true),
+            e("gone", &[1], true),
+        ],
+        &inv,
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    for n in [
+        "1 missing: gone",
+        "1 unexpected: extra",
+        "w (expected [3, 2], found [2, 3])",
+    ] {
+        assert!(err.contains(n), "{n}: {err}");
+    }
+    let err = check_inventory(
+        dir.path(),
+        &[e("w", &[2, 3], true), e("i", &[2], true)],
+        &inv,
+        &["ex"],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("i is Int32"), "{err}");
+    check_inventory(
+        dir.path(),
+        &[e("w", &[2, 3], true), e("i", &[2], false)],
+        &inv,
+        &["ex"],
+    )?;
+    let err = check_count(dir.path(), "num_layers", 1_000_000, 32, 13, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("num_layers = 1000000 needs at least 32000013"),
+        "{err}"
+    );
+    assert!(check_count(dir.path(), "x", usize::MAX, 2, 0, 3).is_err());
+    Ok(())
+}

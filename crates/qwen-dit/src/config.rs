@@ -153,10 +153,7 @@ impl QwenImageTransformerConfig {
 
     /// Reads and validates `path` (a `transformer/config.json`).
     pub fn from_file(path: &Path) -> Result<Self, DitError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DitError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = mlx_weights::read_json_object(path)?.to_string();
         Self::from_json_str(&text).map_err(|e| match e {
             DitError::InvalidConfig(m) => {
                 DitError::InvalidConfig(format!("{}: {m}", path.display()))
@@ -199,6 +196,34 @@ impl QwenImageTransformerConfig {
         ] {
             if v == 0 {
                 return bad(format!("{name} must be positive"));
+            }
+        }
+        // Every size the model derives must fit MLX's i32 dimensions (checked arithmetic: a
+        // wrapped product would otherwise reach the shapes).
+        let i32_max = i32::MAX as usize;
+        let inner = self
+            .num_attention_heads
+            .checked_mul(self.attention_head_dim);
+        let widest = inner.and_then(|d| d.checked_mul(6));
+        for (name, v) in [
+            ("num_attention_heads × attention_head_dim × 6", widest),
+            ("in_channels", Some(self.in_channels)),
+            ("joint_attention_dim", Some(self.joint_attention_dim)),
+            (
+                "patch_size² × out_channels",
+                self.patch_size
+                    .checked_mul(self.patch_size)
+                    .and_then(|p| p.checked_mul(self.out_channels())),
+            ),
+        ] {
+            match v {
+                Some(v) if v <= i32_max => {}
+                _ => {
+                    return bad(format!(
+                        "{name} is too large ({}; MLX dimensions are at most {i32_max})",
+                        v.map_or_else(|| "overflows".to_string(), |v| v.to_string())
+                    ));
+                }
             }
         }
         if self.axes_dims_rope.len() != 3 {
@@ -373,7 +398,7 @@ mod tests {
     fn config_file_errors_name_the_path() {
         let err = QwenImageTransformerConfig::from_file(Path::new("/nonexistent/config.json"))
             .unwrap_err();
-        assert!(matches!(err, DitError::Io { .. }));
+        assert!(matches!(err, DitError::Weights(_)), "{err:?}");
         assert!(err.to_string().contains("/nonexistent/config.json"));
     }
 }

@@ -51,6 +51,7 @@
 #![warn(missing_docs)]
 
 mod block;
+mod check;
 pub mod config;
 mod embeddings;
 mod error;
@@ -63,6 +64,7 @@ pub mod quant;
 pub mod rope;
 pub mod weights;
 
+pub use check::check_checkpoint;
 pub use config::{QuantizationRecord, QwenImageTransformerConfig};
 pub use error::{DitError, Result};
 pub use lora::{LoraSet, LoraUpdate};

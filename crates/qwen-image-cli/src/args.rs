@@ -69,7 +69,8 @@ pub struct GenerateArgs {
     /// True classifier-free guidance scale.
     #[arg(long, default_value_t = 4.0)]
     pub true_cfg_scale: f32,
-    /// Denoising steps (1..=1000).
+    /// Denoising steps (1..=1000; at least 2 with a scheduler that stretches its schedule to a
+    /// terminal sigma, as Qwen-Image's does: one step has the single sigma 1).
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// Image width in pixels (a multiple of 16, at most 8192).

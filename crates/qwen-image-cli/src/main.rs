@@ -108,6 +108,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         !(args.vae_tiling == TilingArg::Off && args.vae_tile_size.is_some()),
         "--vae-tile-size has no effect with --vae-tiling off"
     );
+    qwen_image::output::check_output_name(&args.output)?;
     let outputs = qwen_image::output::output_paths(&args.output, args.num_images);
     for o in &outputs {
         qwen_image::output::check_output(o)?;

@@ -4,77 +4,9 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-
-const CASE: &str = "tiny_square_cfg";
-
-fn base_args(out: &Path) -> Vec<String> {
-    case_args(CASE, out)
-}
-
-fn set(args: &mut Vec<String>, flag: &str, value: &str) {
-    if let Some(i) = args.iter().position(|a| a == flag) {
-        args[i + 1] = value.to_string();
-    } else {
-        args.push(flag.to_string());
-        args.push(value.to_string());
-    }
-}
-
-fn remove(args: &mut Vec<String>, flag: &str) {
-    if let Some(i) = args.iter().position(|a| a == flag) {
-        args.drain(i..i + 2);
-    }
-}
-
-/// Runs and expects failure whose stderr contains every `needles`; checks no output exists
-/// and nothing heavy ran (no phase started) — `heavy_ok` allows phases.
-fn fails(args: &[String], out: &Path, needles: &[&str]) -> String {
-    let o = run(bin().args(args));
-    let all = text(&o);
-    assert!(!o.status.success(), "expected failure:\n{all}");
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}:\n{all}");
-    }
-    assert!(
-        !err.contains("loading text encoder"),
-        "heavy work started before the error:\n{all}"
-    );
-    assert!(!out.exists(), "output written on failure:\n{all}");
-    if let Some(dir) = out.parent()
-        && let Ok(rd) = fs::read_dir(dir)
-    {
-        let left: Vec<_> = rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(".tmp") || n.contains("probe"))
-            .collect();
-        assert!(left.is_empty(), "temporary files left: {left:?}");
-    }
-    err
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    fs::create_dir_all(dst).unwrap();
-    for e in fs::read_dir(src).unwrap().flatten() {
-        let p = e.path();
-        let q = dst.join(e.file_name());
-        if p.is_dir() {
-            copy_dir(&p, &q);
-        } else {
-            fs::copy(&p, &q).unwrap();
-        }
-    }
-}
-
-fn tiny_copy(tmp: &Path) -> PathBuf {
-    let m = tmp.join("model");
-    copy_dir(&fixtures().join("tiny"), &m);
-    m
-}
 
 #[test]
 fn size_not_a_multiple_of_16() {
@@ -446,27 +378,28 @@ fn huge_sizes_steps_and_image_counts_fail_before_loading() {
     }
 }
 
-/// NaN / infinite latents (here injected through --init-latents; in practice f16 overflow)
-/// stop the run after denoising, before the VAE, with advice on the dtype; no image is
-/// written.
+/// NaN / infinite denoised latents (an overflow: here a transformer whose output projection
+/// is scaled far up, so the velocity overflows f32 — or, with a milder scale, only f16) stop
+/// the run after denoising, before the VAE, with advice on the dtype; no image is written.
 #[test]
 fn non_finite_latents_fail_before_decoding() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o.png");
-    let lat = tmp.path().join("l.safetensors");
-    let mut a = base_args(&out);
-    set(&mut a, "--init-latents", lat.to_str().unwrap());
-    for (bad, dtype, advice) in [
-        (f32::NAN, "f32", "check the weights and the initial latents"),
-        (f32::INFINITY, "f16", "use bf16 (`--dtype bf16`)"),
+    for (factor, dtype, advice) in [
+        (1e37f32, "f32", "check the weights and the initial latents"),
+        (1e4f32, "f16", "use bf16 (`--dtype bf16`)"),
     ] {
-        let mut v = vec![0.5f32; 4 * 6 * 6];
-        v[17] = bad;
-        write_latents(
-            &lat,
-            "latents",
-            mlx_rs::Array::from_slice(&v, &[1, 1, 4, 6, 6]),
+        let m = tiny_copy(tmp.path());
+        let file = m.join("transformer/diffusion_pytorch_model.safetensors");
+        let mut t = mlx_weights::load_file(&file).unwrap().into_map();
+        let w = t.remove("proj_out.weight").unwrap();
+        t.insert(
+            "proj_out.weight".into(),
+            w.multiply(mlx_rs::Array::from_f32(factor)).unwrap(),
         );
+        mlx_weights::save_file(&file, &t).unwrap();
+        let mut a = base_args(&out);
+        set(&mut a, "--model", m.to_str().unwrap());
         set(&mut a, "--dtype", dtype);
         let o = run(bin().args(&a));
         let all = text(&o);
@@ -477,6 +410,28 @@ fn non_finite_latents_fail_before_decoding() {
         }
         assert!(!err.contains("loading VAE"), "decoded anyway:\n{all}");
         assert!(!out.exists(), "output written:\n{all}");
+        std::fs::remove_dir_all(&m).unwrap();
+    }
+}
+
+/// NaN or infinity in --init-latents is found before any component is loaded.
+#[test]
+fn non_finite_init_latents_fail_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    let lat = tmp.path().join("l.safetensors");
+    let mut a = base_args(&out);
+    set(&mut a, "--init-latents", lat.to_str().unwrap());
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut v = vec![0.5f32; 4 * 6 * 6];
+        v[17] = bad;
+        write_latents(
+            &lat,
+            "latents",
+            mlx_rs::Array::from_slice(&v, &[1, 1, 4, 6, 6]),
+        );
+        let err = fails(&a, &out, &["--init-latents", "NaN or infinity"]);
+        assert!(!err.contains("loading text encoder"), "{err}");
     }
 }
 

@@ -24,6 +24,8 @@ use crate::error::{PipelineError, Result, checkpoint};
 pub struct ComponentPaths {
     /// The checkpoint root (holds `model_index.json`).
     pub root: PathBuf,
+    /// The pipeline class `model_index.json` names (`QwenImagePipeline`, …).
+    pub pipeline_class: String,
     /// `transformer/`.
     pub transformer: PathBuf,
     /// `vae/`.
@@ -115,6 +117,27 @@ impl CheckpointConfigs {
     }
 }
 
+/// The diffusers pipeline classes whose checkpoints this engine reads.
+pub const PIPELINE_CLASSES: [&str; 5] = [
+    "QwenImagePipeline",
+    "QwenImageImg2ImgPipeline",
+    "QwenImageInpaintPipeline",
+    "QwenImageEditPipeline",
+    "QwenImageEditPlusPipeline",
+];
+
+/// The classes a component of a Qwen-Image checkpoint may be.
+fn component_classes(name: &str) -> &'static [&'static str] {
+    match name {
+        "transformer" => &["QwenImageTransformer2DModel"],
+        "vae" => &["AutoencoderKLQwenImage"],
+        "text_encoder" => &["Qwen2_5_VLForConditionalGeneration"],
+        "tokenizer" => &["Qwen2Tokenizer", "Qwen2TokenizerFast"],
+        "scheduler" => &["FlowMatchEulerDiscreteScheduler"],
+        _ => &[],
+    }
+}
+
 const COMPONENTS: [&str; 5] = [
     "transformer",
     "vae",
@@ -168,10 +191,37 @@ impl ComponentPaths {
             .ok_or_else(|| checkpoint(&index_path, "must be a JSON object"))?;
         let mut dirs = BTreeMap::new();
         let mut missing = Vec::new();
+        let class = obj
+            .get("_class_name")
+            .and_then(|c| c.as_str())
+            .ok_or_else(|| checkpoint(&index_path, "no `_class_name` naming the pipeline"))?;
+        if !PIPELINE_CLASSES.contains(&class) {
+            return Err(checkpoint(
+                &index_path,
+                format!(
+                    "`_class_name` is {class}; this engine runs Qwen-Image pipelines ({})",
+                    PIPELINE_CLASSES.join(", ")
+                ),
+            ));
+        }
         for name in COMPONENTS {
             // Each entry is ["library", "Class"]; `null` entries mean "not part of it".
             match obj.get(name) {
                 Some(serde_json::Value::Array(v)) if v.len() == 2 && !v[1].is_null() => {
+                    let expected = component_classes(name);
+                    match v[1].as_str() {
+                        Some(c) if expected.contains(&c) => {}
+                        other => {
+                            return Err(checkpoint(
+                                &index_path,
+                                format!(
+                                    "component `{name}` is {}; expected {}",
+                                    other.map_or_else(|| v[1].to_string(), str::to_string),
+                                    expected.join(" or ")
+                                ),
+                            ));
+                        }
+                    }
                     let dir = root.join(name);
                     if dir.is_dir() {
                         dirs.insert(name, dir);
@@ -190,6 +240,7 @@ impl ComponentPaths {
         }
         let mut take = |n: &str| dirs.remove(n).unwrap_or_default();
         Ok(Self {
+            pipeline_class: class.to_string(),
             root: root.to_path_buf(),
             transformer: take("transformer"),
             vae: take("vae"),
@@ -226,9 +277,11 @@ impl ComponentPaths {
     }
 
     /// Checks the files every component needs, without reading weights: tokenizer files,
-    /// and for each weight folder its shard index (when present) and the completeness of
-    /// every safetensors file.
-    pub fn check_files(&self) -> Result<()> {
+    /// and for each weight folder its shard index (when present), every safetensors header
+    /// (complete, consistent) and every tensor's name, shape and dtype against the
+    /// component's config — so a broken VAE or text encoder fails here, in milliseconds, not
+    /// after the denoising.
+    pub fn check_files(&self, configs: &CheckpointConfigs) -> Result<()> {
         let tok = &self.tokenizer;
         let has_json = tok.join("tokenizer.json").is_file();
         let has_bpe = tok.join("vocab.json").is_file() && tok.join("merges.txt").is_file();
@@ -238,11 +291,9 @@ impl ComponentPaths {
                 "no tokenizer: expected tokenizer.json, or vocab.json and merges.txt",
             ));
         }
-        for dir in [&self.text_encoder, &self.transformer, &self.vae] {
-            for f in mlx_weights::component_files(dir)?.files {
-                mlx_weights::read_header(&f)?;
-            }
-        }
+        qwen_text_encoder::check_checkpoint(&self.text_encoder, &configs.text)?;
+        qwen_dit::check_checkpoint(&self.transformer, &configs.transformer)?;
+        qwen_vae::check_checkpoint(&self.vae, &configs.vae)?;
         Ok(())
     }
 }
@@ -296,9 +347,18 @@ pub fn mflux_evidence(root: &Path) -> Option<String> {
 }
 
 fn require_file(path: &Path) -> Result<()> {
-    if path.is_file() {
-        Ok(())
-    } else {
-        Err(checkpoint(path, "missing"))
+    match fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) => Err(checkpoint(
+            path,
+            format!(
+                "is {}, not a regular file",
+                mlx_weights::describe_file_type(&m)
+            ),
+        )),
+        Err(_) if fs::symlink_metadata(path).is_ok() => {
+            Err(checkpoint(path, "is a link to nothing"))
+        }
+        Err(_) => Err(checkpoint(path, "missing")),
     }
 }

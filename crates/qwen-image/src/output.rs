@@ -47,10 +47,13 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// Checks, before any heavy work, that `path` can receive a PNG: it ends in `.png`, is not a
-/// directory, and its folder exists and accepts a new file (probed by creating and removing
-/// a temporary file).
-pub fn check_output(path: &Path) -> Result<()> {
+/// Longest file name (one path component) accepted, in bytes: the common file systems'
+/// limit (`NAME_MAX`), so an over-long name fails before the run instead of at the write.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// Checks an output name alone: a `.png` file name no longer than the file system allows.
+/// The same rule holds for one image and for numbered images (`NAME-0.png`, …).
+pub fn check_output_name(path: &Path) -> Result<()> {
     let is_png = path
         .extension()
         .and_then(|e| e.to_str())
@@ -58,6 +61,25 @@ pub fn check_output(path: &Path) -> Result<()> {
     if !is_png {
         return Err(out_err(path, "the output must be a .png file"));
     }
+    if let Some(name) = path.file_name()
+        && name.len() > MAX_FILE_NAME_BYTES
+    {
+        return Err(out_err(
+            path,
+            format!(
+                "the file name is {} bytes, longer than file systems allow ({MAX_FILE_NAME_BYTES})",
+                name.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks, before any heavy work, that `path` can receive a PNG: its name
+/// ([`check_output_name`]), it is not a directory, and its folder exists and accepts a new
+/// file (probed with an unnamed temporary file).
+pub fn check_output(path: &Path) -> Result<()> {
+    check_output_name(path)?;
     if path.is_dir() {
         return Err(out_err(path, "is a directory"));
     }

@@ -250,7 +250,7 @@ impl QwenImagePipeline {
         check_options(&options)?;
         let paths = ComponentPaths::from_root(model_dir)?;
         let configs = paths.read_configs()?;
-        paths.check_files()?;
+        paths.check_files(&configs)?;
         // The tokenizer is small: load it now so that a broken one fails before heavy work.
         qwen_text_encoder::QwenTokenizer::from_dir(&paths.tokenizer)?;
         Ok(Self {

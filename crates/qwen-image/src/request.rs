@@ -371,6 +371,25 @@ pub fn validate(req: &GenerateRequest, configs: &CheckpointConfigs) -> Result<()
                 ),
             });
         }
+        // NaN or infinity would only show after the whole denoising: look now (one small
+        // reduction per image).
+        let finite = a
+            .reshape(&[req.num_images as i32, -1])?
+            .is_finite()?
+            .all_axis(1, None)?;
+        finite.eval()?;
+        let bad: Vec<usize> = finite
+            .as_slice::<bool>()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &ok)| (!ok).then_some(i))
+            .collect();
+        if !bad.is_empty() {
+            return Err(PipelineError::InitLatents {
+                path: None,
+                msg: format!("`latents` of image(s) {bad:?} hold NaN or infinity"),
+            });
+        }
     }
     if let Some(t) = req.vae_tiling.tiles() {
         let ratio = configs.vae.spatial_compression_ratio();

@@ -142,7 +142,7 @@ pub struct Qwen2_5_VLConfig {
 impl Qwen2_5_VLConfig {
     /// Reads and parses `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TextEncoderError::io(path, e))?;
+        let text = mlx_weights::read_json_object(path)?.to_string();
         serde_json::from_str(&text).map_err(|e| TextEncoderError::json(path, e))
     }
 
@@ -204,6 +204,19 @@ impl Qwen2_5_VLTextConfig {
             "num_key_value_heads",
             self.num_key_value_heads.unwrap_or(heads),
         )?;
+        // Every size the model uses must fit MLX's i32 dimensions.
+        for (name, v) in [
+            ("hidden_size", hidden),
+            ("intermediate_size", self.intermediate_size),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if v > i32::MAX as usize {
+                return bad(format!(
+                    "{name} {v} is too large (MLX dimensions are at most {})",
+                    i32::MAX
+                ));
+            }
+        }
         if hidden % heads != 0 {
             return bad(format!(
                 "hidden_size {hidden} is not divisible by num_attention_heads {heads}"

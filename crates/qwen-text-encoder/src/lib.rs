@@ -46,4 +46,4 @@ pub use encoder::{
 pub use error::{Result, TextEncoderError};
 pub use model::QwenTextModel;
 pub use tokenizer::{Batch, QwenTokenizer, Side};
-pub use weights::{IGNORED_PREFIXES, TextModelWeights, load_weights};
+pub use weights::{IGNORED_PREFIXES, TextModelWeights, check_checkpoint, load_weights};

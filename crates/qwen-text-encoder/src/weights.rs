@@ -183,6 +183,41 @@ pub fn take_weights(tensors: Tensors, cfg: &TextConfig, dtype: Dtype) -> Result<
     Ok(weights)
 }
 
+/// Checks a `text_encoder/` folder against `cfg` from the safetensors headers alone, before
+/// anything is loaded: a layer count the checkpoint cannot hold is refused first, then one
+/// error lists every missing, unexpected (outside [`IGNORED_PREFIXES`]), mis-shaped or
+/// non-float tensor of the text path.
+pub fn check_checkpoint(dir: &Path, cfg: &TextConfig) -> Result<()> {
+    let inv = mlx_weights::inventory(dir)?;
+    // Each decoder layer holds 12 tensors; the embedding table and the final norm 2 more.
+    mlx_weights::check_count(
+        dir,
+        "num_hidden_layers",
+        cfg.num_hidden_layers,
+        12,
+        2,
+        inv.len(),
+    )?;
+    let p = language_model_prefix(inv.keys().map(String::as_str));
+    let mut rec = mlx_weights::ShapeRecorder::new(Dtype::Float32);
+    TextModelWeights::load(&mut Vars::new(&mut rec).pp(p.trim_end_matches('.')), cfg);
+    let expected: Vec<mlx_weights::Expected> = rec
+        .params
+        .into_iter()
+        .map(|s| mlx_weights::Expected {
+            key: s.key,
+            shape: s.shape.iter().map(|&d| d.max(0) as usize).collect(),
+            floating: true,
+        })
+        .collect();
+    Ok(mlx_weights::check_inventory(
+        dir,
+        &expected,
+        &inv,
+        IGNORED_PREFIXES,
+    )?)
+}
+
 /// Loads `dir` (one `*.safetensors` or shards with an index) and takes the text path's
 /// weights from it. Tensors under [`IGNORED_PREFIXES`] (the vision tower, the LM head) are
 /// skipped while reading, so they never occupy memory.

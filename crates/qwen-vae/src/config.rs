@@ -69,10 +69,7 @@ impl VaeConfig {
 
     /// Reads and validates a config file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| VaeError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = mlx_weights::read_json_object(path)?.to_string();
         let cfg: Self = serde_json::from_str(&text).map_err(|source| VaeError::ConfigParse {
             path: path.to_path_buf(),
             source,
@@ -98,6 +95,28 @@ impl VaeConfig {
         }
         if self.num_res_blocks == 0 {
             return bad("num_res_blocks must be at least 1".into());
+        }
+        // Every channel count the model derives (the widest is the mid-block's fused q/k/v,
+        // 3 × base_dim × max(dim_mult)) must fit MLX's i32 dimensions.
+        let widest = self
+            .dim_mult
+            .iter()
+            .max()
+            .and_then(|m| m.checked_mul(self.base_dim))
+            .and_then(|c| c.checked_mul(3));
+        let z2 = self.z_dim.checked_mul(2);
+        for (name, v) in [
+            ("3 × base_dim × max(dim_mult)", widest),
+            ("2 × z_dim", z2),
+            ("input_channels", Some(self.input_channels)),
+        ] {
+            if v.is_none_or(|v| v > i32::MAX as usize) {
+                return bad(format!(
+                    "{name} is too large ({}; MLX dimensions are at most {})",
+                    v.map_or_else(|| "overflows".to_string(), |v| v.to_string()),
+                    i32::MAX
+                ));
+            }
         }
         if self.temperal_downsample.len() + 1 != self.dim_mult.len() {
             return bad(format!(

@@ -47,3 +47,4 @@ pub use error::{Result, VaeError};
 pub use image::{RgbImage, to_rgb8};
 pub use layers::{CausalConv3d, ConvPath};
 pub use model::{LatentDist, QwenImageVae};
+pub use weights::check_checkpoint;

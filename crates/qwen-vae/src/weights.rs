@@ -83,6 +83,34 @@ impl Loader {
     }
 }
 
+/// Checks a `vae/` folder against `cfg` from the safetensors headers alone, before anything is
+/// loaded: a config whose block counts the checkpoint cannot hold is refused before the
+/// parameter list is made, then one error lists every missing, unexpected, mis-shaped or
+/// non-float tensor.
+pub fn check_checkpoint(dir: &Path, cfg: &VaeConfig) -> Result<()> {
+    cfg.validate()?;
+    let inv = mlx_weights::inventory(dir)?;
+    // Every residual block holds at least 6 tensors (two norms, two biased convolutions).
+    let blocks = cfg.num_res_blocks.saturating_mul(cfg.dim_mult.len());
+    mlx_weights::check_count(
+        dir,
+        "num_res_blocks × len(dim_mult)",
+        blocks,
+        6,
+        0,
+        inv.len(),
+    )?;
+    let expected: Vec<mlx_weights::Expected> = checkpoint_shapes(cfg)
+        .into_iter()
+        .map(|(key, shape)| mlx_weights::Expected {
+            key,
+            shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+            floating: true,
+        })
+        .collect();
+    Ok(mlx_weights::check_inventory(dir, &expected, &inv, &[])?)
+}
+
 /// Every tensor a diffusers `AutoencoderKLQwenImage` checkpoint for `cfg` holds, with its
 /// PyTorch shape (what [`crate::QwenImageVae::load`] expects; useful to build random test
 /// or benchmark checkpoints).

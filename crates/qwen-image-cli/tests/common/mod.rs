@@ -2,7 +2,8 @@
 //! the `qwen-image` binary.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 #[path = "../../../qwen-image/tests/common/mod.rs"]
@@ -63,4 +64,73 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// The reference case the bad-input tests start from.
+pub const CASE: &str = "tiny_square_cfg";
+
+pub fn base_args(out: &Path) -> Vec<String> {
+    case_args(CASE, out)
+}
+
+pub fn set(args: &mut Vec<String>, flag: &str, value: &str) {
+    if let Some(i) = args.iter().position(|a| a == flag) {
+        args[i + 1] = value.to_string();
+    } else {
+        args.push(flag.to_string());
+        args.push(value.to_string());
+    }
+}
+
+pub fn remove(args: &mut Vec<String>, flag: &str) {
+    if let Some(i) = args.iter().position(|a| a == flag) {
+        args.drain(i..i + 2);
+    }
+}
+
+/// Runs and expects failure whose stderr contains every `needles`; checks no output exists
+/// and nothing heavy ran (no phase started) — `heavy_ok` allows phases.
+pub fn fails(args: &[String], out: &Path, needles: &[&str]) -> String {
+    let o = run(bin().args(args));
+    let all = text(&o);
+    assert!(!o.status.success(), "expected failure:\n{all}");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{all}");
+    }
+    assert!(
+        !err.contains("loading text encoder"),
+        "heavy work started before the error:\n{all}"
+    );
+    assert!(!out.exists(), "output written on failure:\n{all}");
+    if let Some(dir) = out.parent()
+        && let Ok(rd) = fs::read_dir(dir)
+    {
+        let left: Vec<_> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp") || n.contains("probe"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
+    err
+}
+
+pub fn copy_dir(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap();
+    for e in fs::read_dir(src).unwrap().flatten() {
+        let p = e.path();
+        let q = dst.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &q);
+        } else {
+            fs::copy(&p, &q).unwrap();
+        }
+    }
+}
+
+pub fn tiny_copy(tmp: &Path) -> PathBuf {
+    let m = tmp.join("model");
+    copy_dir(&fixtures().join("tiny"), &m);
+    m
 }
