@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use qwen_image::{
-    ComputeDtype, DEFAULT_VAE_TILE_SIZE, Field, GenerateRequest, Lora, Noise, PipelineOptions,
-    QuantizeSpec, Tiles, VaeTiling,
+    ComputeDtype, DEFAULT_VAE_TILE_SIZE, Field, GenerateRequest, InitImage, Lora, Noise,
+    PipelineOptions, QuantizeSpec, Tiles, VaeTiling,
 };
 
 /// Qwen-Image text-to-image inference on MLX (Metal, CUDA or CPU).
@@ -44,6 +44,9 @@ pub enum TilingArg {
     Off,
 }
 
+/// The output side without --width/--height and without --image.
+pub const DEFAULT_SIDE: usize = 1024;
+
 fn parse_dtype(s: &str) -> Result<ComputeDtype, String> {
     s.parse::<ComputeDtype>().map_err(|e| e.to_string())
 }
@@ -73,18 +76,35 @@ pub struct GenerateArgs {
     /// terminal sigma, as Qwen-Image's does: one step has the single sigma 1).
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
-    /// Image width in pixels (a multiple of 16, at most 8192).
-    #[arg(long, default_value_t = 1024)]
-    pub width: usize,
-    /// Image height in pixels (a multiple of 16, at most 8192).
-    #[arg(long, default_value_t = 1024)]
-    pub height: usize,
+    /// Image width in pixels (a multiple of 16, at most 8192) [default: 1024; with --image,
+    /// the image's aspect ratio at about 1024² pixels].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Image height in pixels (a multiple of 16, at most 8192) [default: 1024; with --image,
+    /// the image's aspect ratio at about 1024² pixels].
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Start from this picture (img2img): it is resized to the output size (Lanczos, as
+    /// diffusers), encoded, noised to the first kept step and denoised over the last
+    /// strength × steps steps. PNG, JPEG or WebP; EXIF orientation is applied.
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
+    /// With --image: inpaint, repainting where the mask is white (≥ 50 % gray after
+    /// resizing) and keeping the picture where it is black.
+    #[arg(long, value_name = "FILE", requires = "image")]
+    pub mask: Option<PathBuf>,
+    /// With --image: how much to change the picture, in (0, 1]; the last int(steps ×
+    /// strength) steps run.
+    #[arg(long, value_name = "X", requires = "image", default_value_t = qwen_image::img2img::DEFAULT_STRENGTH)]
+    pub strength: f64,
     /// Seed of the initial noise (MLX's generator); image i of --num-images uses seed + i.
     /// Random (and printed) when absent.
     #[arg(long, conflicts_with = "init_latents")]
     pub seed: Option<u64>,
     /// Initial noise from a safetensors file: a float32 tensor `latents` of shape
-    /// (N, 1, 16, H/8, W/8) (diffusers' unpacked noise layout; N = --num-images).
+    /// (N, 1, 16, H/8, W/8) (diffusers' unpacked noise layout; N = --num-images) and, with
+    /// --image, optionally `image_noise` (N, 16, 1, H/8, W/8): the ε of the picture's posterior
+    /// sample (drawn from the seed when absent).
     #[arg(long, value_name = "FILE")]
     pub init_latents: Option<PathBuf>,
     /// Compute dtype: f32, bf16 or f16 [default: bf16 on a GPU, f32 on the CPU].
@@ -153,21 +173,33 @@ impl GenerateArgs {
             .collect())
     }
 
-    /// The request these arguments describe (`seed` is used when neither --seed nor
-    /// --init-latents is given; `noise` is the --init-latents content when given).
-    pub fn request(&self, seed: u64, noise: Option<mlx_rs::Array>) -> GenerateRequest {
+    /// The request these arguments describe: `size` is the output size, `seed` is used when
+    /// --seed is not given, `noise` is the --init-latents content when given, `init` the
+    /// loaded --image (and --mask).
+    pub fn request(
+        &self,
+        size: (usize, usize),
+        seed: u64,
+        noise: Option<qwen_image::latents::InitLatents>,
+        init: Option<(qwen_image::Image, Option<qwen_image::Image>)>,
+    ) -> GenerateRequest {
+        let seed = self.seed.unwrap_or(seed);
+        let (latents, image_noise) = match noise {
+            Some(n) => (Some(n.latents), n.image_noise),
+            None => (None, None),
+        };
         let tiles = Tiles::Square(self.vae_tile_size.unwrap_or(DEFAULT_VAE_TILE_SIZE));
         GenerateRequest {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
             true_cfg_scale: self.true_cfg_scale,
             steps: self.steps,
-            width: self.width,
-            height: self.height,
+            width: size.0,
+            height: size.1,
             num_images: self.num_images,
-            noise: match noise {
+            noise: match latents {
                 Some(a) => Noise::Latents(a),
-                None => Noise::Seed(self.seed.unwrap_or(seed)),
+                None => Noise::Seed(seed),
             },
             max_sequence_length: self.max_sequence_length,
             vae_tiling: match self.vae_tiling {
@@ -177,6 +209,13 @@ impl GenerateArgs {
             },
             loras: Vec::new(),
             scheduler_overrides: None,
+            init_image: init.map(|(image, mask)| InitImage {
+                image,
+                mask,
+                strength: self.strength,
+                image_noise,
+                noise_seed: seed,
+            }),
         }
     }
 
@@ -204,8 +243,8 @@ impl GenerateArgs {
             Field::NegativePrompt => "--negative-prompt".into(),
             Field::TrueCfgScale => format!("--true-cfg-scale {}", self.true_cfg_scale),
             Field::Steps => format!("--steps {}", self.steps),
-            Field::Width => format!("--width {}", self.width),
-            Field::Height => format!("--height {}", self.height),
+            Field::Width => format!("--width {}", self.width.unwrap_or(DEFAULT_SIDE)),
+            Field::Height => format!("--height {}", self.height.unwrap_or(DEFAULT_SIDE)),
             Field::NumImages => format!("--num-images {}", self.num_images),
             Field::Noise => "--init-latents".into(),
             Field::MaxSequenceLength => {
@@ -216,6 +255,10 @@ impl GenerateArgs {
                 None => "--vae-tiling".into(),
             },
             Field::Quantize => "--quantize".into(),
+            Field::Image => "--image".into(),
+            Field::Mask => "--mask".into(),
+            Field::Strength => format!("--strength {}", self.strength),
+            Field::ImageNoise => "--init-latents (image_noise)".into(),
         }
     }
 }

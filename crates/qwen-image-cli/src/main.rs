@@ -71,6 +71,13 @@ fn cli_error(e: PipelineError, args: &GenerateArgs) -> anyhow::Error {
         PipelineError::MfluxCheckpoint { .. } => {
             anyhow::anyhow!("{e}: use it with --quantize 4|8 to quantize it on load")
         }
+        PipelineError::InputImage { .. } => match (&args.image, &args.mask) {
+            (Some(i), _) if e.to_string().contains(&i.display().to_string()) => {
+                anyhow::anyhow!("--image: {e}")
+            }
+            (_, Some(_)) => anyhow::anyhow!("--mask: {e}"),
+            _ => e.into(),
+        },
         PipelineError::InitLatents { path: None, .. } => match &args.init_latents {
             Some(p) => anyhow::anyhow!("--init-latents {}: {e}", p.display()),
             None => e.into(),
@@ -88,7 +95,16 @@ fn cli_error(e: PipelineError, args: &GenerateArgs) -> anyhow::Error {
     }
 }
 
-fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+/// Loads an input image, passing on its conversion remarks.
+fn load_input(path: &std::path::Path) -> anyhow::Result<qwen_image::Image> {
+    let loaded = qwen_image::image_input::load_image(path)?;
+    for n in &loaded.notes {
+        eout!("warning: {}: {n}", path.display());
+    }
+    Ok(loaded.image)
+}
+
+fn generate(mut args: GenerateArgs) -> anyhow::Result<()> {
     let t_total = Instant::now();
     let runtime = qwen_image::info::runtime_info()?;
     let options = args.options(runtime.default_is_gpu);
@@ -98,10 +114,35 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
              and give NaN latents; bf16 (GPU) or f32 (CPU) is safer"
         );
     }
+    // Input pictures first: the output size may come from them.
+    let init = match &args.image {
+        Some(p) => Some((
+            load_input(p)?,
+            args.mask.as_deref().map(load_input).transpose()?,
+        )),
+        None => None,
+    };
+    let size = match (args.width, args.height, &init) {
+        (None, None, Some((img, _))) => {
+            let (w, h) = qwen_image::image_input::fit_to_area(img.width, img.height, 1 << 20, 16);
+            eout!(
+                "size: {w}×{h} (the {}×{} image's aspect ratio at about 1024² pixels; --width \
+                 and --height set it)",
+                img.width,
+                img.height
+            );
+            (w, h)
+        }
+        (w, h, _) => (
+            w.unwrap_or(args::DEFAULT_SIDE),
+            h.unwrap_or(args::DEFAULT_SIDE),
+        ),
+    };
+    (args.width, args.height) = (Some(size.0), Some(size.1));
     // Cheap checks first, before any path is looked at or anything is allocated from the
     // numbers: the request's limits, then the output.
     let seed = random_seed();
-    qwen_image::request::check_limits(&args.request(seed, None))
+    qwen_image::request::check_limits(&args.request(size, seed, None, init.clone()))
         .map_err(|e| cli_error(e, &args))?;
     let loras = args.loras()?;
     anyhow::ensure!(
@@ -163,12 +204,12 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     if let Some(n) = quantize_notice(runtime.backend, quantized) {
         eout!("{n}");
     }
-    let init = args
+    let init_latents = args
         .init_latents
         .as_deref()
         .map(qwen_image::latents::read_init_latents)
         .transpose()?;
-    let mut request = args.request(seed, init);
+    let mut request = args.request(size, seed, init_latents, init);
     request.loras = loras;
     request.scheduler_overrides = args
         .scheduler_config
@@ -180,8 +221,22 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let job = pipe.prepare(request).map_err(|e| cli_error(e, &args))?;
     let open_time = t_open.elapsed();
     let req = job.request();
+    let mode = match &req.init_image {
+        Some(i) => format!(
+            ", {} at strength {} ({} of {} steps run)",
+            if i.mask.is_some() {
+                "inpainting"
+            } else {
+                "img2img"
+            },
+            i.strength,
+            job.steps_run(),
+            req.steps
+        ),
+        None => String::new(),
+    };
     eout!(
-        "qwen-image: {} on {} ({}), {}, {}×{}, {} steps, true CFG {}",
+        "qwen-image: {} on {} ({}), {}, {}×{}, {} steps, true CFG {}{mode}",
         model_dir.display(),
         runtime.backend,
         runtime.default_device,

@@ -33,6 +33,14 @@ pub enum Field {
     VaeTiling,
     /// `PipelineOptions::quantize`.
     Quantize,
+    /// The init image of img2img / inpainting (`GenerateRequest::init_image`).
+    Image,
+    /// The inpainting mask.
+    Mask,
+    /// The img2img / inpainting strength.
+    Strength,
+    /// The posterior noise of the init image (`InitImage::image_noise`).
+    ImageNoise,
 }
 
 impl Field {
@@ -50,6 +58,10 @@ impl Field {
             Field::MaxSequenceLength => "max sequence length",
             Field::VaeTiling => "VAE tiling",
             Field::Quantize => "quantization",
+            Field::Image => "init image",
+            Field::Mask => "mask",
+            Field::Strength => "strength",
+            Field::ImageNoise => "image noise",
         }
     }
 }
@@ -176,6 +188,14 @@ pub enum PipelineError {
         /// The scheduler's error (naming the key).
         #[source]
         source: flow_scheduler::SchedulerError,
+    },
+    /// An input image or mask cannot be read.
+    #[error("image {path}: {msg}")]
+    InputImage {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
     },
     /// The output image cannot be written.
     #[error("output {path}: {msg}")]

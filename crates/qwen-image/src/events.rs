@@ -11,6 +11,8 @@ pub enum Phase {
     LoadTextEncoder,
     /// Encoding the prompt(s).
     Encode,
+    /// Encoding the init image with the VAE (img2img, inpainting).
+    EncodeImage,
     /// Loading the transformer.
     LoadTransformer,
     /// The denoising loop.
@@ -26,6 +28,7 @@ impl std::fmt::Display for Phase {
         f.write_str(match self {
             Phase::LoadTextEncoder => "loading text encoder",
             Phase::Encode => "encoding prompt",
+            Phase::EncodeImage => "encoding image",
             Phase::LoadTransformer => "loading transformer",
             Phase::Denoise => "denoising",
             Phase::LoadVae => "loading VAE",
@@ -80,6 +83,8 @@ pub struct Timings {
     pub load_text_encoder: PhaseStats,
     /// Encoding the prompt (and negative prompt).
     pub encode: PhaseStats,
+    /// Loading the VAE and encoding the init image (img2img, inpainting).
+    pub encode_image: PhaseStats,
     /// Loading the transformer (zero when it was already loaded).
     pub load_transformer: PhaseStats,
     /// The denoising loops of all images.
@@ -112,6 +117,7 @@ impl Timings {
         [
             self.load_text_encoder,
             self.encode,
+            self.encode_image,
             self.load_transformer,
             self.denoise,
             self.load_vae,

@@ -57,10 +57,34 @@ pub fn seeded_noise(seed: u64, channels: usize, h: usize, w: usize) -> Result<Ar
     )?)
 }
 
+/// Standard normal noise `(1, C, 1, h, w)` in f32 for the posterior sample of an init image
+/// (the VAE's layout), from the second half of `seed`'s key (the first makes
+/// [`seeded_noise`]).
+pub fn seeded_image_noise(seed: u64, channels: usize, h: usize, w: usize) -> Result<Array> {
+    let (_, key) = random::split(&random::key(seed)?, 2)?;
+    Ok(random::normal::<f32>(
+        &[1, channels as i32, 1, h as i32, w as i32],
+        None,
+        None,
+        &key,
+    )?)
+}
+
+/// What an initial-latents file holds.
+#[derive(Debug, Clone)]
+pub struct InitLatents {
+    /// The diffusion noise, `(images, 1, channels, h, w)` (diffusers' unpacked layout).
+    pub latents: Array,
+    /// The ε of the init image's posterior samples, `(images, channels, 1, h, w)` (the
+    /// VAE's layout), when the file has it (img2img and inpainting).
+    pub image_noise: Option<Array>,
+}
+
 /// Reads an initial-latents safetensors file: an f32 tensor `latents` in diffusers' unpacked
-/// noise layout `(images, 1, channels, h, w)`. The shape is checked against a request by
-/// [`crate::request::validate`].
-pub fn read_init_latents(path: &Path) -> Result<Array> {
+/// noise layout `(images, 1, channels, h, w)` and, optionally, an f32 `image_noise`
+/// `(images, channels, 1, h, w)`. Other tensors are ignored. Shapes are checked against a
+/// request by [`crate::request::validate`].
+pub fn read_init_latents(path: &Path) -> Result<InitLatents> {
     let err = |msg: String| PipelineError::InitLatents {
         path: Some(path.to_path_buf()),
         msg,
@@ -82,13 +106,21 @@ pub fn read_init_latents(path: &Path) -> Result<Array> {
             "no tensor named `latents` (the file holds {keys:?})"
         )));
     };
-    if a.dtype() != Dtype::Float32 {
-        return Err(err(format!(
-            "`latents` must be float32, got {:?}",
-            a.dtype()
-        )));
+    let image_noise = tensors.remove("image_noise");
+    for (name, t) in [("latents", Some(&a)), ("image_noise", image_noise.as_ref())] {
+        if let Some(t) = t
+            && t.dtype() != Dtype::Float32
+        {
+            return Err(err(format!(
+                "`{name}` must be float32, got {:?}",
+                t.dtype()
+            )));
+        }
     }
-    Ok(a)
+    Ok(InitLatents {
+        latents: a,
+        image_noise,
+    })
 }
 
 #[cfg(test)]

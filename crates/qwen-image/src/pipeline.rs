@@ -22,6 +22,7 @@ use crate::checkpoint::{CheckpointConfigs, ComponentPaths};
 use crate::denoise::{Conditioning, Denoise, NoHook};
 use crate::error::{Field, NonFiniteAdvice, PipelineError, Result, invalid};
 use crate::events::{Event, Phase, PhaseTimer, Timings};
+use crate::img2img::InitImage;
 use crate::latents::{pack_latents, seeded_noise, unpack_latents};
 use crate::lora::LoraPlan;
 use crate::output::Image;
@@ -126,6 +127,10 @@ pub struct PreparedRequest {
     sched: FlowMatchEulerScheduler,
     vae_tiles: Option<TilingConfig>,
     loras: Vec<LoraPlan>,
+    /// The first scheduled step that runs (img2img and inpainting start inside the schedule).
+    first_step: usize,
+    /// Remarks to pass on when the request runs.
+    notes: Vec<String>,
 }
 
 impl PreparedRequest {
@@ -149,9 +154,14 @@ impl PreparedRequest {
         &self.sched
     }
 
+    /// Denoising steps that run per image (fewer than the schedule's with an init image).
+    pub fn steps_run(&self) -> usize {
+        self.req.steps - self.first_step
+    }
+
     /// Denoising steps over all images.
     pub fn total_steps(&self) -> usize {
-        self.req.steps * self.req.num_images
+        self.steps_run() * self.req.num_images
     }
 }
 
@@ -372,11 +382,44 @@ impl QwenImagePipeline {
             .iter()
             .map(|l| crate::lora::plan(l, &self.configs.transformer))
             .collect::<Result<Vec<_>>>()?;
+        let mut notes: Vec<String> = loras
+            .iter()
+            .flat_map(|p| {
+                p.notes
+                    .iter()
+                    .map(move |n| format!("LoRA {}: {n}", p.lora().name()))
+            })
+            .collect();
+        let first_step = match &req.init_image {
+            Some(init) => {
+                if let Some(m) = &init.mask {
+                    let px = crate::image_input::mask_pixels(m, req.width, req.height);
+                    let repaint = px.iter().filter(|&&b| b).count();
+                    if repaint == 0 {
+                        notes.push(
+                            "the mask is entirely black after resizing: nothing is repainted \
+                             (the result is the input image through the VAE)"
+                                .into(),
+                        );
+                    } else if repaint == px.len() {
+                        notes.push(format!(
+                            "the mask is entirely white: everything is repainted, as img2img at \
+                             strength {}",
+                            init.strength
+                        ));
+                    }
+                }
+                crate::img2img::first_step(req.steps, init.strength)
+            }
+            None => 0,
+        };
         Ok(PreparedRequest {
             req,
             sched,
             vae_tiles,
             loras,
+            first_step,
+            notes,
         })
     }
 
@@ -422,10 +465,8 @@ impl QwenImagePipeline {
             warnings.push(w);
         };
         let cfg = req.does_true_cfg();
-        for plan in &job.loras {
-            for note in &plan.notes {
-                warn(format!("LoRA {}: {note}", plan.lora().name()), on_event);
-            }
+        for note in &job.notes {
+            warn(note.clone(), on_event);
         }
         if req.true_cfg_scale > 1.0 && req.negative_prompt.is_none() {
             warn(
@@ -471,7 +512,18 @@ impl QwenImagePipeline {
             warn(w.clone(), on_event);
         }
 
-        // 2. Transformer (rebuilt when the request's LoRAs differ from the loaded ones).
+        // 2. The init image, through the VAE (loaded for this and freed).
+        let clean = match &req.init_image {
+            Some(init) => {
+                let t = PhaseTimer::start(Phase::EncodeImage, on_event);
+                let z = self.encode_init_image(req, init)?;
+                timings.encode_image = t.end(Phase::EncodeImage, on_event);
+                Some(z)
+            }
+            None => None,
+        };
+
+        // 3. Transformer (rebuilt when the request's LoRAs differ from the loaded ones).
         let lora_keys: Vec<(String, u32)> = job.loras.iter().map(|p| p.lora().key()).collect();
         if self
             .transformer
@@ -495,6 +547,7 @@ impl QwenImagePipeline {
             job,
             cond.embeds.clone(),
             neg.as_ref().map(|n| n.embeds.clone()),
+            clean.as_deref(),
             &mut timings,
             on_event,
         );
@@ -506,7 +559,7 @@ impl QwenImagePipeline {
         drop((cond, neg));
         check_finite(&latents, self.options.dtype)?;
 
-        // 3. VAE.
+        // 4. VAE.
         let t = PhaseTimer::start(Phase::LoadVae, on_event);
         let vae = self.vae()?;
         timings.load_vae = t.end(Phase::LoadVae, on_event);
@@ -544,12 +597,46 @@ impl QwenImagePipeline {
         })
     }
 
-    /// The denoising loops; returns each image's final packed latents (evaluated).
+    /// Encodes the init image once per requested image (the same picture; each its own
+    /// posterior sample, ε from `image_noise` or the seed), normalised: `(1, z, 1, h, w)` in the
+    /// compute dtype, evaluated. The VAE is loaded for this and freed.
+    fn encode_init_image(&mut self, req: &GenerateRequest, init: &InitImage) -> Result<Vec<Array>> {
+        let dt = self.options.dtype.dtype();
+        let (h, w) = self.latent_size(req.width, req.height);
+        let z = self.configs.latent_channels();
+        let vae = self.vae()?;
+        let pixels = crate::image_input::to_vae_input(&init.image, req.width, req.height)?;
+        // diffusers casts the image to the pipeline dtype before the VAE.
+        let dist = vae.encode(&pixels.as_dtype(dt)?)?;
+        let mut out = Vec::with_capacity(req.num_images);
+        for i in 0..req.num_images {
+            let eps = match &init.image_noise {
+                Some(all) => crate::img2img::image_noise_for(all, i, dt)?,
+                None => crate::latents::seeded_image_noise(
+                    init.noise_seed.wrapping_add(i as u64),
+                    z,
+                    h,
+                    w,
+                )?
+                .as_dtype(dt)?,
+            };
+            let z0 = vae.normalize_latents(&dist.sample(&eps)?)?;
+            z0.eval()?;
+            out.push(z0);
+        }
+        drop(vae);
+        mlx_rs::memory::clear_cache()?;
+        Ok(out)
+    }
+
+    /// The denoising loops; returns each image's final packed latents (evaluated). `clean`:
+    /// the init image's normalised latents per image (img2img, inpainting).
     fn denoise(
         &self,
         job: &PreparedRequest,
         cond: Array,
         neg: Option<Array>,
+        clean: Option<&[Array]>,
         timings: &mut Timings,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Vec<Array>> {
@@ -587,10 +674,26 @@ impl QwenImagePipeline {
             dit,
             sched: &job.sched,
             sigmas: &sigmas,
-            first_step: 0,
+            first_step: job.first_step,
             cond: &cond,
             neg: neg.as_ref().map(|n| (n, req.true_cfg_scale)),
         };
+        let sched_sigmas = job.sched.sigmas();
+        let mask = match req.init_image.as_ref().and_then(|i| i.mask.as_ref()) {
+            Some(m) => Some(
+                crate::img2img::packed_mask(
+                    m,
+                    req.width,
+                    req.height,
+                    self.configs.vae_scale_factor(),
+                    self.configs.latent_channels(),
+                    p,
+                )?
+                .0,
+            ),
+            None => None,
+        };
+        let steps_run = job.steps_run();
         let t = PhaseTimer::start(Phase::Denoise, on_event);
         let mut out = Vec::with_capacity(req.num_images);
         for image in 0..req.num_images {
@@ -607,14 +710,40 @@ impl QwenImagePipeline {
                 }
             };
             // The pipeline prepares latents in the prompt embeddings' dtype.
-            let x = pack_latents(&noise.as_dtype(dt)?, p)?;
-            let x = loop_.run(x, &mut NoHook, &mut |step, x, elapsed| {
+            let noise = noise.as_dtype(dt)?;
+            let first = job.first_step;
+            let (x, clean_packed) = match clean {
+                Some(z0s) => {
+                    // (1, z, 1, h, w) → the noise layout (1, 1, z, h, w), then σ of the first
+                    // kept step.
+                    let z0 = z0s[image].transpose_axes(&[0, 2, 1, 3, 4])?;
+                    let x = crate::img2img::scale_noise(&z0, sched_sigmas[first], &noise)?;
+                    (pack_latents(&x, p)?, Some(pack_latents(&z0, p)?))
+                }
+                None => (pack_latents(&noise, p)?, None),
+            };
+            let noise_packed = pack_latents(&noise, p)?;
+            let mut blend;
+            let mut no_hook = NoHook;
+            let hook: &mut dyn crate::denoise::StepHook = match (&mask, &clean_packed) {
+                (Some(mask), Some(clean)) => {
+                    blend = crate::img2img::InpaintBlend {
+                        mask,
+                        clean,
+                        noise: &noise_packed,
+                        sigmas: sched_sigmas,
+                    };
+                    &mut blend
+                }
+                _ => &mut no_hook,
+            };
+            let x = loop_.run(x, hook, &mut |step, x, elapsed| {
                 timings.step_times.push(elapsed);
                 on_event(Event::Step {
                     image,
                     num_images: req.num_images,
-                    step,
-                    steps: req.steps,
+                    step: step - first,
+                    steps: steps_run,
                     elapsed,
                     latents_dtype: x.dtype(),
                 });

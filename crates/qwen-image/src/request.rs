@@ -7,6 +7,8 @@ use qwen_vae::TilingConfig;
 
 use crate::checkpoint::CheckpointConfigs;
 use crate::error::{Field, PipelineError, Result, invalid};
+use crate::image_input::check_image;
+use crate::img2img::{InitImage, first_step};
 use crate::lora::Lora;
 
 /// Largest image width or height accepted, in pixels.
@@ -180,6 +182,8 @@ pub struct GenerateRequest {
     /// Scheduler config keys replacing the checkpoint's (e.g. the Qwen-Image-Lightning
     /// recipe).
     pub scheduler_overrides: Option<SchedulerOverrides>,
+    /// A picture to start from (img2img; with a mask, inpainting).
+    pub init_image: Option<InitImage>,
 }
 
 /// Keys of diffusers' `FlowMatchEulerDiscreteScheduler` config that replace the checkpoint's
@@ -233,6 +237,7 @@ impl GenerateRequest {
             vae_tiling: VaeTiling::default(),
             loras: Vec::new(),
             scheduler_overrides: None,
+            init_image: None,
         }
     }
 
@@ -309,6 +314,30 @@ pub fn check_limits(req: &GenerateRequest) -> Result<()> {
             format!("true CFG scale must be finite, got {}", req.true_cfg_scale),
         ));
     }
+    if let Some(init) = &req.init_image {
+        let s = init.strength;
+        if !(s.is_finite() && s > 0.0 && s <= 1.0) {
+            return Err(invalid(
+                Field::Strength,
+                format!("strength must be in (0, 1], got {s}"),
+            ));
+        }
+        let kept = req.steps - first_step(req.steps, s);
+        if kept == 0 {
+            return Err(invalid(
+                Field::Strength,
+                format!(
+                    "strength {s} keeps {kept} of {} steps (the last int(steps × strength) run): \
+                     raise the strength or the steps",
+                    req.steps
+                ),
+            ));
+        }
+        check_image(&init.image, Field::Image)?;
+        if let Some(m) = &init.mask {
+            check_image(m, Field::Mask)?;
+        }
+    }
     if let Some(t) = req.vae_tiling.tiles()
         && t.largest_side() > MAX_IMAGE_SIDE
     {
@@ -371,25 +400,29 @@ pub fn validate(req: &GenerateRequest, configs: &CheckpointConfigs) -> Result<()
                 ),
             });
         }
-        // NaN or infinity would only show after the whole denoising: look now (one small
-        // reduction per image).
-        let finite = a
-            .reshape(&[req.num_images as i32, -1])?
-            .is_finite()?
-            .all_axis(1, None)?;
-        finite.eval()?;
-        let bad: Vec<usize> = finite
-            .as_slice::<bool>()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &ok)| (!ok).then_some(i))
-            .collect();
-        if !bad.is_empty() {
+        check_finite_input("latents", a, req.num_images)?;
+    }
+    if let Some(noise) = req.init_image.as_ref().and_then(|i| i.image_noise.as_ref()) {
+        let (h, w) = latent_size(configs, req.width, req.height);
+        let want = [
+            req.num_images as i32,
+            configs.latent_channels() as i32,
+            1,
+            h as i32,
+            w as i32,
+        ];
+        if noise.dtype() != Dtype::Float32 || noise.shape() != want {
             return Err(PipelineError::InitLatents {
                 path: None,
-                msg: format!("`latents` of image(s) {bad:?} hold NaN or infinity"),
+                msg: format!(
+                    "`image_noise` is {:?} {:?}; this request needs float32 {want:?} (images, \
+                     latent channels, 1, latent height, latent width: the VAE's layout)",
+                    noise.dtype(),
+                    noise.shape()
+                ),
             });
         }
+        check_finite_input("image_noise", noise, req.num_images)?;
     }
     if let Some(t) = req.vae_tiling.tiles() {
         let ratio = configs.vae.spatial_compression_ratio();
@@ -403,6 +436,30 @@ pub fn validate(req: &GenerateRequest, configs: &CheckpointConfigs) -> Result<()
         })?;
     }
     Ok(())
+}
+
+/// NaN or infinity in a given noise tensor would only show after the whole denoising: look
+/// now (one small reduction per image).
+fn check_finite_input(name: &str, a: &Array, images: usize) -> Result<()> {
+    let finite = a
+        .reshape(&[images as i32, -1])?
+        .is_finite()?
+        .all_axis(1, None)?;
+    finite.eval()?;
+    let bad: Vec<usize> = finite
+        .as_slice::<bool>()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &ok)| (!ok).then_some(i))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(PipelineError::InitLatents {
+            path: None,
+            msg: format!("`{name}` of image(s) {bad:?} hold NaN or infinity"),
+        })
+    }
 }
 
 #[cfg(test)]

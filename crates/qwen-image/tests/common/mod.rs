@@ -78,8 +78,9 @@ pub fn case_request(
     req.width = c.width;
     req.height = c.height;
     req.max_sequence_length = c.max_sequence_length;
-    req.noise = qwen_image::Noise::Latents(qwen_image::latents::read_init_latents(
-        &fixtures().join(format!("{name}.safetensors")),
-    )?);
+    req.noise = qwen_image::Noise::Latents(
+        qwen_image::latents::read_init_latents(&fixtures().join(format!("{name}.safetensors")))?
+            .latents,
+    );
     Ok(req)
 }
