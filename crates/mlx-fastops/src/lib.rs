@@ -63,7 +63,10 @@ pub use backend::{
 };
 pub use dtype::{ComputeDtype, ParseComputeDtypeError};
 pub use error::{FastOpsError, Result};
-pub use ops::{MAX_ATTENTION_SCORES, layer_norm, query_chunk, rms_norm, scalar, sdpa, silu};
+pub use ops::{
+    CPU_MAX_ATTENTION_SCORES, MAX_ATTENTION_SCORES, layer_norm, query_chunk, rms_norm, scalar,
+    sdpa, silu,
+};
 
 use mlx_rs::Array;
 

@@ -56,8 +56,9 @@ pub(crate) fn shape_err(op: &'static str, msg: impl Into<String>) -> FastOpsErro
 /// use a large negative finite value such as -1e4·… or `-inf` for masked positions). MLX
 /// computes the softmax in f32 whatever the input dtype.
 ///
-/// A score matrix larger than [`MAX_ATTENTION_SCORES`] elements is avoided by attending to
-/// the queries in row chunks (results are the same: rows are independent).
+/// A score matrix larger than [`CPU_MAX_ATTENTION_SCORES`] elements on the CPU (where MLX
+/// materialises it) or [`MAX_ATTENTION_SCORES`] elsewhere is avoided by attending to the
+/// queries in row chunks (results are the same: rows are independent).
 pub fn sdpa(q: &Array, k: &Array, v: &Array, scale: f32, mask: Option<&Array>) -> Result<Array> {
     sdpa_limited(q, k, v, scale, mask, max_attention_scores())
 }
@@ -135,20 +136,32 @@ pub(crate) fn sdpa_limited(
     Ok(mlx_rs::ops::concatenate(&outs, 2)?)
 }
 
-/// The largest attention score matrix, in elements (`B·H·Lq·Lk`), computed at once by
-/// [`sdpa`]: 2³⁰, half of what MLX's i32-indexed CPU kernels can address (a larger one
-/// crashed MLX's CPU matmul). `MLX_FASTOPS_MAX_SCORES` (read once) lowers it, for tests.
-pub const MAX_ATTENTION_SCORES: usize = 1 << 30;
+/// The largest attention score matrix, in elements (`B·H·Lq·Lk`), [`sdpa`] computes at once
+/// on a GPU: just under 2³¹, what MLX's i32-indexed kernels can address (the fused kernels
+/// do not materialise the scores at all; this only guards the fallbacks).
+pub const MAX_ATTENTION_SCORES: usize = (1 << 31) - 1;
 
+/// The same on the CPU, where MLX computes attention as matmul → softmax → matmul and holds
+/// the scores: 2²⁶ (256 MiB in f32). A larger score matrix crashed MLX's CPU matmul past 2³¹
+/// elements (the tiny model at 4096²) and, chunked at 2³⁰, ran out of memory on 24 GiB.
+pub const CPU_MAX_ATTENTION_SCORES: usize = 1 << 26;
+
+/// The limit for the stream the next op runs on; `MLX_FASTOPS_MAX_SCORES` (read once) lowers
+/// it, for tests.
 fn max_attention_scores() -> usize {
-    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| {
+    static ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let base = if crate::current_backend() == crate::Backend::Cpu {
+        CPU_MAX_ATTENTION_SCORES
+    } else {
+        MAX_ATTENTION_SCORES
+    };
+    let env = *ENV.get_or_init(|| {
         std::env::var("MLX_FASTOPS_MAX_SCORES")
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|&v| v > 0)
-            .map_or(MAX_ATTENTION_SCORES, |v| v.min(MAX_ATTENTION_SCORES))
-    })
+    });
+    env.map_or(base, |v| v.min(base))
 }
 
 /// Query rows per chunk when attention of `b·h` heads over `lq × lk` would exceed `limit`

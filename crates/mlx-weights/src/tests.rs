@@ -249,6 +249,11 @@ fn atomic_writes_never_follow_a_planted_link() -> anyhow::Result<()> {
             .join(format!(".out.bin.tmp-{}", std::process::id())),
     )?;
     write_atomic(&target, b"new")?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&target)?.permissions().mode() & 0o777, 0o644);
+    }
     assert_eq!(fs::read(&victim)?, b"keep");
     assert_eq!(fs::read(&target)?, b"new");
     assert!(!fs::symlink_metadata(&target)?.file_type().is_symlink());
