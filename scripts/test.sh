@@ -14,4 +14,9 @@ export RUST_TEST_THREADS=${RUST_TEST_THREADS:-$(nproc)}
 if [ $# -gt 0 ]; then
   exec cargo test "$@"
 fi
-exec cargo test --workspace
+cargo test --workspace
+# The library's example program, on the tiny fixture (issue 17: it must run in CI).
+out=$(mktemp -d)
+cargo run -q -p qwen-image --example generate -- fixtures/data/pipeline/tiny "$out/example.png"
+test -s "$out/example.png"
+rm -rf "$out"

@@ -30,6 +30,19 @@ pub enum Command {
     /// Example: qwen-image generate --model Qwen/Qwen-Image --prompt "a red fox in the snow,
     /// watercolor" --negative-prompt " " --seed 42 --output fox.png
     Generate(Box<GenerateArgs>),
+    /// Download a checkpoint from the Hugging Face hub into the local cache (only the files
+    /// the engine reads), without generating; prints the snapshot folder.
+    Download(DownloadArgs),
+}
+
+/// `download`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct DownloadArgs {
+    /// A Hugging Face id such as Qwen/Qwen-Image.
+    pub model: String,
+    /// Branch, tag or commit to fetch.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
 }
 
 /// `--vae-tiling`.
@@ -47,6 +60,34 @@ pub enum TilingArg {
 /// The output side without --width/--height and without --image.
 pub const DEFAULT_SIDE: usize = 1024;
 
+/// Qwen-Image's recommended sizes by aspect ratio (model card), floored to multiples of 16.
+pub const ASPECTS: [(&str, (usize, usize)); 7] = [
+    ("1:1", (1328, 1328)),
+    ("16:9", (1664, 928)),
+    ("9:16", (928, 1664)),
+    ("4:3", (1472, 1136)),
+    ("3:4", (1136, 1472)),
+    ("3:2", (1584, 1056)),
+    ("2:3", (1056, 1584)),
+];
+
+fn parse_aspect(s: &str) -> Result<(usize, usize), String> {
+    ASPECTS
+        .iter()
+        .find(|(k, _)| *k == s.trim())
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            format!(
+                "`{s}` is not one of {}",
+                ASPECTS
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
 fn parse_dtype(s: &str) -> Result<ComputeDtype, String> {
     s.parse::<ComputeDtype>().map_err(|e| e.to_string())
 }
@@ -58,13 +99,38 @@ pub struct GenerateArgs {
     /// Checkpoint: a directory in the diffusers layout (model_index.json, transformer/, vae/,
     /// text_encoder/, tokenizer/, scheduler/) or a Hugging Face id such as Qwen/Qwen-Image,
     /// looked up in the local Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else
-    /// ~/.cache/huggingface/hub). A hub id missing from the cache is downloaded with the
-    /// `hf` CLI when it is installed; otherwise the error names the command to run.
-    #[arg(long, value_name = "DIR|HUB_ID")]
-    pub model: String,
+    /// ~/.cache/huggingface/hub) and downloaded into it when missing or incomplete (only the
+    /// files the engine reads; HF_TOKEN, HF_ENDPOINT honoured; an interrupted download
+    /// resumes).
+    #[arg(long, value_name = "DIR|HUB_ID", required_unless_present = "from_png")]
+    pub model: Option<String>,
+    /// Branch, tag or commit of a hub id.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
     /// The text prompt.
+    #[arg(long, required_unless_present_any = ["prompt_file", "from_png"], conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// A file of prompts, one per line (blank lines and lines starting with # skipped): one
+    /// generation per prompt, its images named after the line number (FILE-<line>.png, or
+    /// FILE-<line>-<i>.png with --num-images).
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
+    /// Re-run with the parameters stored in a PNG this program wrote (prompt, seed, steps,
+    /// size, CFG, LoRAs, …); flags given on the command line win.
+    #[arg(long, value_name = "FILE.png")]
+    pub from_png: Option<PathBuf>,
+    /// One of Qwen-Image's recommended sizes: 1:1 (1328²), 16:9 (1664×928), 9:16 (928×1664),
+    /// 4:3 (1472×1136), 3:4 (1136×1472), 3:2 (1584×1056), 2:3 (1056×1584). The model card's
+    /// 1472×1140 is not a multiple of 16: diffusers floors it to 1136, as here.
+    #[arg(long, value_parser = parse_aspect, conflicts_with_all = ["width", "height"])]
+    pub aspect: Option<(usize, usize)>,
+    /// Do not write the generation parameters into the PNG files.
     #[arg(long)]
-    pub prompt: String,
+    pub no_metadata: bool,
+    /// Print a machine-readable JSON summary on stdout (files, seeds, timings, peak memory)
+    /// instead of the human one.
+    #[arg(long)]
+    pub json: bool,
     /// Negative prompt. True CFG (two transformer passes per step) runs only with a negative
     /// prompt and --true-cfg-scale > 1.
     #[arg(long)]
@@ -190,7 +256,7 @@ impl GenerateArgs {
         };
         let tiles = Tiles::Square(self.vae_tile_size.unwrap_or(DEFAULT_VAE_TILE_SIZE));
         GenerateRequest {
-            prompt: self.prompt.clone(),
+            prompt: self.prompt.clone().unwrap_or_default(),
             negative_prompt: self.negative_prompt.clone(),
             true_cfg_scale: self.true_cfg_scale,
             steps: self.steps,
@@ -260,5 +326,30 @@ impl GenerateArgs {
             Field::Strength => format!("--strength {}", self.strength),
             Field::ImageNoise => "--init-latents (image_noise)".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The model card's recommended sizes, each a multiple of 16 (4:3 / 3:4 floored as
+    /// diffusers floors 1140).
+    #[test]
+    fn aspect_presets() {
+        let want = [
+            ("1:1", (1328, 1328)),
+            ("16:9", (1664, 928)),
+            ("9:16", (928, 1664)),
+            ("4:3", (1472, 1136)),
+            ("3:4", (1136, 1472)),
+            ("3:2", (1584, 1056)),
+            ("2:3", (1056, 1584)),
+        ];
+        for (k, (w, h)) in want {
+            assert_eq!(parse_aspect(k), Ok((w, h)));
+            assert!(w % 16 == 0 && h % 16 == 0);
+        }
+        assert!(parse_aspect("5:4").is_err());
     }
 }

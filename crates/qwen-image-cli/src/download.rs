@@ -1,55 +1,81 @@
-//! Fetching a hub id missing from the cache with the Hugging Face CLI (`hf`, else
-//! `huggingface-cli`), when one is installed.
+//! Fetching a hub id natively (the library's `download` module) with one progress bar over
+//! all files: bytes, rate, time left.
 
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 
+use indicatif::{ProgressBar, ProgressStyle};
+use qwen_image::download::{DownloadEvent, download_model, resolve_or_download};
 use qwen_image::hub::HubEnv;
 
 use crate::eout;
 
-/// The command that downloads `repo_id` into the cache.
-pub fn download_command(repo_id: &str) -> String {
-    format!("hf download {repo_id}")
+/// Resolves `spec` (a folder, or a hub id from the cache, downloaded into it when missing or
+/// incomplete and not `offline`), showing download progress on stderr.
+pub fn resolve(
+    spec: &str,
+    revision: &str,
+    offline: bool,
+    env: &HubEnv,
+) -> qwen_image::Result<PathBuf> {
+    let mut bar = Bar::default();
+    let dir = resolve_or_download(spec, revision, offline, env, &mut |e| {
+        bar.on_event(spec, revision, e)
+    })?;
+    bar.finish();
+    Ok(dir)
 }
 
-/// A CLI that downloads from the hub, if one is on `PATH`.
-fn downloader() -> Option<&'static str> {
-    ["hf", "huggingface-cli"].into_iter().find(|cmd| {
-        Command::new(cmd)
-            .arg("--help")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    })
+/// Downloads what the engine needs of `repo_id` at `revision` into the cache, showing
+/// progress on stderr; returns the snapshot folder.
+pub fn download(repo_id: &str, revision: &str, env: &HubEnv) -> qwen_image::Result<PathBuf> {
+    let mut bar = Bar::default();
+    let dir = download_model(repo_id, revision, env, &mut |e| {
+        bar.on_event(repo_id, revision, e)
+    })?;
+    bar.finish();
+    Ok(dir)
 }
 
-/// Downloads `repo_id` into the cache with the installed CLI (its own progress shows).
-/// The error says which command to run when none is installed or it fails.
-pub fn download(repo_id: &str, env: &HubEnv) -> anyhow::Result<()> {
-    let how = format!(
-        "download it with `{}` (install the CLI with `pip install -U huggingface_hub`), or pass \
-         --model a directory in the diffusers layout",
-        download_command(repo_id)
-    );
-    let Some(cli) = downloader() else {
-        anyhow::bail!("no `hf` / `huggingface-cli` program is installed to download it: {how}");
-    };
-    eout!(
-        "{repo_id} is not in the Hugging Face cache: downloading it with `{cli} download {repo_id}`"
-    );
-    let mut cmd = Command::new(cli);
-    cmd.arg("download").arg(repo_id);
-    if let Some(c) = &env.hf_hub_cache {
-        cmd.arg("--cache-dir").arg(c);
+/// One bar over all files.
+#[derive(Default)]
+struct Bar(Option<ProgressBar>);
+
+impl Bar {
+    fn on_event(&mut self, repo_id: &str, revision: &str, e: DownloadEvent) {
+        match e {
+            DownloadEvent::Start { files: 0, .. } => {}
+            DownloadEvent::Start { files, bytes } => {
+                eout!(
+                    "downloading {repo_id} ({revision}): {files} files, {:.2} GB, into the \
+                     Hugging Face cache",
+                    bytes as f64 / 1e9
+                );
+                let b = ProgressBar::new(bytes);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} \
+                         [{elapsed_precise}<{eta_precise}] {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                self.0 = Some(b);
+            }
+            DownloadEvent::Progress { done } => {
+                if let Some(b) = &self.0 {
+                    b.set_position(done);
+                }
+            }
+            DownloadEvent::FileDone { file } => {
+                if let Some(b) = &self.0 {
+                    b.set_message(file);
+                }
+            }
+        }
     }
-    let status = cmd
-        .status()
-        .map_err(|e| anyhow::anyhow!("could not run `{cli} download {repo_id}`: {e}"))?;
-    anyhow::ensure!(
-        status.success(),
-        "`{cli} download {repo_id}` failed ({status}); check the network and run it by hand"
-    );
-    Ok(())
+
+    fn finish(self) {
+        if let Some(b) = self.0 {
+            b.finish();
+        }
+    }
 }

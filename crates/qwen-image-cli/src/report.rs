@@ -3,32 +3,13 @@
 use std::time::Duration;
 
 use qwen_image::info::human_bytes;
-use qwen_image::{AUTO_TILING_MIN_PIXELS, GenerateRequest, Generation, Noise, TilingConfig};
+use qwen_image::{AUTO_TILING_MIN_PIXELS, GenerateRequest, Generation, Noise};
 
 use crate::args::{GenerateArgs, TilingArg};
 use crate::out;
 
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
-}
-
-/// `tiled, 1024 px tiles, 768 px stride` / `untiled`.
-pub fn describe_tiles(t: Option<&TilingConfig>) -> String {
-    let Some(t) = t else {
-        return "untiled".into();
-    };
-    let dims = |a: usize, b: usize| {
-        if a == b {
-            format!("{a}")
-        } else {
-            format!("{a}×{b}")
-        }
-    };
-    format!(
-        "tiled, {} px tiles, {} px stride",
-        dims(t.tile_sample_min_width, t.tile_sample_min_height),
-        dims(t.tile_sample_stride_width, t.tile_sample_stride_height)
-    )
 }
 
 /// Wall times measured outside the library.
@@ -80,7 +61,7 @@ pub fn summary(args: &GenerateArgs, req: &GenerateRequest, result: &Generation, 
     out!(
         "decode:   {} ({}; --vae-tiling {})",
         secs(t.decode.time),
-        describe_tiles(result.vae_tiles.as_ref()),
+        qwen_image::request::describe_tiles(result.vae_tiles.as_ref()),
         match args.vae_tiling {
             TilingArg::Auto => format!(
                 "auto: tiles above {:.1} MPx",

@@ -235,7 +235,7 @@ fn hub_id_not_in_cache_says_how_to_download() {
         .env_remove("HF_HOME"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains("hf download Qwen/Qwen-Image"), "{err}");
+    assert!(err.contains("qwen-image download Qwen/Qwen-Image"), "{err}");
     assert!(!out.exists());
 }
 

@@ -298,6 +298,18 @@ impl ComponentPaths {
     }
 }
 
+/// Whether `root` holds a complete checkpoint: `model_index.json`, every component with its
+/// config and every weight file its index names, consistent with the configs (the checks
+/// [`crate::QwenImagePipeline::load`] runs, from headers; nothing is loaded).
+pub fn is_complete(root: &Path) -> bool {
+    ComponentPaths::from_root(root)
+        .and_then(|p| {
+            let c = p.read_configs()?;
+            p.check_files(&c)
+        })
+        .is_ok()
+}
+
 /// Signs that `root` holds weights saved by mflux (MLX) rather than diffusers: numbered
 /// shards (`transformer/0.safetensors`, …) or a safetensors header whose `__metadata__` has
 /// mflux's `quantization_level` (or `mflux_version`). Looks at `root` and its immediate

@@ -133,6 +133,14 @@ pub enum PipelineError {
         /// The cache searched (`None` when no cache location is known).
         cache: Option<PathBuf>,
     },
+    /// Downloading from the Hugging Face hub failed.
+    #[error("downloading {repo_id}: {msg}")]
+    Download {
+        /// The repository.
+        repo_id: String,
+        /// What went wrong, and what to do.
+        msg: String,
+    },
     /// The checkpoint folder is incomplete or inconsistent (missing component, missing or
     /// corrupt file, components whose sizes do not fit together).
     #[error("{path}: {msg}")]

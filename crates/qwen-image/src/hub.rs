@@ -77,9 +77,30 @@ pub fn looks_like_repo_id(s: &str) -> bool {
 /// exactly one. A `refs/main` that is not a plain name (`..`, a path) is refused: the
 /// snapshot must lie inside the repository's `snapshots/` folder.
 pub fn find_in_cache(cache: &Path, repo_id: &str) -> Result<Option<PathBuf>> {
+    find_revision_in_cache(cache, repo_id, "main")
+}
+
+/// [`find_in_cache`] for a revision: a branch or tag name (`refs/<revision>`), or a commit
+/// hash (`snapshots/<hash>` directly). Without the ref, `main` also accepts the only snapshot.
+pub fn find_revision_in_cache(
+    cache: &Path,
+    repo_id: &str,
+    revision: &str,
+) -> Result<Option<PathBuf>> {
     let repo = cache.join(format!("models--{}", repo_id.replace('/', "--")));
     let snapshots = repo.join("snapshots");
-    let refs_main = repo.join("refs").join("main");
+    let is_commit = revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit());
+    if is_commit {
+        let dir = snapshots.join(revision);
+        return Ok(dir.is_dir().then_some(dir));
+    }
+    if revision.contains("..") || revision.starts_with('/') {
+        return Err(PipelineError::ModelNotFound {
+            spec: repo_id.to_string(),
+            msg: format!("`{revision}` is not a revision name"),
+        });
+    }
+    let refs_main = repo.join("refs").join(revision);
     if let Ok(hash) = std::fs::read_to_string(&refs_main) {
         let hash = hash.trim();
         let plain = !hash.is_empty()
@@ -100,6 +121,9 @@ pub fn find_in_cache(cache: &Path, repo_id: &str) -> Result<Option<PathBuf>> {
         let dir = snapshots.join(hash);
         return Ok(dir.is_dir().then_some(dir));
     }
+    if revision != "main" {
+        return Ok(None);
+    }
     let Ok(rd) = std::fs::read_dir(&snapshots) else {
         return Ok(None);
     };
@@ -114,6 +138,11 @@ pub fn find_in_cache(cache: &Path, repo_id: &str) -> Result<Option<PathBuf>> {
 /// cache. A hub id missing from the cache is [`PipelineError::NotInCache`] (a program may
 /// download it and resolve again).
 pub fn resolve_model(spec: &str, env: &HubEnv) -> Result<PathBuf> {
+    resolve_model_at(spec, "main", env)
+}
+
+/// [`resolve_model`] at a revision of a hub id (ignored for a directory).
+pub fn resolve_model_at(spec: &str, revision: &str, env: &HubEnv) -> Result<PathBuf> {
     let as_path = Path::new(spec);
     if as_path.is_dir() {
         return Ok(as_path.to_path_buf());
@@ -134,7 +163,7 @@ pub fn resolve_model(spec: &str, env: &HubEnv) -> Result<PathBuf> {
     }
     let cache = env.cache_dir();
     if let Some(c) = &cache
-        && let Some(dir) = find_in_cache(c, spec)?
+        && let Some(dir) = find_revision_in_cache(c, spec, revision)?
     {
         return Ok(dir);
     }

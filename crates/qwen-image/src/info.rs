@@ -129,6 +129,15 @@ pub fn runtime_info() -> Result<RuntimeInfo> {
     }
 }
 
+/// A one-line notice for quantized runs on CUDA, where MLX compiles its quantized-matmul
+/// kernels (JIT) the first time each shape is used: the first steps can take minutes.
+pub fn quantize_notice(backend: Backend, quantized: bool) -> Option<&'static str> {
+    (quantized && backend == Backend::Cuda).then_some(
+        "note: on CUDA, MLX compiles its quantized kernels at first use; the first denoising \
+         steps can take minutes (later runs reuse the compiled kernels)",
+    )
+}
+
 /// Formats a byte count with binary units (e.g. `79.2 GiB`).
 pub fn human_bytes(n: usize) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -182,6 +191,14 @@ mod tests {
         let text = info.to_string();
         assert!(text.contains("backend:"));
         Ok(())
+    }
+
+    #[test]
+    fn quantize_notice_only_for_quantized_cuda_runs() {
+        assert!(quantize_notice(Backend::Cuda, true).is_some_and(|n| n.contains("first use")));
+        assert_eq!(quantize_notice(Backend::Cuda, false), None);
+        assert_eq!(quantize_notice(Backend::Metal, true), None);
+        assert_eq!(quantize_notice(Backend::Cpu, true), None);
     }
 
     #[test]

@@ -80,6 +80,20 @@ pub struct InitLatents {
     pub image_noise: Option<Array>,
 }
 
+/// A seed for a run that was given none: from the clock and the process id (splitmix64),
+/// below 2⁵³ so that it survives JSON and JavaScript numbers.
+pub fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut z = nanos ^ ((std::process::id() as u64) << 32);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) % (1 << 53)
+}
+
 /// Reads an initial-latents safetensors file: an f32 tensor `latents` in diffusers' unpacked
 /// noise layout `(images, 1, channels, h, w)` and, optionally, an f32 `image_noise`
 /// `(images, channels, 1, h, w)`. Other tensors are ignored. Shapes are checked against a

@@ -44,6 +44,7 @@
 
 pub mod checkpoint;
 mod denoise;
+pub mod download;
 pub mod error;
 pub mod events;
 pub mod guidance;
@@ -54,6 +55,7 @@ pub mod info;
 pub mod latents;
 pub mod lora;
 pub mod memory;
+pub mod metadata;
 pub mod output;
 pub mod pipeline;
 pub mod request;

@@ -3,11 +3,8 @@
 //! never leaves a partial or stale image under the requested name.
 
 use std::fs;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-
-use image::ImageEncoder;
-use image::codecs::png::PngEncoder;
 
 use crate::error::{PipelineError, Result};
 
@@ -38,6 +35,21 @@ pub fn output_paths(output: &Path, n: usize) -> Vec<PathBuf> {
     (0..n)
         .map(|i| output.with_file_name(format!("{stem}-{i}.{ext}")))
         .collect()
+}
+
+/// The files of `n` images of the prompt on line `line` of a prompt file: `<stem>-<line>.png`
+/// (then numbered as [`output_paths`] numbers them); without a line, [`output_paths`].
+pub fn output_paths_for(output: &Path, line: Option<usize>, n: usize) -> Vec<PathBuf> {
+    let base = match line {
+        Some(l) => {
+            let stem = output
+                .file_stem()
+                .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+            output.with_file_name(format!("{stem}-{l}.png"))
+        }
+        None => output.to_path_buf(),
+    };
+    output_paths(&base, n)
 }
 
 fn parent_dir(path: &Path) -> PathBuf {
@@ -110,6 +122,12 @@ pub fn check_output(path: &Path) -> Result<()> {
 /// unpredictable name in the same folder, then a rename): nothing appears under `path`
 /// unless the whole file was written, and no planted link is followed.
 pub fn write_png(path: &Path, image: &Image) -> Result<()> {
+    write_png_with_text(path, image, &[])
+}
+
+/// [`write_png`] with text chunks (keyword, UTF-8 text; written as `iTXt` before the image
+/// data), e.g. [`crate::metadata::GenerationRecord::chunks`].
+pub fn write_png_with_text(path: &Path, image: &Image, text: &[(String, String)]) -> Result<()> {
     if image.data.len() != image.width * image.height * 3 {
         return Err(out_err(
             path,
@@ -121,19 +139,20 @@ pub fn write_png(path: &Path, image: &Image) -> Result<()> {
             ),
         ));
     }
-    mlx_weights::persist_atomic(path, |file| {
-        let mut w = BufWriter::new(file);
-        PngEncoder::new(&mut w)
-            .write_image(
-                &image.data,
-                image.width as u32,
-                image.height as u32,
-                image::ExtendedColorType::Rgb8,
-            )
-            .map_err(std::io::Error::other)?;
-        w.flush()
-    })
-    .map_err(|e| match e {
+    let mut bytes = Vec::new();
+    let encoded = (|| -> std::result::Result<(), png::EncodingError> {
+        let mut enc = png::Encoder::new(&mut bytes, image.width as u32, image.height as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        for (k, v) in text {
+            enc.add_itxt_chunk(k.clone(), v.clone())?;
+        }
+        let mut writer = enc.write_header()?;
+        writer.write_image_data(&image.data)?;
+        writer.finish()
+    })();
+    encoded.map_err(|e| out_err(path, format!("PNG encoding failed: {e}")))?;
+    mlx_weights::persist_atomic(path, |file| file.write_all(&bytes)).map_err(|e| match e {
         mlx_weights::WeightsError::Io { source, .. } => out_err(path, source.to_string()),
         e => out_err(path, e.to_string()),
     })

@@ -75,6 +75,35 @@ pub struct Generation {
     pub latents: Vec<Array>,
 }
 
+impl Generation {
+    /// A machine-readable summary: sizes, steps run, per-phase time (ms) and MLX peak memory
+    /// (bytes), LoRAs, warnings.
+    pub fn summary_json(&self) -> serde_json::Value {
+        let t = &self.timings;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let phase = |p: &crate::PhaseStats| serde_json::json!({ "ms": ms(p.time), "peak_memory_bytes": p.peak_memory });
+        serde_json::json!({
+            "images": self.images.iter().map(|i| [i.width, i.height]).collect::<Vec<_>>(),
+            "steps_run": t.step_times.len(),
+            "timings": {
+                "load_text_encoder": phase(&t.load_text_encoder),
+                "encode": phase(&t.encode),
+                "encode_image": phase(&t.encode_image),
+                "load_transformer": phase(&t.load_transformer),
+                "denoise": phase(&t.denoise),
+                "step_ms_mean": ms(t.mean_step()),
+                "load_vae": phase(&t.load_vae),
+                "decode": phase(&t.decode),
+            },
+            "peak_memory_bytes": t.peak_memory(),
+            "loras": self.loras.iter()
+                .map(|l| serde_json::json!({ "name": l.name, "layout": l.layout, "layers": l.layers }))
+                .collect::<Vec<_>>(),
+            "warnings": self.warnings,
+        })
+    }
+}
+
 /// What one LoRA did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoraReport {
@@ -152,6 +181,35 @@ impl PreparedRequest {
     /// The scheduler the request runs with (the checkpoint's config with any overrides).
     pub fn scheduler(&self) -> &FlowMatchEulerScheduler {
         &self.sched
+    }
+
+    /// The request in words: `1024×1024, 50 steps, true CFG on (scale 4)[, img2img at strength
+    /// 0.6 (30 of 50 steps run)]`.
+    pub fn describe(&self) -> String {
+        let req = &self.req;
+        let mode = match &req.init_image {
+            Some(i) => format!(
+                ", {} at strength {} ({} of {} steps run)",
+                if i.mask.is_some() {
+                    "inpainting"
+                } else {
+                    "img2img"
+                },
+                i.strength,
+                self.steps_run(),
+                req.steps
+            ),
+            None => String::new(),
+        };
+        let cfg = if req.does_true_cfg() {
+            format!("on (scale {})", req.true_cfg_scale)
+        } else {
+            "off".into()
+        };
+        format!(
+            "{}×{}, {} steps, true CFG {cfg}{mode}",
+            req.width, req.height, req.steps
+        )
     }
 
     /// Denoising steps that run per image (fewer than the schedule's with an init image).

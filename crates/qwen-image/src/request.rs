@@ -247,6 +247,25 @@ impl GenerateRequest {
     }
 }
 
+/// `tiled, 1024 px tiles, 768 px stride` / `untiled`.
+pub fn describe_tiles(t: Option<&TilingConfig>) -> String {
+    let Some(t) = t else {
+        return "untiled".into();
+    };
+    let dims = |a: usize, b: usize| {
+        if a == b {
+            format!("{a}")
+        } else {
+            format!("{a}×{b}")
+        }
+    };
+    format!(
+        "tiled, {} px tiles, {} px stride",
+        dims(t.tile_sample_min_width, t.tile_sample_min_height),
+        dims(t.tile_sample_stride_width, t.tile_sample_stride_height)
+    )
+}
+
 /// The latent grid `(h, w)` of an image for a VAE of compression `ratio`.
 pub fn latent_size(configs: &CheckpointConfigs, width: usize, height: usize) -> (usize, usize) {
     let r = configs.vae_scale_factor();
