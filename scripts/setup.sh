@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prepare this checkout so that plain `cargo build` / `cargo test` / `cargo bench` work.
+# Prepare this checkout so that plain `cargo build` / `cargo test` / `cargo bench` work, and
+# (with --user) make MLX available to any Cargo project of this user.
 #
 # On macOS nothing is needed: mlx-rs builds MLX with Metal through its own build script.
 # On Linux (x86-64 or aarch64) this script, idempotently (a second run takes seconds):
@@ -10,6 +11,15 @@
 #   4. generates mlx-sys's Rust bindings with bindgen;
 #   5. writes .cargo/config.toml (git-ignored): a link override that replaces mlx-sys's
 #      macOS-only build script, and a RUNPATH so binaries find libmlx.so by themselves.
+#
+# Usage: scripts/setup.sh [--user | --print-config | --remove-user | --help]
+#   --user          also copy the built MLX, mlx-c and bindings to a per-user directory
+#                   (${XDG_DATA_HOME:-~/.local/share}/qwen-image-rs, or $QWEN_MLX_PREFIX) and
+#                   add the same override, pointing there, to $CARGO_HOME/config.toml (default
+#                   ~/.cargo) between marker lines; prints what it added and how to remove it.
+#   --print-config  do the per-user copy, but only print the snippet for a project's own
+#                   .cargo/config.toml instead of touching $CARGO_HOME.
+#   --remove-user   delete the marked block from $CARGO_HOME/config.toml and the per-user copy.
 #
 # Rust >= 1.88 is taken from PATH or ~/.cargo/bin, and installed with rustup when absent.
 # Environment: QWEN_MLX_BACKEND=cpu|cuda (default cpu), QWEN_SETUP_QUIET=1 for less output.
@@ -25,8 +35,39 @@ PREFIX="$ROOT/.mlx"
 say() { [ "${QWEN_SETUP_QUIET:-0}" = 1 ] || echo "setup: $*" >&2; }
 die() { echo "setup: error: $*" >&2; exit 1; }
 
+MODE=checkout
+case "${1:-}" in
+  "") ;;
+  --user) MODE=user ;;
+  --print-config) MODE=print ;;
+  --remove-user) MODE=remove ;;
+  -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+  *) die "unknown argument '$1' (try --help)" ;;
+esac
+[ $# -le 1 ] || die "one argument at most (try --help)"
+CARGO_CONFIG="${CARGO_HOME:-$HOME/.cargo}/config.toml"
+USER_ROOT="${QWEN_MLX_PREFIX:-${XDG_DATA_HOME:-$HOME/.local/share}/qwen-image-rs}"
+BEGIN_MARK="# >>> qwen-image-rs mlx >>>"
+END_MARK="# <<< qwen-image-rs mlx <<<"
+
 if [ "$(uname -s)" = Darwin ]; then
-  say "macOS: nothing to prepare (mlx-rs builds MLX with Metal itself)."
+  say "macOS: nothing to prepare (mlx-rs builds MLX with Metal itself, in any project)."
+  exit 0
+fi
+
+# The marked block in $CARGO_HOME/config.toml: everything from BEGIN_MARK to END_MARK.
+strip_block() { # file -> stdout without the block
+  [ -f "$1" ] || return 0
+  awk -v b="$BEGIN_MARK" -v e="$END_MARK" '$0==b{skip=1;next} $0==e{skip=0;next} !skip' "$1"
+}
+if [ "$MODE" = remove ]; then
+  if [ -f "$CARGO_CONFIG" ] && grep -qxF "$BEGIN_MARK" "$CARGO_CONFIG"; then
+    strip_block "$CARGO_CONFIG" >"$CARGO_CONFIG.tmp.$$" && mv "$CARGO_CONFIG.tmp.$$" "$CARGO_CONFIG"
+    say "removed the qwen-image-rs block from $CARGO_CONFIG"
+  else
+    say "no qwen-image-rs block in $CARGO_CONFIG"
+  fi
+  if [ -d "$USER_ROOT" ]; then rm -rf "$USER_ROOT" && say "removed $USER_ROOT"; fi
   exit 0
 fi
 [ "$(uname -s)" = Linux ] || die "unsupported OS $(uname -s) (Linux or macOS only)"
@@ -120,7 +161,9 @@ fi
 
 # ---------------------------------------------------------------- 3. mlx-c
 cd "$ROOT"
-MLX_SYS_DIR=$(cargo metadata --format-version 1 | python3 -c '
+meta=$(cargo metadata --format-version 1) \
+  || die "'cargo metadata' failed (above): the mlx-c sources come from the mlx-sys crate"
+MLX_SYS_DIR=$(printf '%s' "$meta" | python3 -c '
 import json, os, sys
 meta = json.load(sys.stdin)
 print(next(os.path.dirname(p["manifest_path"]) for p in meta["packages"] if p["name"] == "mlx-sys"))')
@@ -153,7 +196,7 @@ if [ ! -x "$BINDGEN" ] || ! "$BINDGEN" --version 2>/dev/null | grep -q "$BINDGEN
   cargo install -q --locked --root "$PREFIX/tools" "bindgen-cli@$BINDGEN_VERSION"
 fi
 BINDINGS_DIR="$PREFIX/bindings-$MLX_SYS_VERSION"
-BINDINGS_KEY="$BINDINGS_HASH $MLXC_SRC $BINDGEN_VERSION"
+BINDINGS_KEY="$BINDINGS_HASH mlx-sys-$MLX_SYS_VERSION $BINDGEN_VERSION"
 if [ "$(cat "$BINDINGS_DIR/.complete" 2>/dev/null)" != "$BINDINGS_KEY" ]; then
   say "generating mlx-sys bindings"
   mkdir -p "$BINDINGS_DIR"
@@ -169,34 +212,145 @@ if [ "$(cat "$BINDINGS_DIR/.complete" 2>/dev/null)" != "$BINDINGS_KEY" ]; then
 fi
 
 # ---------------------------------------------------------------- 5. cargo configuration
-mkdir -p "$ROOT/.cargo"
-rpath_args=""
-for d in "${RUNTIME_DIRS[@]}"; do rpath_args+="\"-C\", \"link-arg=-Wl,-rpath,$d\", "; done
-config="# Written by scripts/setup.sh ($BACKEND backend); do not edit, re-run the script.
-# Replaces mlx-sys's macOS-only build script (mlx-sys declares links = \"mlx\").
-[target.$TRIPLE.mlx]
-rustc-link-search = [\"native=$MLXC_BUILD\", \"native=$MLX_LIB\"]
-rustc-link-lib = [\"static=mlxc\", \"static=qwen_mach_time_shim\", \"dylib=mlx\", \"dylib=stdc++\"]
-rustc-env = { OUT_DIR = \"$BINDINGS_DIR\" }
+# The two tables that make mlx-sys build and its users run: a link override (it replaces
+# mlx-sys's macOS-only build script; mlx-sys declares links = "mlx") and a RUNPATH.
+# set_rpath sets RPATH_ARGS (the flags' TOML array) from the runtime library dirs, libmlx.so's
+# first; link_tables prints both tables from the mlx-c dir, the bindings dir and libmlx.so's dir.
+set_rpath() {
+  local rpath_args="" d
+  for d in "$@"; do rpath_args+="\"-C\", \"link-arg=-Wl,-rpath,$d\", "; done
+  RPATH_ARGS="[\"-C\", \"link-arg=-Wl,--enable-new-dtags\", $rpath_args]"
+}
+link_tables() {
+  local mlxc=$1 bindings=$2
+  printf '%s\n' "[target.$TRIPLE.mlx]" \
+    "rustc-link-search = [\"native=$mlxc\", \"native=$3\"]" \
+    "rustc-link-lib = [\"static=mlxc\", \"static=qwen_mach_time_shim\", \"dylib=mlx\", \"dylib=stdc++\"]" \
+    "rustc-env = { OUT_DIR = \"$bindings\" }" \
+    "" \
+    "# RUNPATH (new dtags): binaries find libmlx.so without LD_LIBRARY_PATH, and an" \
+    "# LD_LIBRARY_PATH that names another libmlx.so (the CUDA build) still wins." \
+    "[target.$TRIPLE]" \
+    "rustflags = $RPATH_ARGS"
+}
 
-# RUNPATH (new dtags): binaries find libmlx.so without LD_LIBRARY_PATH, and an
-# LD_LIBRARY_PATH that names another libmlx.so (the CUDA build) still wins.
-[target.$TRIPLE]
-rustflags = [\"-C\", \"link-arg=-Wl,--enable-new-dtags\", $rpath_args]
+# Writes $2 from the text $1 unless it already holds exactly that (no needless rebuilds).
+write_if_changed() {
+  printf '%s' "$1" >"$2.tmp.$$"
+  if cmp -s "$2.tmp.$$" "$2"; then rm "$2.tmp.$$"; return 1; fi
+  mv "$2.tmp.$$" "$2"
+}
+
+mkdir -p "$ROOT/.cargo"
+set_rpath "${RUNTIME_DIRS[@]}"
+config="# Written by scripts/setup.sh ($BACKEND backend); do not edit, re-run the script.
+$(link_tables "$MLXC_BUILD" "$BINDINGS_DIR" "$MLX_LIB")
 
 # Doctests are linked by rustdoc, which reads rustdocflags instead.
 [build]
-rustdocflags = [\"-C\", \"link-arg=-Wl,--enable-new-dtags\", $rpath_args]
+rustdocflags = $RPATH_ARGS
 
 [env]
 QWEN_IMAGE_MLX_BACKEND = \"$BACKEND\"
 QWEN_IMAGE_MLX_VERSION = \"$MLX_VERSION\"
 "
-printf '%s' "$config" >"$ROOT/.cargo/config.toml.tmp"
-if cmp -s "$ROOT/.cargo/config.toml.tmp" "$ROOT/.cargo/config.toml"; then
-  rm "$ROOT/.cargo/config.toml.tmp"
-else
-  mv "$ROOT/.cargo/config.toml.tmp" "$ROOT/.cargo/config.toml"
+if write_if_changed "$config" "$ROOT/.cargo/config.toml"; then
   say "wrote .cargo/config.toml ($BACKEND backend)"
 fi
-say "ready: MLX $MLX_VERSION ($BACKEND) for $TRIPLE"
+if [ "$MODE" = checkout ]; then
+  if grep -qxF "$BEGIN_MARK" "$CARGO_CONFIG" 2>/dev/null \
+    && ! grep -qF "MLX $MLX_VERSION ($BACKEND)" "$CARGO_CONFIG"; then
+    say "warning: $CARGO_CONFIG holds a qwen-image-rs block for another MLX build; cargo joins" \
+      "both link overrides here: re-run 'scripts/setup.sh --user' with this backend"
+  fi
+  say "ready: MLX $MLX_VERSION ($BACKEND) for $TRIPLE"
+  exit 0
+fi
+
+# ---------------------------------------------------------------- 6. per-user install (--user)
+# A copy outside the checkout, so that deleting or moving the checkout breaks nothing.
+UHOME="$USER_ROOT/mlx-$MLX_VERSION-$BACKEND"
+UKEY="$MLXC_KEY | $BINDINGS_KEY"
+if [ "$(cat "$UHOME/.complete" 2>/dev/null)" != "$UKEY" ]; then
+  say "copying MLX, mlx-c and the bindings to $UHOME"
+  staging="$UHOME.partial.$$"
+  rm -rf "$staging" && mkdir -p "$staging/mlx-c" "$staging/bindings"
+  cp -a "$MLX_HOME" "$staging/wheel"
+  cp "$MLXC_BUILD/libmlxc.a" "$MLXC_BUILD/libqwen_mach_time_shim.a" "$staging/mlx-c/"
+  cp "$BINDINGS_DIR/bindings.rs" "$staging/bindings/"
+  echo "$UKEY" >"$staging/.complete"
+  rm -rf "$UHOME" && mv "$staging" "$UHOME"
+fi
+USER_RUNTIME=()
+for d in "${RUNTIME_DIRS[@]}"; do USER_RUNTIME+=("$UHOME/wheel/${d#"$MLX_HOME"/}"); done
+set_rpath "${USER_RUNTIME[@]}"
+
+block="$BEGIN_MARK
+# Added by qwen-image-rs scripts/setup.sh --user: MLX $MLX_VERSION ($BACKEND) for mlx-sys $MLX_SYS_VERSION
+# (mlx-rs 0.33), so that any project depending on mlx-rs builds on this machine.
+# To remove: scripts/setup.sh --remove-user (or delete these lines and $USER_ROOT).
+$(link_tables "$UHOME/mlx-c" "$UHOME/bindings" "${USER_RUNTIME[0]}")"
+if [ "$MODE" = print ]; then
+  printf '%s\n\n%s\n%s\n%s\n' "# For a project's .cargo/config.toml (MLX installed in $UHOME):" \
+    "$(link_tables "$UHOME/mlx-c" "$UHOME/bindings" "${USER_RUNTIME[0]}")" \
+    "# Doctests are linked by rustdoc, which reads rustdocflags instead." \
+    "[build]"$'\n'"rustdocflags = $RPATH_ARGS"
+  exit 0
+fi
+
+# The block goes at the end of $CARGO_HOME/config.toml (replacing an earlier one). TOML does
+# not allow a table twice: when the file already has [target.<triple>] the block cannot be
+# added and the merge is left to the user; an existing [build] table only loses doctest flags.
+mkdir -p "$(dirname "$CARGO_CONFIG")"
+rest=$(strip_block "$CARGO_CONFIG")
+tables=$(printf '%s' "$rest" | python3 -c '
+import sys
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the copy pip vendors
+    from pip._vendor import tomli as tomllib
+try:
+    doc = tomllib.loads(sys.stdin.read())
+except Exception as e:
+    print("invalid", str(e).replace("\n", " "))
+    sys.exit()
+target = doc.get("target", {}).get(sys.argv[1])
+if target is not None:
+    print("target")
+if "build" in doc:
+    print("build", "rustdocflags" in doc["build"])
+' "$TRIPLE")
+case "$tables" in
+  invalid*) die "$CARGO_CONFIG is not valid TOML (${tables#invalid }); fix it first" ;;
+  *target*)
+    echo "setup: $CARGO_CONFIG already has a [target.$TRIPLE] table, and TOML allows a table" \
+      "once: nothing was changed. Add the rustflags line below to that table (joining it with" \
+      "any rustflags there) and paste the [target.$TRIPLE.mlx] table anywhere; or use a" \
+      "project's own .cargo/config.toml (scripts/setup.sh --print-config):" >&2
+    link_tables "$UHOME/mlx-c" "$UHOME/bindings" "${USER_RUNTIME[0]}" >&2
+    exit 1 ;;
+esac
+if [ -z "$tables" ]; then
+  block+="
+
+# Doctests are linked by rustdoc, which reads rustdocflags instead.
+[build]
+rustdocflags = $RPATH_ARGS"
+else
+  say "note: $CARGO_CONFIG has its own [build] table, so doctests of your crates need" \
+    "rustdocflags = $RPATH_ARGS in it (binaries and tests are covered)"
+fi
+block+="
+$END_MARK"
+new="$rest"
+[ -n "$new" ] && new+=$'\n\n'
+new+="$block"$'\n'
+if write_if_changed "$new" "$CARGO_CONFIG"; then
+  say "added to $CARGO_CONFIG:"
+  [ "${QWEN_SETUP_QUIET:-0}" = 1 ] || printf '%s\n' "$block" >&2
+  say "to undo: scripts/setup.sh --remove-user"
+else
+  say "$CARGO_CONFIG already up to date (block between '$BEGIN_MARK' and '$END_MARK')"
+fi
+say "ready: any Cargo project of $(id -un) can depend on mlx-rs 0.33 / the qwen-image-rs crates" \
+  "(MLX $MLX_VERSION, $BACKEND, in $UHOME)"
