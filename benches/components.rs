@@ -253,7 +253,7 @@ mod tests {
         let mut pipe = qwen_image::QwenImagePipeline::from_builders(
             configs,
             qwen_image::PipelineOptions {
-                keep_transformer: false,
+                residency: qwen_image::Residency::Staged,
                 ..Default::default()
             },
             builders,

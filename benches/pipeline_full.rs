@@ -248,7 +248,7 @@ fn main() -> Result<()> {
     let options = PipelineOptions {
         dtype,
         quantize: None,
-        keep_transformer: false,
+        residency: qwen_image::Residency::Staged,
     };
     let mut pipe = QwenImagePipeline::from_builders(configs, options, builders)?;
     let mut req = GenerateRequest::new(o.prompt.clone());

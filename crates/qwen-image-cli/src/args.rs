@@ -298,7 +298,7 @@ impl GenerateArgs {
                 .as_deref()
                 .and_then(|b| b.parse::<i32>().ok())
                 .map(QuantizeSpec::new),
-            keep_transformer: false,
+            residency: qwen_image::Residency::Staged,
         }
     }
 

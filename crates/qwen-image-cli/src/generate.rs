@@ -100,7 +100,9 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
         None => vec![(None, args.prompt.clone().unwrap_or_default())],
     };
     // Several prompts share one loaded transformer.
-    options.keep_transformer = prompts.len() > 1;
+    if prompts.len() > 1 {
+        options.residency = qwen_image::Residency::KeepTransformer;
+    }
     // Input pictures first: the output size may come from them.
     let init = match &args.image {
         Some(p) => Some((

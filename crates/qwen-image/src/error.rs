@@ -163,6 +163,9 @@ pub enum PipelineError {
         /// What gave it away.
         evidence: String,
     },
+    /// The generation was stopped through its [`crate::CancelToken`]; nothing was produced.
+    #[error("generation cancelled")]
+    Cancelled,
     /// A generation request that cannot be run (bad size, zero steps, empty prompt…).
     #[error("invalid request: {msg}")]
     InvalidRequest {

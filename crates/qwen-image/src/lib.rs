@@ -42,6 +42,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cancel;
 pub mod checkpoint;
 mod denoise;
 pub mod download;
@@ -61,6 +62,7 @@ pub mod pipeline;
 pub mod request;
 pub mod resample;
 
+pub use cancel::CancelToken;
 pub use checkpoint::{CheckpointConfigs, ComponentPaths};
 pub use error::{Field, NonFiniteAdvice, PipelineError, Result};
 pub use events::{Event, Phase, PhaseStats, Timings};
@@ -70,7 +72,7 @@ pub use mlx_fastops::ComputeDtype;
 pub use output::Image;
 pub use pipeline::{
     Builder, ComponentBuilders, Generation, LoraReport, PipelineOptions, PreparedRequest,
-    QwenImagePipeline,
+    QwenImagePipeline, Residency,
 };
 pub use qwen_dit::QuantizeSpec;
 pub use qwen_vae::TilingConfig;

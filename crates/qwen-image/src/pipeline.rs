@@ -18,6 +18,7 @@ use qwen_dit::{QuantizeSpec, QwenImageTransformer, RopeTables};
 use qwen_text_encoder::TextEncoder;
 use qwen_vae::{QwenImageVae, TilingConfig};
 
+use crate::cancel::CancelToken;
 use crate::checkpoint::{CheckpointConfigs, ComponentPaths};
 use crate::denoise::{Conditioning, Denoise, NoHook};
 use crate::error::{Field, NonFiniteAdvice, PipelineError, Result, invalid};
@@ -40,9 +41,8 @@ pub struct PipelineOptions {
     pub dtype: ComputeDtype,
     /// Quantize the transformer's float Linear layers when loading it.
     pub quantize: Option<QuantizeSpec>,
-    /// Keep the transformer loaded between generations (faster repeated generation) instead
-    /// of freeing it before the VAE decode (lower peak memory).
-    pub keep_transformer: bool,
+    /// Which components stay loaded between generations.
+    pub residency: Residency,
 }
 
 impl Default for PipelineOptions {
@@ -50,9 +50,26 @@ impl Default for PipelineOptions {
         Self {
             dtype: ComputeDtype::F32,
             quantize: None,
-            keep_transformer: true,
+            residency: Residency::default(),
         }
     }
+}
+
+/// Which components stay loaded between generations: a trade of peak memory against the
+/// time of loading weights again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Residency {
+    /// Each component is loaded when its phase starts and freed when it ends (the text
+    /// encoder before the transformer loads, the transformer before the VAE loads): the
+    /// lowest peak memory, for one generation per process.
+    Staged,
+    /// The transformer, the largest load, stays between generations; the text encoder and
+    /// the VAE are staged.
+    #[default]
+    KeepTransformer,
+    /// Every component stays loaded (a server): no load after the first, and a peak of all
+    /// the weights together. [`QwenImagePipeline::preload`] loads them up front.
+    KeepAll,
 }
 
 /// The result of a generation.
@@ -123,13 +140,14 @@ pub type Builder<T> = Box<dyn FnMut(Dtype) -> Result<T>>;
 /// Builders of the three weighted components of an in-memory pipeline (the tokenizer is part
 /// of the [`TextEncoder`]).
 pub struct ComponentBuilders {
-    /// The tokenizer + text encoder; built at the start of every generation and freed after
-    /// encoding.
+    /// The tokenizer + text encoder; built at the start of a generation and freed after
+    /// encoding (kept under [`Residency::KeepAll`]).
     pub text_encoder: Builder<TextEncoder>,
     /// The transformer; built after the text encoder is freed (kept between generations
-    /// when [`PipelineOptions::keep_transformer`]).
+    /// unless [`Residency::Staged`]).
     pub transformer: Builder<QwenImageTransformer>,
-    /// The VAE; built after denoising and freed after decoding.
+    /// The VAE; built after denoising and freed after decoding (kept under
+    /// [`Residency::KeepAll`]).
     pub vae: Builder<QwenImageVae>,
 }
 
@@ -230,6 +248,9 @@ pub struct QwenImagePipeline {
     options: PipelineOptions,
     /// The loaded transformer and the LoRAs (name, scale bits) merged into it.
     transformer: Option<(Vec<(String, u32)>, QwenImageTransformer)>,
+    /// The text encoder and the VAE, kept under [`Residency::KeepAll`].
+    text_encoder: Option<TextEncoder>,
+    vae: Option<QwenImageVae>,
 }
 
 impl std::fmt::Debug for QwenImagePipeline {
@@ -242,6 +263,8 @@ impl std::fmt::Debug for QwenImagePipeline {
             .field("root", &root)
             .field("dtype", &self.options.dtype)
             .field("transformer_loaded", &self.transformer.is_some())
+            .field("text_encoder_loaded", &self.text_encoder.is_some())
+            .field("vae_loaded", &self.vae.is_some())
             .finish()
     }
 }
@@ -326,6 +349,8 @@ impl QwenImagePipeline {
             configs,
             options,
             transformer: None,
+            text_encoder: None,
+            vae: None,
         })
     }
 
@@ -347,6 +372,8 @@ impl QwenImagePipeline {
             configs,
             options,
             transformer: None,
+            text_encoder: None,
+            vae: None,
         })
     }
 
@@ -358,7 +385,7 @@ impl QwenImagePipeline {
         }
     }
 
-    fn text_encoder(&mut self) -> Result<TextEncoder> {
+    fn load_text_encoder(&mut self) -> Result<TextEncoder> {
         let dt = self.options.dtype.dtype();
         match &mut self.source {
             Source::Disk(p) => Ok(TextEncoder::load(&p.text_encoder, &p.tokenizer, dt)?),
@@ -389,12 +416,60 @@ impl QwenImagePipeline {
         }
     }
 
-    fn vae(&mut self) -> Result<QwenImageVae> {
+    fn load_vae(&mut self) -> Result<QwenImageVae> {
         let dt = self.options.dtype.dtype();
         match &mut self.source {
             Source::Disk(p) => Ok(QwenImageVae::load(&p.vae, dt)?),
             Source::Memory(b) => (b.vae)(dt),
         }
+    }
+
+    /// The kept VAE, or a freshly loaded one.
+    fn take_vae(&mut self) -> Result<QwenImageVae> {
+        match self.vae.take() {
+            Some(v) => Ok(v),
+            None => self.load_vae(),
+        }
+    }
+
+    /// Keeps the VAE under [`Residency::KeepAll`], frees it otherwise.
+    fn put_back_vae(&mut self, vae: QwenImageVae) -> Result<()> {
+        if self.options.residency == Residency::KeepAll {
+            self.vae = Some(vae);
+        } else {
+            drop(vae);
+            mlx_rs::memory::clear_cache()?;
+        }
+        Ok(())
+    }
+
+    /// Loads now what [`PipelineOptions::residency`] keeps (the transformer with `loras`
+    /// merged; under [`Residency::KeepAll`] also the text encoder and the VAE), so that the
+    /// first generation loads nothing and a broken component fails here. Requests that ask
+    /// for the same LoRAs at the same scales reuse the transformer.
+    pub fn preload(&mut self, loras: &[crate::Lora]) -> Result<()> {
+        if self.options.residency == Residency::Staged {
+            return Ok(());
+        }
+        let plans = loras
+            .iter()
+            .map(|l| crate::lora::plan(l, &self.configs.transformer))
+            .collect::<Result<Vec<_>>>()?;
+        let keys: Vec<(String, u32)> = plans.iter().map(|p| p.lora().key()).collect();
+        if self.transformer.as_ref().is_none_or(|(k, _)| *k != keys) {
+            self.transformer = None;
+            let model = self.build_transformer(&plans)?;
+            self.transformer = Some((keys, model));
+        }
+        if self.options.residency == Residency::KeepAll {
+            if self.text_encoder.is_none() {
+                self.text_encoder = Some(self.load_text_encoder()?);
+            }
+            if self.vae.is_none() {
+                self.vae = Some(self.load_vae()?);
+            }
+        }
+        Ok(())
     }
 
     /// Estimated weight bytes of each stage for this pipeline's dtype and quantization (from
@@ -507,14 +582,41 @@ impl QwenImagePipeline {
     ///
     /// Staging: load text encoder → encode prompt (and negative prompt) → free the encoder →
     /// load the transformer (unless kept from an earlier call) → denoise each image (one
-    /// evaluation per step) → free the transformer unless
-    /// [`PipelineOptions::keep_transformer`] → load the VAE → decode (whole, or tile by tile
-    /// per [`GenerateRequest::vae_tiling`]) → free the VAE.
+    /// evaluation per step) → free the transformer under [`Residency::Staged`] → load the
+    /// VAE → decode (whole, or tile by tile per [`GenerateRequest::vae_tiling`]) → free the
+    /// VAE. Under [`Residency::KeepAll`] nothing is freed and nothing loaded twice.
     pub fn run(
         &mut self,
         job: &PreparedRequest,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Generation> {
+        self.run_cancellable(job, on_event, &CancelToken::new())
+    }
+
+    /// [`Self::run`] that stops with [`PipelineError::Cancelled`] once `cancel` is set: it is
+    /// looked at before each phase, after each denoising step and before each image's decode.
+    /// Whatever the run allocated is freed (and MLX's buffer cache cleared) before it returns
+    /// an error; the components [`PipelineOptions::residency`] keeps stay loaded.
+    pub fn run_cancellable(
+        &mut self,
+        job: &PreparedRequest,
+        on_event: &mut dyn FnMut(Event),
+        cancel: &CancelToken,
+    ) -> Result<Generation> {
+        let result = self.run_inner(job, on_event, cancel);
+        if result.is_err() {
+            mlx_rs::memory::clear_cache()?;
+        }
+        result
+    }
+
+    fn run_inner(
+        &mut self,
+        job: &PreparedRequest,
+        on_event: &mut dyn FnMut(Event),
+        cancel: &CancelToken,
+    ) -> Result<Generation> {
+        cancel.check()?;
         let req = &job.req;
         let mut timings = Timings::default();
         let mut warnings = Vec::new();
@@ -542,10 +644,16 @@ impl QwenImagePipeline {
             );
         }
 
-        // 1. Text: load, encode, free.
-        let t = PhaseTimer::start(Phase::LoadTextEncoder, on_event);
-        let encoder = self.text_encoder()?;
-        timings.load_text_encoder = t.end(Phase::LoadTextEncoder, on_event);
+        // 1. Text: load (unless kept), encode, free (unless kept).
+        let encoder = match self.text_encoder.take() {
+            Some(e) => e,
+            None => {
+                let t = PhaseTimer::start(Phase::LoadTextEncoder, on_event);
+                let e = self.load_text_encoder()?;
+                timings.load_text_encoder = t.end(Phase::LoadTextEncoder, on_event);
+                e
+            }
+        };
         let t = PhaseTimer::start(Phase::Encode, on_event);
         let cond = encoder.encode_prompts(&[req.prompt.as_str()], req.max_sequence_length)?;
         let neg = match (&req.negative_prompt, cfg) {
@@ -559,9 +667,14 @@ impl QwenImagePipeline {
             to_eval.push(&n.embeds);
         }
         mlx_rs::transforms::eval(to_eval)?;
-        drop(encoder);
-        mlx_rs::memory::clear_cache()?;
+        if self.options.residency == Residency::KeepAll {
+            self.text_encoder = Some(encoder);
+        } else {
+            drop(encoder);
+            mlx_rs::memory::clear_cache()?;
+        }
         timings.encode = t.end(Phase::Encode, on_event);
+        cancel.check()?;
         for w in cond
             .warnings
             .iter()
@@ -576,6 +689,7 @@ impl QwenImagePipeline {
                 let t = PhaseTimer::start(Phase::EncodeImage, on_event);
                 let z = self.encode_init_image(req, init)?;
                 timings.encode_image = t.end(Phase::EncodeImage, on_event);
+                cancel.check()?;
                 Some(z)
             }
             None => None,
@@ -603,13 +717,13 @@ impl QwenImagePipeline {
             .map_or(0, |(_, t)| t.quantized_layer_count());
         let latents = self.denoise(
             job,
-            cond.embeds.clone(),
-            neg.as_ref().map(|n| n.embeds.clone()),
+            (cond.embeds.clone(), neg.as_ref().map(|n| n.embeds.clone())),
             clean.as_deref(),
             &mut timings,
             on_event,
+            cancel,
         );
-        if !self.options.keep_transformer {
+        if self.options.residency == Residency::Staged {
             self.transformer = None;
             mlx_rs::memory::clear_cache()?;
         }
@@ -618,13 +732,24 @@ impl QwenImagePipeline {
         check_finite(&latents, self.options.dtype)?;
 
         // 4. VAE.
-        let t = PhaseTimer::start(Phase::LoadVae, on_event);
-        let vae = self.vae()?;
-        timings.load_vae = t.end(Phase::LoadVae, on_event);
+        cancel.check()?;
+        let vae = match self.vae.take() {
+            Some(v) => v,
+            None => {
+                let t = PhaseTimer::start(Phase::LoadVae, on_event);
+                let v = self.load_vae()?;
+                timings.load_vae = t.end(Phase::LoadVae, on_event);
+                v
+            }
+        };
         let t = PhaseTimer::start(Phase::Decode, on_event);
         let (h, w) = self.latent_size(req.width, req.height);
         let mut images = Vec::with_capacity(latents.len());
         for packed in &latents {
+            if cancel.is_cancelled() {
+                self.put_back_vae(vae)?;
+                return Err(PipelineError::Cancelled);
+            }
             let z =
                 vae.denormalize_latents(&unpack_latents(packed, h, w, self.configs.patch_size())?)?;
             let decoded = match &job.vae_tiles {
@@ -633,8 +758,7 @@ impl QwenImagePipeline {
             };
             images.extend(qwen_vae::to_rgb8(&decoded)?);
         }
-        drop(vae);
-        mlx_rs::memory::clear_cache()?;
+        self.put_back_vae(vae)?;
         timings.decode = t.end(Phase::Decode, on_event);
         Ok(Generation {
             images,
@@ -657,12 +781,12 @@ impl QwenImagePipeline {
 
     /// Encodes the init image once per requested image (the same picture; each its own
     /// posterior sample, ε from `image_noise` or the seed), normalised: `(1, z, 1, h, w)` in the
-    /// compute dtype, evaluated. The VAE is loaded for this and freed.
+    /// compute dtype, evaluated. The VAE is loaded for this and freed (unless kept).
     fn encode_init_image(&mut self, req: &GenerateRequest, init: &InitImage) -> Result<Vec<Array>> {
         let dt = self.options.dtype.dtype();
         let (h, w) = self.latent_size(req.width, req.height);
         let z = self.configs.latent_channels();
-        let vae = self.vae()?;
+        let vae = self.take_vae()?;
         let pixels = crate::image_input::to_vae_input(&init.image, req.width, req.height)?;
         // diffusers casts the image to the pipeline dtype before the VAE.
         let dist = vae.encode(&pixels.as_dtype(dt)?)?;
@@ -682,21 +806,21 @@ impl QwenImagePipeline {
             z0.eval()?;
             out.push(z0);
         }
-        drop(vae);
-        mlx_rs::memory::clear_cache()?;
+        self.put_back_vae(vae)?;
         Ok(out)
     }
 
-    /// The denoising loops; returns each image's final packed latents (evaluated). `clean`:
-    /// the init image's normalised latents per image (img2img, inpainting).
+    /// The denoising loops; returns each image's final packed latents (evaluated). `embeds`:
+    /// the prompt's and (with true CFG) the negative prompt's embeddings; `clean`: the init
+    /// image's normalised latents per image (img2img, inpainting).
     fn denoise(
         &self,
         job: &PreparedRequest,
-        cond: Array,
-        neg: Option<Array>,
+        (cond, neg): (Array, Option<Array>),
         clean: Option<&[Array]>,
         timings: &mut Timings,
         on_event: &mut dyn FnMut(Event),
+        cancel: &CancelToken,
     ) -> Result<Vec<Array>> {
         let req = &job.req;
         let dit = self
@@ -805,7 +929,7 @@ impl QwenImagePipeline {
                     elapsed,
                     latents_dtype: x.dtype(),
                 });
-                Ok(())
+                cancel.check()
             })?;
             out.push(x);
         }

@@ -15,7 +15,7 @@ fn staged_phases_step_events_and_parity() -> anyhow::Result<()> {
         PipelineOptions {
             dtype: qwen_image::ComputeDtype::F32,
             quantize: None,
-            keep_transformer: true,
+            residency: qwen_image::Residency::KeepTransformer,
         },
     )?;
     assert_eq!(pipe.configs().vae_scale_factor(), 4);
@@ -106,7 +106,7 @@ fn bf16_stays_bf16() -> anyhow::Result<()> {
         PipelineOptions {
             dtype: qwen_image::ComputeDtype::Bf16,
             quantize: None,
-            keep_transformer: false,
+            residency: qwen_image::Residency::Staged,
         },
     )?;
     // The case's CFG scale (4) and maximum length (512) are the request defaults.

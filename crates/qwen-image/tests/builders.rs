@@ -4,15 +4,14 @@
 //! and dropped before the transformer is built; VAE built after denoising).
 
 mod common;
+mod logged;
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use common::*;
-use qwen_dit::QwenImageTransformer;
+use logged::*;
 use qwen_image::{ComponentBuilders, GenerateRequest, Noise, PipelineOptions, QwenImagePipeline};
-use qwen_text_encoder::TextEncoder;
-use qwen_vae::QwenImageVae;
 
 #[test]
 fn builders_match_the_folder_pipeline_and_keep_the_staging() -> anyhow::Result<()> {
@@ -20,7 +19,7 @@ fn builders_match_the_folder_pipeline_and_keep_the_staging() -> anyhow::Result<(
     let options = PipelineOptions {
         dtype: qwen_image::ComputeDtype::F32,
         quantize: None,
-        keep_transformer: false,
+        residency: qwen_image::Residency::Staged,
     };
     let mut req = GenerateRequest::new("A cat sitting on a mat");
     req.negative_prompt = Some("blurry".into());
@@ -38,25 +37,8 @@ fn builders_match_the_folder_pipeline_and_keep_the_staging() -> anyhow::Result<(
         .clone();
     drop(from_disk);
 
-    // Log of builder calls; the text encoder's drop is recorded by a guard it carries along.
     let log: Rc<RefCell<Vec<&'static str>>> = Rc::default();
-    let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
-    let p1 = paths.clone();
-    let p2 = paths.clone();
-    let builders = ComponentBuilders {
-        text_encoder: Box::new(move |dt| {
-            l1.borrow_mut().push("text_encoder");
-            Ok(TextEncoder::load(&p1.text_encoder, &p1.tokenizer, dt)?)
-        }),
-        transformer: Box::new(move |dt| {
-            l2.borrow_mut().push("transformer");
-            Ok(QwenImageTransformer::load(&p2.transformer, dt, None)?)
-        }),
-        vae: Box::new(move |dt| {
-            l3.borrow_mut().push("vae");
-            Ok(QwenImageVae::load(&paths.vae, dt)?)
-        }),
-    };
+    let builders = logged_builders(&paths, &log);
     let mut in_memory = QwenImagePipeline::from_builders(configs, options, builders)?;
     assert!(in_memory.paths().is_none());
     let got = in_memory.generate(&req)?;
@@ -66,7 +48,7 @@ fn builders_match_the_folder_pipeline_and_keep_the_staging() -> anyhow::Result<(
         assert!(g.data == w.data, "in-memory components gave another image");
     }
     assert_eq!(*log.borrow(), ["text_encoder", "transformer", "vae"]);
-    // keep_transformer = false: a second generation builds every component again.
+    // Residency::Staged: a second generation builds every component again.
     in_memory.generate(&req)?;
     assert_eq!(log.borrow().len(), 6);
     Ok(())

@@ -37,7 +37,7 @@ fn pipeline(name: &str) -> anyhow::Result<QwenImagePipeline> {
         PipelineOptions {
             dtype: qwen_image::ComputeDtype::F32,
             quantize: None,
-            keep_transformer: true,
+            residency: qwen_image::Residency::KeepTransformer,
         },
     )?)
 }
