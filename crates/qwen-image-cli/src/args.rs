@@ -33,6 +33,40 @@ pub enum Command {
     /// Download a checkpoint from the Hugging Face hub into the local cache (only the files
     /// the engine reads), without generating; prints the snapshot folder.
     Download(DownloadArgs),
+    /// Keep the model loaded and generate over HTTP: an OpenAI-style images API, job
+    /// progress as server-sent events, and a web page at /.
+    ///
+    /// Example: qwen-image serve --model Qwen/Qwen-Image --port 8080, then open
+    /// http://127.0.0.1:8080/ or POST {"prompt": "a red fox"} to /v1/images/generations.
+    Serve(Box<ServeArgs>),
+}
+
+/// `serve`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Checkpoint: a directory in the diffusers layout or a Hugging Face id (as for
+    /// `generate`).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: String,
+    /// Address to listen on. Anything but a loopback address needs --api-key.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Jobs that may wait while one runs; one more is answered 429 with Retry-After.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_queue: u32,
+    /// The key clients must send as `Authorization: Bearer KEY` (required to listen on a
+    /// non-loopback address).
+    #[arg(long, env = "QWEN_IMAGE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest request body in MiB (pictures travel as base64, a third larger than the file).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_body_mb: u32,
+    /// How the model is found and loaded.
+    #[command(flatten)]
+    pub load: LoadArgs,
 }
 
 /// `download`'s arguments.
@@ -104,9 +138,6 @@ pub struct GenerateArgs {
     /// resumes).
     #[arg(long, value_name = "DIR|HUB_ID", required_unless_present = "from_png")]
     pub model: Option<String>,
-    /// Branch, tag or commit of a hub id.
-    #[arg(long, default_value = "main")]
-    pub revision: String,
     /// The text prompt.
     #[arg(long, required_unless_present_any = ["prompt_file", "from_png"], conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
@@ -173,13 +204,6 @@ pub struct GenerateArgs {
     /// sample (drawn from the seed when absent).
     #[arg(long, value_name = "FILE")]
     pub init_latents: Option<PathBuf>,
-    /// Compute dtype: f32, bf16 or f16 [default: bf16 on a GPU, f32 on the CPU].
-    #[arg(long, value_parser = parse_dtype)]
-    pub dtype: Option<ComputeDtype>,
-    /// Quantize the transformer's Linear layers to 4 or 8 bits when loading (MLX affine,
-    /// group size 64).
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["4", "8"]))]
-    pub quantize: Option<String>,
     /// Number of images (1..=64). With N > 1 the files are FILE-0.png, FILE-1.png, … next to --output.
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
@@ -190,14 +214,37 @@ pub struct GenerateArgs {
     /// Maximum prompt length in tokens after the template (1..=1024).
     #[arg(long, default_value_t = qwen_text_encoder::DEFAULT_MAX_SEQUENCE_LENGTH)]
     pub max_sequence_length: usize,
-    /// Never download: fail when a hub id is not in the local cache (also HF_HUB_OFFLINE=1).
-    #[arg(long)]
-    pub offline: bool,
     /// When the VAE decodes tile by tile (overlapping tiles, linearly blended, as diffusers'
     /// `vae.enable_tiling()`), which bounds decode memory by one tile whatever the image
     /// size; tiled and whole decodes differ slightly.
     #[arg(long, value_enum, default_value_t = TilingArg::Auto)]
     pub vae_tiling: TilingArg,
+    /// Square tile size in pixels for tiled decode: a positive multiple of the VAE's
+    /// compression (8); tiles are 3/4 of it apart (1024 → 768 px stride, 256 px overlap).
+    /// 256 is diffusers' size: ~8× less memory, ~3× slower than 1024 [default: 1024].
+    #[arg(long, value_name = "PX")]
+    pub vae_tile_size: Option<usize>,
+    /// How the model is found and loaded.
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// The flags that find and load a model, shared by `generate` and `serve`.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Branch, tag or commit of a hub id.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// Never download: fail when a hub id is not in the local cache (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// Compute dtype: f32, bf16 or f16 [default: bf16 on a GPU, f32 on the CPU].
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<ComputeDtype>,
+    /// Quantize the transformer's Linear layers to 4 or 8 bits when loading (MLX affine,
+    /// group size 64).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["4", "8"]))]
+    pub quantize: Option<String>,
     /// A LoRA to merge into the transformer (safetensors; every layout diffusers loads for
     /// Qwen-Image: diffusers/PEFT, kohya `lora_unet_…`, `diffusion_model.…`, bare
     /// lora_down/lora_up with alpha as the Lightning files). Repeatable: several LoRAs add up
@@ -213,14 +260,9 @@ pub struct GenerateArgs {
     /// (`base_shift` = `max_shift` = ln 3, `shift_terminal` null). An unknown key is an error.
     #[arg(long, value_name = "FILE")]
     pub scheduler_config: Option<PathBuf>,
-    /// Square tile size in pixels for tiled decode: a positive multiple of the VAE's
-    /// compression (8); tiles are 3/4 of it apart (1024 → 768 px stride, 256 px overlap).
-    /// 256 is diffusers' size: ~8× less memory, ~3× slower than 1024 [default: 1024].
-    #[arg(long, value_name = "PX")]
-    pub vae_tile_size: Option<usize>,
 }
 
-impl GenerateArgs {
+impl LoadArgs {
     /// The LoRAs with their scales (the i-th scale to the i-th LoRA, 1.0 by default); an
     /// error when more scales than LoRAs are given.
     pub fn loras(&self) -> anyhow::Result<Vec<Lora>> {
@@ -239,6 +281,25 @@ impl GenerateArgs {
             .collect())
     }
 
+    /// The pipeline options; `gpu` says whether the default device is a GPU (bf16 default).
+    pub fn options(&self, gpu: bool) -> PipelineOptions {
+        PipelineOptions {
+            dtype: self.dtype.unwrap_or(if gpu {
+                ComputeDtype::Bf16
+            } else {
+                ComputeDtype::F32
+            }),
+            quantize: self
+                .quantize
+                .as_deref()
+                .and_then(|b| b.parse::<i32>().ok())
+                .map(QuantizeSpec::new),
+            residency: qwen_image::Residency::Staged,
+        }
+    }
+}
+
+impl GenerateArgs {
     /// The request these arguments describe: `size` is the output size, `seed` is used when
     /// --seed is not given, `noise` is the --init-latents content when given, `init` the
     /// loaded --image (and --mask).
@@ -282,23 +343,6 @@ impl GenerateArgs {
                 image_noise,
                 noise_seed: seed,
             }),
-        }
-    }
-
-    /// The pipeline options; `gpu` says whether the default device is a GPU (bf16 default).
-    pub fn options(&self, gpu: bool) -> PipelineOptions {
-        PipelineOptions {
-            dtype: self.dtype.unwrap_or(if gpu {
-                ComputeDtype::Bf16
-            } else {
-                ComputeDtype::F32
-            }),
-            quantize: self
-                .quantize
-                .as_deref()
-                .and_then(|b| b.parse::<i32>().ok())
-                .map(QuantizeSpec::new),
-            residency: qwen_image::Residency::Staged,
         }
     }
 

@@ -59,11 +59,19 @@ fn apply_record(args: &mut GenerateArgs, r: &GenerationRecord, m: Option<&ArgMat
         args.max_sequence_length,
         r.max_sequence_length
     );
-    take!("dtype", args.dtype, r.dtype.parse::<ComputeDtype>().ok());
-    take!("quantize", args.quantize, r.quantize.map(|q| q.to_string()));
+    take!(
+        "dtype",
+        args.load.dtype,
+        r.dtype.parse::<ComputeDtype>().ok()
+    );
+    take!(
+        "quantize",
+        args.load.quantize,
+        r.quantize.map(|q| q.to_string())
+    );
     if !given(m, "lora") {
-        args.lora = r.loras.iter().map(|(n, _)| PathBuf::from(n)).collect();
-        args.lora_scale = r.loras.iter().map(|(_, s)| *s).collect();
+        args.load.lora = r.loras.iter().map(|(n, _)| PathBuf::from(n)).collect();
+        args.load.lora_scale = r.loras.iter().map(|(_, s)| *s).collect();
     }
     take!(
         "image",
@@ -85,7 +93,7 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
     }
     let model = args.model.clone().context("--model is required")?;
     let runtime = qwen_image::info::runtime_info()?;
-    let mut options = args.options(runtime.default_is_gpu);
+    let mut options = args.load.options(runtime.default_is_gpu);
     if options.dtype == ComputeDtype::F16 {
         eout!(
             "warning: --dtype f16 can overflow (the text encoder's activations are not clipped) \
@@ -137,7 +145,7 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
         probe.prompt = p.clone();
         qwen_image::request::check_limits(&probe).map_err(|e| cli_error(e, &args))?;
     }
-    let loras = args.loras()?;
+    let loras = args.load.loras()?;
     anyhow::ensure!(
         !(args.vae_tiling == TilingArg::Off && args.vae_tile_size.is_some()),
         "--vae-tile-size has no effect with --vae-tiling off"
@@ -153,7 +161,7 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
 
     let t_open = Instant::now();
     let env = qwen_image::hub::HubEnv::from_process();
-    let model_dir = crate::download::resolve(&model, &args.revision, args.offline, &env)
+    let model_dir = crate::download::resolve(&model, &args.load.revision, args.load.offline, &env)
         .map_err(|e| cli_error(e, &args))?;
     let quantized = options.quantize.is_some();
     let dtype = options.dtype;
@@ -191,6 +199,7 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
     let mut base = args.request(size, seed, init_latents, init);
     base.loras = loras;
     base.scheduler_overrides = args
+        .load
         .scheduler_config
         .as_deref()
         .map(qwen_image::SchedulerOverrides::from_file)
@@ -226,7 +235,7 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
                     req,
                     &model,
                     dtype,
-                    args.quantize.as_deref().and_then(|q| q.parse().ok()),
+                    args.load.quantize.as_deref().and_then(|q| q.parse().ok()),
                     i,
                     args.image.as_deref(),
                     args.mask.as_deref(),

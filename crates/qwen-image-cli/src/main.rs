@@ -8,6 +8,7 @@ mod download;
 mod generate;
 mod progress;
 mod report;
+mod serve;
 
 use clap::{CommandFactory, FromArgMatches};
 use qwen_image::{NonFiniteAdvice, PipelineError};
@@ -38,18 +39,6 @@ pub(crate) fn cli_error(e: PipelineError, args: &GenerateArgs) -> anyhow::Error 
         PipelineError::InvalidRequest { field, .. } => {
             anyhow::anyhow!("{}: {e}", args.flag_for(*field))
         }
-        PipelineError::ModelNotFound { spec, msg } => anyhow::anyhow!("--model {spec}: {msg}"),
-        PipelineError::NotInCache { repo_id, .. } => anyhow::anyhow!(
-            "{e}; offline (--offline or HF_HUB_OFFLINE): run `qwen-image download {repo_id}` \
-             while online"
-        ),
-        PipelineError::Lora { lora, msg } => anyhow::anyhow!("--lora {lora}: {msg}"),
-        PipelineError::SchedulerOverride { origin, source } => {
-            anyhow::anyhow!("--scheduler-config {origin}: {source}")
-        }
-        PipelineError::MfluxCheckpoint { .. } => {
-            anyhow::anyhow!("{e}: use it with --quantize 4|8 to quantize it on load")
-        }
         PipelineError::InputImage { .. } => match (&args.image, &args.mask) {
             (Some(i), _) if e.to_string().contains(&i.display().to_string()) => {
                 anyhow::anyhow!("--image: {e}")
@@ -70,6 +59,26 @@ pub(crate) fn cli_error(e: PipelineError, args: &GenerateArgs) -> anyhow::Error 
                 NonFiniteAdvice::CheckInputs => " (and --init-latents, when given)",
             }
         ),
+        _ => load_error(e),
+    }
+}
+
+/// An error of finding or loading a model in the words of the flags `generate` and `serve`
+/// share.
+pub(crate) fn load_error(e: PipelineError) -> anyhow::Error {
+    match &e {
+        PipelineError::ModelNotFound { spec, msg } => anyhow::anyhow!("--model {spec}: {msg}"),
+        PipelineError::NotInCache { repo_id, .. } => anyhow::anyhow!(
+            "{e}; offline (--offline or HF_HUB_OFFLINE): run `qwen-image download {repo_id}` \
+             while online"
+        ),
+        PipelineError::Lora { lora, msg } => anyhow::anyhow!("--lora {lora}: {msg}"),
+        PipelineError::SchedulerOverride { origin, source } => {
+            anyhow::anyhow!("--scheduler-config {origin}: {source}")
+        }
+        PipelineError::MfluxCheckpoint { .. } => {
+            anyhow::anyhow!("{e}: use it with --quantize 4|8 to quantize it on load")
+        }
         _ => e.into(),
     }
 }
@@ -123,6 +132,7 @@ fn main() -> std::process::ExitCode {
             generate::generate(*args, sub)
         }
         Command::Download(args) => download_only(&args),
+        Command::Serve(args) => serve::serve(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -79,7 +79,7 @@ pub fn summary(args: &GenerateArgs, req: &GenerateRequest, result: &Generation, 
             l.layers
         );
     }
-    if args.quantize.is_some() || result.quantized_layers > 0 {
+    if args.load.quantize.is_some() || result.quantized_layers > 0 {
         out!("quantized transformer layers: {}", result.quantized_layers);
     }
     out!("write:    {}", secs(times.write));

@@ -53,10 +53,34 @@ pub fn load_image(path: &Path) -> Result<LoadedImage> {
             ),
         ));
     }
-    let reader = ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| input_err(path, e.to_string()))?;
-    let (w, h) = reader
+    let open = || {
+        ImageReader::open(path)
+            .and_then(|r| r.with_guessed_format())
+            .map_err(|e| input_err(path, e.to_string()))
+    };
+    decode(path, open()?, open()?)
+}
+
+/// [`load_image`] for an image held in memory (PNG, JPEG or WebP bytes, e.g. uploaded to a
+/// server); errors name it as `name`.
+pub fn decode_image(bytes: &[u8], name: &str) -> Result<LoadedImage> {
+    let path = Path::new(name);
+    let open = || {
+        ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| input_err(path, e.to_string()))
+    };
+    decode(path, open()?, open()?)
+}
+
+/// Decodes through two readers of the same image: the first only reads the header (so an
+/// oversized image is refused before its pixels are allocated), the second decodes.
+fn decode<R: std::io::BufRead + std::io::Seek>(
+    path: &Path,
+    header: ImageReader<R>,
+    reader: ImageReader<R>,
+) -> Result<LoadedImage> {
+    let (w, h) = header
         .into_dimensions()
         .map_err(|e| input_err(path, format!("not a readable image (PNG, JPEG, WebP): {e}")))?;
     if w > MAX_INPUT_SIDE || h > MAX_INPUT_SIDE {
@@ -65,9 +89,6 @@ pub fn load_image(path: &Path) -> Result<LoadedImage> {
             format!("{w}×{h} px is larger than the {MAX_INPUT_SIDE} px per side accepted"),
         ));
     }
-    let reader = ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| input_err(path, e.to_string()))?;
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| input_err(path, format!("not a readable image: {e}")))?;

@@ -128,15 +128,26 @@ pub fn write_png(path: &Path, image: &Image) -> Result<()> {
 /// [`write_png`] with text chunks (keyword, UTF-8 text; written as `iTXt` before the image
 /// data), e.g. [`crate::metadata::GenerationRecord::chunks`].
 pub fn write_png_with_text(path: &Path, image: &Image, text: &[(String, String)]) -> Result<()> {
+    let bytes = encode_png(image, text).map_err(|msg| out_err(path, msg))?;
+    mlx_weights::persist_atomic(path, |file| file.write_all(&bytes)).map_err(|e| match e {
+        mlx_weights::WeightsError::Io { source, .. } => out_err(path, source.to_string()),
+        e => out_err(path, e.to_string()),
+    })
+}
+
+/// The PNG file of `image` with text chunks (as [`write_png_with_text`] writes it), in
+/// memory; the error says what is wrong (a buffer that does not fit the size, a keyword PNG
+/// cannot hold).
+pub fn encode_png(
+    image: &Image,
+    text: &[(String, String)],
+) -> std::result::Result<Vec<u8>, String> {
     if image.data.len() != image.width * image.height * 3 {
-        return Err(out_err(
-            path,
-            format!(
-                "image buffer has {} bytes for {}×{} RGB",
-                image.data.len(),
-                image.width,
-                image.height
-            ),
+        return Err(format!(
+            "image buffer has {} bytes for {}×{} RGB",
+            image.data.len(),
+            image.width,
+            image.height
         ));
     }
     let mut bytes = Vec::new();
@@ -151,11 +162,8 @@ pub fn write_png_with_text(path: &Path, image: &Image, text: &[(String, String)]
         writer.write_image_data(&image.data)?;
         writer.finish()
     })();
-    encoded.map_err(|e| out_err(path, format!("PNG encoding failed: {e}")))?;
-    mlx_weights::persist_atomic(path, |file| file.write_all(&bytes)).map_err(|e| match e {
-        mlx_weights::WeightsError::Io { source, .. } => out_err(path, source.to_string()),
-        e => out_err(path, e.to_string()),
-    })
+    encoded.map_err(|e| format!("PNG encoding failed: {e}"))?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -1,0 +1,67 @@
+//! `qwen-image serve`: the arguments → a `qwen_image_serve::ServeConfig`, the model found (or
+//! downloaded), the server started and run until Ctrl-C / SIGTERM.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use qwen_image_serve::{ServeConfig, Server};
+
+use crate::args::ServeArgs;
+use crate::{eout, load_error, out};
+
+/// Runs `serve`.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let addr = SocketAddr::new(args.host, args.port);
+    let runtime = qwen_image::info::runtime_info()?;
+    let options = args.load.options(runtime.default_is_gpu);
+    let loras = args.load.loras()?;
+    let scheduler_overrides = args
+        .load
+        .scheduler_config
+        .as_deref()
+        .map(qwen_image::SchedulerOverrides::from_file)
+        .transpose()
+        .map_err(load_error)?;
+    let env = qwen_image::hub::HubEnv::from_process();
+    let model_dir =
+        crate::download::resolve(&args.model, &args.load.revision, args.load.offline, &env)
+            .map_err(load_error)?;
+    let mut config = ServeConfig::new(model_dir.clone(), args.model.clone());
+    config.options = options;
+    config.loras = loras;
+    config.scheduler_overrides = scheduler_overrides;
+    config.addr = addr;
+    config.api_key = args.api_key.clone();
+    config.max_queue = args.max_queue as usize;
+    config.max_body_bytes = (args.max_body_mb as usize) << 20;
+    eout!(
+        "qwen-image serve: loading {} on {} ({}), {} …",
+        model_dir.display(),
+        runtime.backend,
+        runtime.default_device,
+        config.options.dtype
+    );
+    if let Some(n) =
+        qwen_image::info::quantize_notice(runtime.backend, config.options.quantize.is_some())
+    {
+        eout!("{n}");
+    }
+    let server = Server::start(config).map_err(|e| match e {
+        qwen_image_serve::ServeError::KeyRequired { .. } => {
+            anyhow::anyhow!("--host {}: {e}", args.host)
+        }
+        qwen_image_serve::ServeError::Bind { .. } => anyhow::anyhow!("--host/--port: {e}"),
+        e => e.into(),
+    })?;
+    // The one line on stdout: scripts (and the tests) read the address from it.
+    out!("listening on http://{}", server.local_addr());
+    eout!(
+        "qwen-image serve: ready; web page at http://{}/, API at /v1 (Ctrl-C stops)",
+        server.local_addr()
+    );
+    server
+        .run(qwen_image_serve::shutdown_signal())
+        .context("serving")?;
+    eout!("qwen-image serve: stopped");
+    Ok(())
+}
