@@ -10,6 +10,20 @@ cd "$ROOT"
 # rustup's default location, so a Rust installed by setup.sh is found in this same shell.
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 "$ROOT/scripts/setup.sh"
+# The web page of `qwen-image serve` is tested in a real headless browser: Chromium and
+# ChromeDriver (Debian's packages), installed when missing.
+if ! command -v chromedriver >/dev/null; then
+  if command -v apt-get >/dev/null; then
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO=sudo
+    echo "test: installing chromium and chromium-driver (for the browser test)" >&2
+    $SUDO apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium chromium-driver >/dev/null
+  else
+    echo "test: warning: no chromedriver and no apt-get: the browser test is skipped" >&2
+    export QWEN_SKIP_BROWSER_TEST=1
+  fi
+fi
 # Tests are many small MLX graphs: more test threads than cores only adds contention.
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-$(nproc)}
 if [ $# -gt 0 ]; then

@@ -25,7 +25,7 @@ pub fn start(extra: &[&str]) -> Server {
 
 /// [`start`] with environment variables.
 pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
-    let model = super::fixtures().join("tiny");
+    let model = crate::common::fixtures().join("tiny");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qwen-image"));
     cmd.args(["serve", "--model"])
         .arg(&model)
