@@ -5,6 +5,11 @@
 //! answers 429 with Retry-After, `DELETE` and a vanished client stop a job at its next step
 //! and its memory is given back; the API key is enforced (and required off loopback); SIGTERM
 //! stops the server promptly while a job runs.
+//!
+//! Bugs injected once to see these tests fail (2026-11-30): image seeds off by one (the
+//! command-line comparison fails); the cancel-on-disconnect guard disarmed before waiting
+//! (the vanished client's job ran on: 391 of 1000 steps after 10 s); the key compared as a
+//! prefix (`Bearer s3cre` let in).
 
 mod common;
 mod server;

@@ -118,7 +118,11 @@ async fn type_a_prompt_click_and_the_picture_appears() -> Result<(), Box<dyn std
         let status = browser.find(Locator::Id("status")).await?.text().await?;
         assert!(status.starts_with("done in"), "{status}");
         assert!(status.contains("seed 5"), "{status}");
-        let history = browser.find(Locator::Css("#history li")).await?.text().await?;
+        let history = browser
+            .find(Locator::Css("#history li"))
+            .await?
+            .text()
+            .await?;
         assert!(history.contains("a red fox in the snow"), "{history}");
         assert!(history.contains("64x48, 6 steps, seed 5"), "{history}");
         let progress = browser
@@ -166,6 +170,9 @@ async fn type_a_prompt_click_and_the_picture_appears() -> Result<(), Box<dyn std
     );
     assert_eq!(code, 200, "{res}");
     let (_, _, want) = b64_pixels(res["data"][0]["b64_json"].as_str().ok_or("b64")?);
-    assert!(shown == want, "the page shows another image than the API gives");
+    assert!(
+        shown == want,
+        "the page shows another image than the API gives"
+    );
     Ok(())
 }

@@ -70,7 +70,10 @@ fn fifty_clients_all_answered_none_mixed_up_memory_back_to_idle() {
     for (i, code, body, retry_after, latency) in results {
         match code {
             200 => {
-                let b64 = body["data"][0]["b64_json"].as_str().expect("image").to_string();
+                let b64 = body["data"][0]["b64_json"]
+                    .as_str()
+                    .expect("image")
+                    .to_string();
                 assert_eq!(body["data"][0]["seed"], 1000 + i as u64);
                 ok.push((i, b64));
                 latencies.push(latency);

@@ -94,12 +94,7 @@ pub fn spawn(
 /// The PNG text chunks of image `i` of a request.
 type Record<'a> = &'a dyn Fn(&GenerateRequest, usize) -> Vec<(String, String)>;
 
-fn run_one(
-    pipe: &mut QwenImagePipeline,
-    jobs: &Jobs,
-    item: WorkItem,
-    record: Record<'_>,
-) {
+fn run_one(pipe: &mut QwenImagePipeline, jobs: &Jobs, item: WorkItem, record: Record<'_>) {
     let WorkItem {
         id,
         request,
