@@ -55,6 +55,7 @@ mod dtype;
 pub mod error;
 mod kernels;
 mod ops;
+mod order;
 pub mod reference;
 
 pub use backend::{
@@ -63,6 +64,7 @@ pub use backend::{
 };
 pub use dtype::{ComputeDtype, ParseComputeDtypeError};
 pub use error::{FastOpsError, Result};
+pub use order::depends;
 pub use ops::{
     CPU_MAX_ATTENTION_SCORES, MAX_ATTENTION_SCORES, layer_norm, query_chunk, rms_norm, scalar,
     sdpa, silu,

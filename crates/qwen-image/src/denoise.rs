@@ -13,7 +13,7 @@ use mlx_rs::Array;
 use mlx_rs::transforms::async_eval;
 use qwen_dit::{QwenImageTransformer, RopeTables};
 
-use crate::error::Result;
+use crate::error::{PipelineError, Result};
 use crate::guidance::true_cfg_combine;
 
 /// The text side of one transformer pass: embeddings `(1, T, joint_dim)` and the RoPE tables
@@ -78,7 +78,14 @@ impl Denoise<'_> {
                 .dit
                 .forward(&x, &self.cond.embeds, None, sigma, &self.cond.rope)?;
             if let Some((neg, scale)) = self.neg {
-                let vn = self.dit.forward(&x, &neg.embeds, None, sigma, &neg.rope)?;
+                // The negative pass starts once the positive one is done, so that only one
+                // pass's activations live at a time (MLX would otherwise interleave them).
+                let x_neg = mlx_fastops::depends(std::slice::from_ref(&x), &[v.clone()])?
+                    .pop()
+                    .ok_or_else(|| PipelineError::Runtime("depends returned nothing".into()))?;
+                let vn = self
+                    .dit
+                    .forward(&x_neg, &neg.embeds, None, sigma, &neg.rope)?;
                 v = true_cfg_combine(&v, &vn, scale)?;
             }
             let next = hook.after_step(i, self.sched.step(&v, i, &x)?)?;
