@@ -69,7 +69,7 @@ mod tests {
     fn values_unchanged_and_the_dependency_is_computed() -> Result<()> {
         let x = Array::from_slice(&[1.0f32, 2.0, 3.0], &[3]);
         let d = ops::multiply(&x, &x)?;
-        let out = depends(&[x.clone()], &[d.clone()])?;
+        let out = depends(std::slice::from_ref(&x), std::slice::from_ref(&d))?;
         assert_eq!(out.len(), 1);
         let y = ops::add(&out[0], &Array::from_f32(1.0))?;
         y.eval()?;
