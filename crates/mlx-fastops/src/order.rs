@@ -71,7 +71,7 @@ mod tests {
         let d = ops::multiply(&x, &x)?;
         let out = depends(std::slice::from_ref(&x), std::slice::from_ref(&d))?;
         assert_eq!(out.len(), 1);
-        let y = ops::add(&out[0], &Array::from_f32(1.0))?;
+        let y = ops::add(&out[0], Array::from_f32(1.0))?;
         y.eval()?;
         assert_eq!(y.as_slice::<f32>(), &[2.0, 3.0, 4.0]);
         Ok(())
