@@ -64,6 +64,7 @@ pub mod quant;
 pub mod rope;
 pub mod weights;
 
+pub use linear::DEQUANTIZE_MIN_ROWS;
 pub use check::check_checkpoint;
 pub use config::{QuantizationRecord, QwenImageTransformerConfig};
 pub use error::{DitError, Result};
