@@ -57,6 +57,7 @@ mod kernels;
 mod ops;
 mod order;
 pub mod reference;
+mod selfcheck;
 
 pub use backend::{
     Backend, Path, cuda_available, current_backend, fused_path, gpu_backend, metal_available,
@@ -64,11 +65,12 @@ pub use backend::{
 };
 pub use dtype::{ComputeDtype, ParseComputeDtypeError};
 pub use error::{FastOpsError, Result};
-pub use order::depends;
 pub use ops::{
     CPU_MAX_ATTENTION_SCORES, MAX_ATTENTION_SCORES, layer_norm, query_chunk, rms_norm, scalar,
     sdpa, silu,
 };
+pub use order::depends;
+pub use selfcheck::fallback_warnings;
 
 use mlx_rs::Array;
 
@@ -81,10 +83,13 @@ use mlx_rs::Array;
 pub fn layer_norm_modulate(x: &Array, shift: &Array, scale: &Array, eps: f32) -> Result<Array> {
     match fused_path() {
         Path::Reference => reference::layer_norm_modulate(x, shift, scale, eps),
-        p => match kernels::layer_norm_modulate(p, x, shift, scale, eps)? {
-            Some(out) => Ok(out),
-            None => reference::layer_norm_modulate(x, shift, scale, eps),
-        },
+        p => selfcheck::checked(
+            "layer_norm_modulate",
+            p,
+            x.dtype(),
+            || kernels::layer_norm_modulate(p, x, shift, scale, eps),
+            || reference::layer_norm_modulate(x, shift, scale, eps),
+        ),
     }
 }
 
@@ -96,10 +101,13 @@ pub fn layer_norm_modulate(x: &Array, shift: &Array, scale: &Array, eps: f32) ->
 pub fn apply_rope(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
     match fused_path() {
         Path::Reference => reference::apply_rope(x, cos, sin),
-        p => match kernels::apply_rope(p, x, cos, sin)? {
-            Some(out) => Ok(out),
-            None => reference::apply_rope(x, cos, sin),
-        },
+        p => selfcheck::checked(
+            "apply_rope",
+            p,
+            x.dtype(),
+            || kernels::apply_rope(p, x, cos, sin),
+            || reference::apply_rope(x, cos, sin),
+        ),
     }
 }
 
@@ -108,10 +116,13 @@ pub fn apply_rope(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
 pub fn gated_residual(x: &Array, gate: &Array, y: &Array) -> Result<Array> {
     match fused_path() {
         Path::Reference => reference::gated_residual(x, gate, y),
-        p => match kernels::gated_residual(p, x, gate, y)? {
-            Some(out) => Ok(out),
-            None => reference::gated_residual(x, gate, y),
-        },
+        p => selfcheck::checked(
+            "gated_residual",
+            p,
+            x.dtype(),
+            || kernels::gated_residual(p, x, gate, y),
+            || reference::gated_residual(x, gate, y),
+        ),
     }
 }
 
@@ -122,10 +133,13 @@ pub fn gated_residual(x: &Array, gate: &Array, y: &Array) -> Result<Array> {
 pub fn gelu_tanh(x: &Array) -> Result<Array> {
     match fused_path() {
         Path::Reference => reference::gelu_tanh(x),
-        p => match kernels::gelu_tanh(p, x)? {
-            Some(out) => Ok(out),
-            None => reference::gelu_tanh(x),
-        },
+        p => selfcheck::checked(
+            "gelu_tanh",
+            p,
+            x.dtype(),
+            || kernels::gelu_tanh(p, x),
+            || reference::gelu_tanh(x),
+        ),
     }
 }
 
@@ -136,10 +150,13 @@ pub fn gelu_tanh(x: &Array) -> Result<Array> {
 pub fn bias_gelu_tanh(x: &Array, bias: &Array) -> Result<Array> {
     match fused_path() {
         Path::Reference => reference::bias_gelu_tanh(x, bias),
-        p => match kernels::bias_gelu_tanh(p, x, bias)? {
-            Some(out) => Ok(out),
-            None => reference::bias_gelu_tanh(x, bias),
-        },
+        p => selfcheck::checked(
+            "bias_gelu_tanh",
+            p,
+            x.dtype(),
+            || kernels::bias_gelu_tanh(p, x, bias),
+            || reference::bias_gelu_tanh(x, bias),
+        ),
     }
 }
 
@@ -154,7 +171,8 @@ pub mod fused {
     use crate::error::{FastOpsError, Result};
     use crate::kernels;
 
-    pub use crate::kernels::set_ln_modulate_threads;
+    pub use crate::kernels::{break_kernel, set_ln_modulate_threads};
+    pub use crate::selfcheck::reset_checks;
 
     fn path(op: &'static str) -> Result<Path> {
         match current_backend() {

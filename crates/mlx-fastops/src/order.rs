@@ -46,7 +46,10 @@ pub fn depends(inputs: &[Array], dependencies: &[Array]) -> Result<Vec<Array>> {
     // each output handle is owned by an `Array` before its status is looked at.
     unsafe {
         let mut outs = ArrayVec(mlx_sys::mlx_vector_array_new());
-        check(mlx_sys::mlx_depends(&mut outs.0, ins.0, deps.0), "mlx_depends")?;
+        check(
+            mlx_sys::mlx_depends(&mut outs.0, ins.0, deps.0),
+            "mlx_depends",
+        )?;
         let n = mlx_sys::mlx_vector_array_size(outs.0);
         let mut result = Vec::with_capacity(n);
         for i in 0..n {

@@ -64,10 +64,10 @@ pub mod quant;
 pub mod rope;
 pub mod weights;
 
-pub use linear::DEQUANTIZE_MIN_ROWS;
 pub use check::check_checkpoint;
 pub use config::{QuantizationRecord, QwenImageTransformerConfig};
 pub use error::{DitError, Result};
+pub use linear::DEQUANTIZE_MIN_ROWS;
 pub use lora::{LoraSet, LoraUpdate};
 pub use model::QwenImageTransformer;
 pub use quant::{QuantizeSpec, weight_bytes};

@@ -287,9 +287,14 @@ mod tests {
                     ops::quantized_matmul(&x, weight, scales, biases, true, 64, bits)?,
                     bias,
                 )?;
-                let err = ops::abs(&ops::subtract(&got, &want)?)?.max(None)?.item_exact::<f32>();
+                let err = ops::abs(&ops::subtract(&got, &want)?)?
+                    .max(None)?
+                    .item_exact::<f32>();
                 let scale = ops::abs(&want)?.max(None)?.item_exact::<f32>();
-                assert!(err <= 2e-5 * scale, "{bits} bits, {rows} rows: {err} of {scale}");
+                assert!(
+                    err <= 2e-5 * scale,
+                    "{bits} bits, {rows} rows: {err} of {scale}"
+                );
             }
         }
         Ok(())

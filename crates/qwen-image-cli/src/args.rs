@@ -39,6 +39,23 @@ pub enum Command {
     /// Example: qwen-image serve --model Qwen/Qwen-Image --port 8080, then open
     /// http://127.0.0.1:8080/ or POST {"prompt": "a red fox"} to /v1/images/generations.
     Serve(Box<ServeArgs>),
+    /// Compile the GPU kernels a model needs ahead of time: one small generation with the same
+    /// loading flags, nothing written. On CUDA, MLX compiles its quantized kernels at first
+    /// use (about a minute) and keeps them in a per-user cache (MLX_PTX_CACHE_DIR, default
+    /// ~/.cache/qwen-image-rs/mlx-kernels).
+    Warmup(WarmupArgs),
+}
+
+/// `warmup`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct WarmupArgs {
+    /// Checkpoint: a directory in the diffusers layout or a Hugging Face id (as for
+    /// `generate`).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: String,
+    /// How the model is found and loaded (the same flags as the runs to come).
+    #[command(flatten)]
+    pub load: LoadArgs,
 }
 
 /// `serve`'s arguments.

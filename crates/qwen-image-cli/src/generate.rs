@@ -188,7 +188,8 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
             eout!("WARNING: {w}{advice}");
         }
     }
-    if let Some(n) = qwen_image::info::quantize_notice(runtime.backend, quantized) {
+    let cache = runtime.kernel_cache.as_deref();
+    if let Some(n) = qwen_image::kernel_cache::first_use_notice(runtime.backend, quantized, cache) {
         eout!("{n}");
     }
     let init_latents = args

@@ -9,6 +9,7 @@ mod generate;
 mod progress;
 mod report;
 mod serve;
+mod warmup;
 
 use clap::{CommandFactory, FromArgMatches};
 use qwen_image::{NonFiniteAdvice, PipelineError};
@@ -115,6 +116,12 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before anything else runs (no other thread yet): MLX's compiled GPU kernels go to a
+    // per-user cache that survives reboots, unless MLX_PTX_CACHE_DIR says otherwise.
+    if let Ok(version) = qwen_image::info::mlx_version() {
+        // SAFETY: single-threaded here, and MLX has compiled nothing yet.
+        unsafe { qwen_image::kernel_cache::use_persistent_cache(&version) };
+    }
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
@@ -133,6 +140,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Download(args) => download_only(&args),
         Command::Serve(args) => serve::serve(*args),
+        Command::Warmup(args) => warmup::warmup(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

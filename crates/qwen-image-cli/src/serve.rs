@@ -41,9 +41,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         runtime.default_device,
         config.options.dtype
     );
-    if let Some(n) =
-        qwen_image::info::quantize_notice(runtime.backend, config.options.quantize.is_some())
-    {
+    if let Some(n) = qwen_image::kernel_cache::first_use_notice(
+        runtime.backend,
+        config.options.quantize.is_some(),
+        runtime.kernel_cache.as_deref(),
+    ) {
         eout!("{n}");
     }
     let server = Server::start(config).map_err(|e| match e {

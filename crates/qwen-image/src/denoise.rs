@@ -80,9 +80,10 @@ impl Denoise<'_> {
             if let Some((neg, scale)) = self.neg {
                 // The negative pass starts once the positive one is done, so that only one
                 // pass's activations live at a time (MLX would otherwise interleave them).
-                let x_neg = mlx_fastops::depends(std::slice::from_ref(&x), std::slice::from_ref(&v))?
-                    .pop()
-                    .ok_or_else(|| PipelineError::Runtime("depends returned nothing".into()))?;
+                let x_neg =
+                    mlx_fastops::depends(std::slice::from_ref(&x), std::slice::from_ref(&v))?
+                        .pop()
+                        .ok_or_else(|| PipelineError::Runtime("depends returned nothing".into()))?;
                 let vn = self
                     .dit
                     .forward(&x_neg, &neg.embeds, None, sigma, &neg.rope)?;

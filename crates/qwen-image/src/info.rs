@@ -24,6 +24,9 @@ pub struct RuntimeInfo {
     pub device_properties: Vec<(String, String)>,
     /// MLX's memory limit for the default device, in bytes.
     pub memory_limit: Option<usize>,
+    /// Where MLX caches the GPU kernels it compiles at run time
+    /// ([`crate::kernel_cache::CACHE_ENV`]), when set.
+    pub kernel_cache: Option<std::path::PathBuf>,
 }
 
 fn check(rc: i32, what: &str) -> Result<()> {
@@ -36,17 +39,27 @@ fn check(rc: i32, what: &str) -> Result<()> {
     }
 }
 
+/// The loaded MLX library's version (a constant of the library: asking initialises nothing).
+pub fn mlx_version() -> Result<String> {
+    // SAFETY: the string is created, copied out while alive, and freed here.
+    unsafe {
+        let mut s = mlx_sys::mlx_string_new();
+        let rc = mlx_sys::mlx_version(&mut s);
+        let version = CStr::from_ptr(mlx_sys::mlx_string_data(s))
+            .to_string_lossy()
+            .into_owned();
+        mlx_sys::mlx_string_free(s);
+        check(rc, "mlx_version")?;
+        Ok(version)
+    }
+}
+
 /// Queries the loaded MLX library.
 pub fn runtime_info() -> Result<RuntimeInfo> {
     // SAFETY: plain FFI calls into mlx-c; every object created here is freed before return
     // and strings are copied out while their owners are alive.
     unsafe {
-        let mut s = mlx_sys::mlx_string_new();
-        check(mlx_sys::mlx_version(&mut s), "mlx_version")?;
-        let mlx_version = CStr::from_ptr(mlx_sys::mlx_string_data(s))
-            .to_string_lossy()
-            .into_owned();
-        mlx_sys::mlx_string_free(s);
+        let mlx_version = mlx_version()?;
 
         let mut dev = mlx_sys::mlx_device_new();
         check(
@@ -125,17 +138,11 @@ pub fn runtime_info() -> Result<RuntimeInfo> {
             default_is_gpu,
             device_properties,
             memory_limit: mlx_rs::memory::memory_limit().ok(),
+            kernel_cache: std::env::var_os(crate::kernel_cache::CACHE_ENV)
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from),
         })
     }
-}
-
-/// A one-line notice for quantized runs on CUDA, where MLX compiles its quantized-matmul
-/// kernels (JIT) the first time each shape is used: the first steps can take minutes.
-pub fn quantize_notice(backend: Backend, quantized: bool) -> Option<&'static str> {
-    (quantized && backend == Backend::Cuda).then_some(
-        "note: on CUDA, MLX compiles its quantized kernels at first use; the first denoising \
-         steps can take minutes (later runs reuse the compiled kernels)",
-    )
 }
 
 /// Formats a byte count with binary units (e.g. `79.2 GiB`).
@@ -166,6 +173,10 @@ impl fmt::Display for RuntimeInfo {
         if let Some(limit) = self.memory_limit {
             writeln!(f, "memory limit:   {} ({limit} bytes)", human_bytes(limit))?;
         }
+        if let Some(dir) = &self.kernel_cache {
+            let n = crate::kernel_cache::cached_kernels(dir);
+            writeln!(f, "kernel cache:   {} ({n} files)", dir.display())?;
+        }
         Ok(())
     }
 }
@@ -191,14 +202,6 @@ mod tests {
         let text = info.to_string();
         assert!(text.contains("backend:"));
         Ok(())
-    }
-
-    #[test]
-    fn quantize_notice_only_for_quantized_cuda_runs() {
-        assert!(quantize_notice(Backend::Cuda, true).is_some_and(|n| n.contains("first use")));
-        assert_eq!(quantize_notice(Backend::Cuda, false), None);
-        assert_eq!(quantize_notice(Backend::Metal, true), None);
-        assert_eq!(quantize_notice(Backend::Cpu, true), None);
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub mod hub;
 pub mod image_input;
 pub mod img2img;
 pub mod info;
+pub mod kernel_cache;
 pub mod latents;
 pub mod lora;
 pub mod memory;

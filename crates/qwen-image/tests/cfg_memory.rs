@@ -17,9 +17,17 @@ fn true_cfg_peaks_like_a_single_pass() -> anyhow::Result<()> {
     req.width = 512;
     req.height = 512;
     req.noise = Noise::Seed(3);
-    let single = pipe.generate_with(&req, &mut |_| {})?.timings.denoise.peak_memory;
+    let single = pipe
+        .generate_with(&req, &mut |_| {})?
+        .timings
+        .denoise
+        .peak_memory;
     req.negative_prompt = Some("blurry".into());
-    let cfg = pipe.generate_with(&req, &mut |_| {})?.timings.denoise.peak_memory;
+    let cfg = pipe
+        .generate_with(&req, &mut |_| {})?
+        .timings
+        .denoise
+        .peak_memory;
     eprintln!("denoise peak: one pass {single} B, true CFG {cfg} B");
     assert!(single > 0);
     assert!(

@@ -129,6 +129,31 @@ const BIAS_GELU: Spec = Spec {
     metal: include_str!("bias_gelu_tanh.metal"),
 };
 
+/// Ops whose kernel source is deliberately broken (tests of the fallback).
+static BROKEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes the kernel of `op` fail to compile from now on in this process (its source gets an
+/// `#error`), to test that the op falls back to its reference. For tests only.
+#[doc(hidden)]
+pub fn break_kernel(op: &'static str) {
+    BROKEN.lock().unwrap_or_else(|e| e.into_inner()).push(op);
+}
+
+fn broken(op: &str) -> bool {
+    BROKEN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&op)
+}
+
+/// A source with an `#error` appended, and a name of its own (MLX caches kernels by name).
+fn broken_source(spec: &Spec, source: &str) -> (String, String) {
+    (
+        format!("{}_broken", spec.full_name()),
+        format!("{source}\n#error deliberately broken by mlx_fastops::fused::break_kernel\n"),
+    )
+}
+
 fn unavailable(op: &'static str, msg: &str) -> FastOpsError {
     FastOpsError::Kernel {
         op,
@@ -158,6 +183,18 @@ thread_local! {
 fn run_cuda(spec: &Spec, l: Launch<'_>) -> Result<Vec<Array>> {
     let cached = CUDA_KERNELS.with_borrow(|m| m.get(spec.name).cloned());
     let k = match cached {
+        _ if broken(spec.op) => {
+            let (name, source) = broken_source(spec, spec.cuda);
+            std::rc::Rc::new(cuda::CudaKernel::new(
+                spec.op,
+                &name,
+                spec.inputs,
+                spec.outputs,
+                &source,
+                CUDA_HEADER,
+                true,
+            )?)
+        }
         Some(k) => k,
         None => {
             let k = std::rc::Rc::new(cuda::CudaKernel::new(
@@ -191,11 +228,16 @@ fn run_metal(spec: &Spec, l: Launch<'_>) -> Result<Vec<Array>> {
     use mlx_rs::fast::{
         MetalKernel, MetalKernelApplyOptions, MetalKernelOptions, MetalKernelOutput,
     };
+    let (name, source) = if broken(spec.op) {
+        broken_source(spec, spec.metal)
+    } else {
+        (spec.full_name(), spec.metal.to_string())
+    };
     let k = MetalKernel::new(
-        &spec.full_name(),
+        &name,
         spec.inputs,
         spec.outputs,
-        spec.metal,
+        &source,
         MetalKernelOptions {
             header: METAL_HEADER.to_string(),
             ensure_row_contiguous: true,
