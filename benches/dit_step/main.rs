@@ -62,6 +62,13 @@ pub(crate) struct Opts {
     /// Also time steps built while the previous one runs (as the pipeline does).
     #[arg(long)]
     pipelined: bool,
+    /// Also time the two CFG passes left to interleave (without the ordering the pipeline
+    /// uses), for their peak memory.
+    #[arg(long)]
+    interleaved: bool,
+    /// Quantize the random model's Linear layers to 4 or 8 bits (MLX affine, group 64).
+    #[arg(long, value_name = "BITS")]
+    quantize: Option<i32>,
     /// Profile one block at this size (0: no profile) [default: 1024; 128 with --tiny].
     #[arg(long)]
     profile: Option<usize>,
@@ -165,9 +172,16 @@ fn main() -> Result<()> {
         o.txt
     );
     let t0 = Instant::now();
-    let model = QwenImageTransformer::random(cfg.clone(), dt, o.seed)?;
+    let mut model = QwenImageTransformer::random(cfg.clone(), dt, o.seed)?;
+    if let Some(bits) = o.quantize {
+        model.quantize(&qwen_dit::QuantizeSpec::new(bits))?;
+        memory::clear_cache()?;
+    }
     println!(
-        "random bf16 weights built in {:.1} s; active memory {:.2} GiB",
+        "random bf16 weights built{} in {:.1} s; active memory {:.2} GiB",
+        o.quantize
+            .map(|b| format!(" and quantized to {b} bits"))
+            .unwrap_or_default(),
         t0.elapsed().as_secs_f64(),
         memory::active_memory()? as f64 / GIB
     );
@@ -176,16 +190,20 @@ fn main() -> Result<()> {
         n: 0,
     };
 
-    // (label, CFG batched, reference kernels, pipelined)
-    let mut modes: Vec<(&'static str, bool, bool, bool)> = vec![("2×B=1", false, false, false)];
+    // (label, CFG batched, reference kernels, pipelined, interleaved)
+    let mut modes: Vec<(&'static str, bool, bool, bool, bool)> =
+        vec![("2×B=1", false, false, false, false)];
+    if o.interleaved {
+        modes.push(("2×B=1 interleaved", false, false, false, true));
+    }
     if !o.no_batched {
-        modes.push(("B=2", true, false, false));
+        modes.push(("B=2", true, false, false, false));
     }
     if o.pipelined {
-        modes.push(("2×B=1 pipelined", false, false, true));
+        modes.push(("2×B=1 pipelined", false, false, true, false));
     }
     if !o.no_reference {
-        modes.push(("2×B=1", false, true, false));
+        modes.push(("2×B=1", false, true, false, false));
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut fwd_ms_at_profile = None;
@@ -194,13 +212,13 @@ fn main() -> Result<()> {
         let fl = forward_flops(&cfg, 1, inp.img_tokens, o.txt)
             .scaled(2.0)
             .total();
-        for &(mode, batched, reference, pipelined) in &modes {
+        for &(mode, batched, reference, pipelined, interleaved) in &modes {
             mlx_fastops::set_force_reference(reference);
             let (times_ms, build_ms, peak) = if pipelined {
                 let (t, p) = measure_pipelined(&model, &inp, &o)?;
                 (t, Vec::new(), p)
             } else {
-                measure(&model, &inp, batched, &o)
+                measure(&model, &inp, batched, interleaved, &o)
                     .with_context(|| format!("{size}² {mode} reference={reference}"))?
             };
             mlx_fastops::set_force_reference(false);

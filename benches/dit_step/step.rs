@@ -84,13 +84,14 @@ fn cfg_update(x: &Array, cond: &Array, uncond: &Array, scale: f32) -> Result<Arr
     Ok(ops::add(x, ops::multiply(&pred, scalar(-0.02, dt)?)?)?)
 }
 
-/// One denoising step from latents `x`, lazy: two B=1 forwards, or one B=2 forward when
-/// `batched`.
+/// One denoising step from latents `x`, lazy: two B=1 forwards (the second ordered after the
+/// first unless `interleaved`), or one B=2 forward when `batched`.
 fn step(
     model: &QwenImageTransformer,
     inp: &Inputs,
     x: &Array,
     batched: bool,
+    interleaved: bool,
     scale: f32,
 ) -> Result<Array> {
     let (cond, uncond) = if batched {
@@ -100,10 +101,18 @@ fn step(
         let u = p.pop().context("split")?;
         (p.pop().context("split")?, u)
     } else {
-        (
-            model.forward(x, &inp.ctx_cond, None, &inp.sigma, &inp.rope)?,
-            model.forward(x, &inp.ctx_uncond, None, &inp.sigma, &inp.rope)?,
-        )
+        let cond = model.forward(x, &inp.ctx_cond, None, &inp.sigma, &inp.rope)?;
+        // As the pipeline: the negative pass ordered after the positive one (one pass's
+        // activations at a time), unless the interleaved variant is measured.
+        let x_u = if interleaved {
+            x.clone()
+        } else {
+            mlx_fastops::depends(std::slice::from_ref(x), std::slice::from_ref(&cond))?
+                .pop()
+                .context("depends")?
+        };
+        let uncond = model.forward(&x_u, &inp.ctx_uncond, None, &inp.sigma, &inp.rope)?;
+        (cond, uncond)
     };
     // The bf16 trap: a strong f32 constant anywhere would turn the whole graph to f32.
     ensure!(
@@ -149,10 +158,11 @@ pub(crate) fn measure(
     model: &QwenImageTransformer,
     inp: &Inputs,
     batched: bool,
+    interleaved: bool,
     o: &Opts,
 ) -> Result<(Vec<f64>, Vec<f64>, usize)> {
     for _ in 0..o.warmup {
-        step(model, inp, &inp.x, batched, o.cfg_scale)?.eval()?;
+        step(model, inp, &inp.x, batched, interleaved, o.cfg_scale)?.eval()?;
     }
     memory::clear_cache()?;
     memory::reset_peak_memory()?;
@@ -160,7 +170,7 @@ pub(crate) fn measure(
     let mut build = Vec::with_capacity(o.iters);
     for _ in 0..o.iters {
         let t0 = Instant::now();
-        let out = step(model, inp, &inp.x, batched, o.cfg_scale)?;
+        let out = step(model, inp, &inp.x, batched, interleaved, o.cfg_scale)?;
         build.push(t0.elapsed().as_secs_f64() * 1e3);
         out.eval()?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -179,7 +189,7 @@ pub(crate) fn measure_pipelined(
     let chain = |n: usize| -> Result<()> {
         let mut x = inp.x.clone();
         for _ in 0..n {
-            x = step(model, inp, &x, false, o.cfg_scale)?;
+            x = step(model, inp, &x, false, false, o.cfg_scale)?;
             async_eval([&x])?;
         }
         x.eval()?;
