@@ -254,6 +254,7 @@ mod tests {
             configs,
             qwen_image::PipelineOptions {
                 residency: qwen_image::Residency::Staged,
+                activation_budget: qwen_image::ActivationBudget::Auto,
                 ..Default::default()
             },
             builders,

@@ -86,6 +86,10 @@ struct Opts {
     /// memory, in diffusers' key layout, alpha = rank); its merge shows in "build transformer".
     #[arg(long, value_name = "R")]
     lora_rank: Option<usize>,
+    /// Bounds the denoising's activations to this many GiB above what is resident (MLX's
+    /// memory limit while denoising) [default: the pipeline's, ActivationBudget::Auto].
+    #[arg(long, value_name = "GIB")]
+    activation_budget_gib: Option<f64>,
     /// The Qwen-Image-Lightning recipe: the Lightning scheduler overrides and no CFG (pass
     /// `--steps 8` or 4).
     #[arg(long)]
@@ -249,6 +253,10 @@ fn main() -> Result<()> {
         dtype,
         quantize: None,
         residency: qwen_image::Residency::Staged,
+        activation_budget: match o.activation_budget_gib {
+            Some(g) => qwen_image::ActivationBudget::Bytes((g * (1u64 << 30) as f64) as usize),
+            None => qwen_image::ActivationBudget::Auto,
+        },
     };
     let mut pipe = QwenImagePipeline::from_builders(configs, options, builders)?;
     let mut req = GenerateRequest::new(o.prompt.clone());

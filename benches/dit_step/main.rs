@@ -66,6 +66,10 @@ pub(crate) struct Opts {
     /// uses), for their peak memory.
     #[arg(long)]
     interleaved: bool,
+    /// MLX's memory limit in GiB while stepping (MLX's eval waits for the GPU to free memory
+    /// when above it: the peak stays near it).
+    #[arg(long, value_name = "GIB")]
+    memory_limit_gib: Option<f64>,
     /// Quantize the random model's Linear layers to 4 or 8 bits (MLX affine, group 64).
     #[arg(long, value_name = "BITS")]
     quantize: Option<i32>,
@@ -185,6 +189,13 @@ fn main() -> Result<()> {
         t0.elapsed().as_secs_f64(),
         memory::active_memory()? as f64 / GIB
     );
+    if let Some(g) = o.memory_limit_gib {
+        let previous = memory::set_memory_limit((g * GIB) as usize)?;
+        println!(
+            "memory limit {g:.1} GiB (was {:.1} GiB)",
+            previous as f64 / GIB
+        );
+    }
     let mut rng = Rng {
         seed: o.seed + 1,
         n: 0,

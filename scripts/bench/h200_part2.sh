@@ -4,6 +4,8 @@
 #   Q. the quantized DiT: 1024² true-CFG step at 8 and 4 bits (dequantize + GEMM for image
 #      tokens, the default) and at 8 bits through MLX's quantized_matmul everywhere; MLX's
 #      compiled-kernel cache in $PTX (carry $OUT/ptx of part 1 there to skip the compile);
+#   M. the bf16 step with MLX's memory limit at weights + 2 GiB (three sizes), and whole
+#      images with an activation budget (1024², 20 steps; 2048², 4 steps, tiled decode);
 #   V. the VAE: decode and encode at 1024² (bf16);
 #   S. `qwen-image serve` against `qwen-image generate` for the same request (the tiny
 #      fixture on the GPU, 1024², 8 steps, CFG off: what the server saves is the load);
@@ -30,6 +32,14 @@ done
 QWEN_DIT_DEQUANTIZE_MIN_ROWS=1000000000 timeout 150 "$(bin dit_step)" $q --quantize 8 \
   --json "$OUT/dit_q8_qmm.json" 2>&1 | tee "$OUT/dit_q8_qmm.log"
 echo "kernel cache now: $(ls "$MLX_PTX_CACHE_DIR" | wc -l) files"
+
+stamp "M. activations bounded through MLX's memory limit (weights 38.1 GiB + 2)"
+timeout 200 "$(bin dit_step)" --sizes 512,1024,1328 --iters 5 --pipelined --no-batched --no-reference \
+  --profile 0 --memory-limit-gib 40.1 --json "$OUT/dit_limit.json" 2>&1 | tee "$OUT/dit_limit.log"
+timeout 150 "$(bin pipeline_full)" --size 1024 --steps 20 --runs 1 --activation-budget-gib 1.5 \
+  --json "$OUT/pipe_budget.json" 2>&1 | tee "$OUT/pipe_budget.log"
+timeout 150 "$(bin pipeline_full)" --size 2048 --steps 4 --runs 1 --activation-budget-gib 1.5 \
+  --json "$OUT/pipe_2048.json" 2>&1 | tee "$OUT/pipe_2048.log"
 
 stamp "V. VAE"
 timeout 90 "$D/bin/vae_timing" bf16 5 2>&1 | tee "$OUT/vae.log"
@@ -61,4 +71,6 @@ PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 timeout 270 python3 scripts/bench/diffus
 stamp "done"
 echo "===== summary ====="
 grep -h '^| 1024' "$OUT"/dit_q*.log "$OUT/diffusers.log"
+grep -h '^| ' "$OUT/dit_limit.log"
+grep -hE "^\| (denoise|VAE decode|encode \+)" "$OUT"/pipe_*.log
 grep -hE "decode|encode" "$OUT/vae.log" | head

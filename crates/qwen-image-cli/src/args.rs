@@ -312,6 +312,7 @@ impl LoadArgs {
                 .and_then(|b| b.parse::<i32>().ok())
                 .map(QuantizeSpec::new),
             residency: qwen_image::Residency::Staged,
+            activation_budget: qwen_image::ActivationBudget::Auto,
         }
     }
 }

@@ -72,8 +72,8 @@ pub use lora::{Lora, LoraSource};
 pub use mlx_fastops::ComputeDtype;
 pub use output::Image;
 pub use pipeline::{
-    Builder, ComponentBuilders, Generation, LoraReport, PipelineOptions, PreparedRequest,
-    QwenImagePipeline, Residency,
+    ActivationBudget, Builder, ComponentBuilders, Generation, LoraReport, PipelineOptions,
+    PreparedRequest, QwenImagePipeline, Residency,
 };
 pub use qwen_dit::QuantizeSpec;
 pub use qwen_vae::TilingConfig;

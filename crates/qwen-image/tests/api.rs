@@ -16,6 +16,7 @@ fn staged_phases_step_events_and_parity() -> anyhow::Result<()> {
             dtype: qwen_image::ComputeDtype::F32,
             quantize: None,
             residency: qwen_image::Residency::KeepTransformer,
+            activation_budget: qwen_image::ActivationBudget::Auto,
         },
     )?;
     assert_eq!(pipe.configs().vae_scale_factor(), 4);
@@ -107,6 +108,7 @@ fn bf16_stays_bf16() -> anyhow::Result<()> {
             dtype: qwen_image::ComputeDtype::Bf16,
             quantize: None,
             residency: qwen_image::Residency::Staged,
+            activation_budget: qwen_image::ActivationBudget::Auto,
         },
     )?;
     // The case's CFG scale (4) and maximum length (512) are the request defaults.

@@ -20,6 +20,7 @@ fn builders_match_the_folder_pipeline_and_keep_the_staging() -> anyhow::Result<(
         dtype: qwen_image::ComputeDtype::F32,
         quantize: None,
         residency: qwen_image::Residency::Staged,
+        activation_budget: qwen_image::ActivationBudget::Auto,
     };
     let mut req = GenerateRequest::new("A cat sitting on a mat");
     req.negative_prompt = Some("blurry".into());

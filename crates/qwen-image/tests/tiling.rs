@@ -38,6 +38,7 @@ fn pipeline(name: &str) -> anyhow::Result<QwenImagePipeline> {
             dtype: qwen_image::ComputeDtype::F32,
             quantize: None,
             residency: qwen_image::Residency::KeepTransformer,
+            activation_budget: qwen_image::ActivationBudget::Auto,
         },
     )?)
 }
