@@ -288,19 +288,62 @@ fn main() -> Result<()> {
         );
     }
 
+    // Started by mlx.launch (or its environment) as one of several ranks: share each run.
+    let cluster = qwen_image::distributed::Cluster::from_env(
+        qwen_image::distributed::DEFAULT_CONNECT_TIMEOUT,
+    )?;
+    if let Some(c) = &cluster {
+        let tokens = (height / 16) * (width / 16);
+        let probe = mlx_rs::ops::zeros_dtype(&[1, tokens as i32, 64], dtype.dtype())?;
+        let group_time = time_all_gather(c, &probe, 20)?;
+        // One layer's q (24 heads × 128) at 1024² and 2048² (+ 32 text tokens): what a
+        // sequence-parallel attention would move per layer (docs/distributed.md).
+        let mut q_times = Vec::new();
+        for side in [1024usize, 2048] {
+            let t = (side / 16) * (side / 16) + 32;
+            let q = mlx_rs::ops::zeros_dtype(&[1, 24, t as i32, 128], dtype.dtype())?;
+            q_times.push((side, t, time_all_gather(c, &q, 10)?));
+        }
+        if c.is_leader() {
+            println!(
+                "distributed: {}; all-gather of one step's packed prediction (1×{tokens}×64 {:?}): {:.3} ms",
+                c.describe(req.does_true_cfg(), 1),
+                dtype,
+                group_time * 1e3
+            );
+            for (side, t, secs) in q_times {
+                let mib = (24 * t * 128 * 2) as f64 / (1 << 20) as f64;
+                println!(
+                    "all-gather of one layer's q at {side}² (1×24×{t}×128, {mib:.1} MiB per rank): {:.3} ms, {:.1} GB/s per rank",
+                    secs * 1e3,
+                    mib * (1 << 20) as f64 / secs / 1e9
+                );
+            }
+        }
+    }
     let mut last = None;
     for run in 0..o.runs {
         let mut bad_dtype = None;
         let mut warnings = Vec::new();
         let want = dtype.dtype();
         let t0 = Instant::now();
-        let generation = pipe.generate_with(&req, &mut |e| match e {
+        let mut on_event = |e: Event| match e {
             Event::Step { latents_dtype, .. } if latents_dtype != want => {
                 bad_dtype = Some(latents_dtype)
             }
             Event::Warning(w) => warnings.push(w),
             _ => {}
-        })?;
+        };
+        let generation = match &cluster {
+            None => pipe.generate_with(&req, &mut on_event)?,
+            Some(c) => {
+                let job = pipe.prepare(req.clone())?;
+                match pipe.run_distributed(&job, &mut on_event, &Default::default(), c)? {
+                    Some(g) => g,
+                    None => continue, // not rank 0: its share is done
+                }
+            }
+        };
         let total = t0.elapsed();
         // The bf16 trap: a strong f32 constant would have promoted the denoising graph.
         ensure!(
@@ -433,4 +476,18 @@ fn main() -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Mean seconds of an all-gather of `x` over the cluster (after one untimed call).
+fn time_all_gather(c: &qwen_image::distributed::Cluster, x: &mlx_rs::Array, n: usize) -> Result<f64> {
+    let once = || -> Result<()> {
+        c.all_gather(x)?.eval()?;
+        Ok(())
+    };
+    once()?;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        once()?;
+    }
+    Ok(t0.elapsed().as_secs_f64() / n as f64)
 }

@@ -51,6 +51,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod distributed;
 mod dtype;
 pub mod error;
 mod kernels;

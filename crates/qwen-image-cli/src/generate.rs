@@ -159,6 +159,9 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
         qwen_image::output::check_output(o)?;
     }
 
+    // Launched by mlx.launch as one of several ranks: connect first (bounded wait).
+    let cluster = qwen_image::distributed::Cluster::from_env(connect_timeout())?;
+    let leader = cluster.as_ref().is_none_or(|c| c.is_leader());
     let t_open = Instant::now();
     let env = qwen_image::hub::HubEnv::from_process();
     let model_dir = crate::download::resolve(&model, &args.load.revision, args.load.offline, &env)
@@ -213,6 +216,18 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
         request.prompt = prompt.clone();
         let job = pipe.prepare(request).map_err(|e| cli_error(e, &args))?;
         let req = job.request();
+        if let Some(c) = &cluster {
+            if c.rank() > 0 {
+                // Its share of the work; rank 0 reports and writes.
+                pipe.run_distributed(&job, &mut |_| {}, &Default::default(), c)
+                    .map_err(|e| cli_error(e, &args))?;
+                continue;
+            }
+            eout!(
+                "qwen-image: distributed: {}",
+                c.describe(req.does_true_cfg(), req.num_images)
+            );
+        }
         eout!(
             "qwen-image: {} on {} ({}), {}, {}{}",
             model_dir.display(),
@@ -224,9 +239,15 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
                 .unwrap_or_default()
         );
         let mut progress = progress::Progress::new(job.total_steps());
-        let result = pipe
-            .run(&job, &mut |e| progress.on_event(e))
-            .map_err(|e| cli_error(e, &args))?;
+        let result = match &cluster {
+            Some(c) => pipe
+                .run_distributed(&job, &mut |e| progress.on_event(e), &Default::default(), c)
+                .map_err(|e| cli_error(e, &args))?
+                .context("rank 0 received no images")?,
+            None => pipe
+                .run(&job, &mut |e| progress.on_event(e))
+                .map_err(|e| cli_error(e, &args))?,
+        };
         let t_write = Instant::now();
         for (i, (img, path)) in result.images.iter().zip(outputs).enumerate() {
             let text = if args.no_metadata {
@@ -269,7 +290,7 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
             report::summary(&args, req, &result, &times);
         }
     }
-    if args.json {
+    if args.json && leader {
         let doc = serde_json::json!({
             "files": outputs.iter().flatten().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "runs": runs,
@@ -278,4 +299,16 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
         out!("{}", serde_json::to_string_pretty(&doc)?);
     }
     Ok(())
+}
+
+/// How long the ranks of a distributed run may take to connect: `QWEN_IMAGE_CONNECT_TIMEOUT`
+/// seconds, else the library's default.
+fn connect_timeout() -> std::time::Duration {
+    std::env::var("QWEN_IMAGE_CONNECT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(
+            qwen_image::distributed::DEFAULT_CONNECT_TIMEOUT,
+            std::time::Duration::from_secs,
+        )
 }

@@ -9,8 +9,9 @@
 use std::time::Instant;
 
 use flow_scheduler::FlowMatchEulerScheduler;
-use mlx_rs::Array;
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::transforms::async_eval;
+use mlx_rs::{Array, ops};
 use qwen_dit::{QwenImageTransformer, RopeTables};
 
 use crate::error::{PipelineError, Result};
@@ -40,6 +41,15 @@ impl StepHook for NoHook {
     }
 }
 
+/// The two passes of true CFG split over a pair of ranks: each runs its own pass, and one
+/// all-gather per step brings both predictions to both.
+pub(crate) struct Exchange<'a> {
+    pub(crate) group: &'a mlx_fastops::distributed::Group,
+    /// Rows of the gathered predictions holding the pair's prompt and negative passes.
+    pub(crate) rows: (i32, i32),
+    pub(crate) scale: f32,
+}
+
 /// One image's denoising.
 pub(crate) struct Denoise<'a> {
     pub(crate) dit: &'a QwenImageTransformer,
@@ -49,18 +59,24 @@ pub(crate) struct Denoise<'a> {
     pub(crate) sigmas: &'a [Array],
     /// The first step to run (img2img starts inside the schedule).
     pub(crate) first_step: usize,
+    /// The pass this process runs: the prompt's (or, for the second rank of a CFG pair, the
+    /// negative prompt's).
     pub(crate) cond: &'a Conditioning,
-    /// The negative prompt's conditioning and the CFG scale, when true CFG runs.
+    /// The negative prompt's conditioning and the CFG scale, when true CFG runs here.
     pub(crate) neg: Option<(&'a Conditioning, f32)>,
+    /// True CFG split over a pair of ranks.
+    pub(crate) exchange: Option<Exchange<'a>>,
 }
 
 impl Denoise<'_> {
     /// Runs the steps from `first_step` on the packed latents `x`; `on_step(step, latents)`
-    /// is called once each step's latents are evaluated. Returns the final latents.
+    /// is called once each step's latents are evaluated. Returns the final latents. `idle`:
+    /// this rank has no image in this round and only takes part in the exchanges.
     pub(crate) fn run(
         &self,
         mut x: Array,
         hook: &mut dyn StepHook,
+        idle: bool,
         on_step: &mut dyn FnMut(usize, &Array, std::time::Duration) -> Result<()>,
     ) -> Result<Array> {
         let mut last_done = Instant::now();
@@ -74,10 +90,21 @@ impl Denoise<'_> {
         let steps = self.first_step..self.sigmas.len();
         for i in steps.clone() {
             let sigma = &self.sigmas[i];
-            let mut v = self
-                .dit
-                .forward(&x, &self.cond.embeds, None, sigma, &self.cond.rope)?;
-            if let Some((neg, scale)) = self.neg {
+            let own = if idle {
+                ops::zeros_like(&x)?
+            } else {
+                self.dit
+                    .forward(&x, &self.cond.embeds, None, sigma, &self.cond.rope)?
+            };
+            let mut v = match &self.exchange {
+                Some(ex) => {
+                    let all = ex.group.all_gather(&own)?;
+                    let (c, u) = ex.rows;
+                    true_cfg_combine(&all.index(c..c + 1), &all.index(u..u + 1), ex.scale)?
+                }
+                None => own,
+            };
+            if let Some((neg, scale)) = self.neg.filter(|_| !idle) {
                 // The negative pass starts once the positive one is done, so that only one
                 // pass's activations live at a time (MLX would otherwise interleave them).
                 let x_neg =

@@ -163,6 +163,9 @@ pub enum PipelineError {
         /// What gave it away.
         evidence: String,
     },
+    /// The ranks of a distributed run could not be set up or lost each other.
+    #[error("distributed run: {0}")]
+    Distributed(String),
     /// The generation was stopped through its [`crate::CancelToken`]; nothing was produced.
     #[error("generation cancelled")]
     Cancelled,

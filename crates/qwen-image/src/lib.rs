@@ -45,6 +45,7 @@
 pub mod cancel;
 pub mod checkpoint;
 mod denoise;
+pub mod distributed;
 pub mod download;
 pub mod error;
 pub mod events;

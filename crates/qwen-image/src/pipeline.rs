@@ -20,6 +20,7 @@ use qwen_vae::{QwenImageVae, TilingConfig};
 
 use crate::cancel::CancelToken;
 use crate::checkpoint::{CheckpointConfigs, ComponentPaths};
+use crate::distributed::{Cluster, Plan};
 use crate::denoise::{Conditioning, Denoise, NoHook};
 use crate::error::{Field, NonFiniteAdvice, PipelineError, Result, invalid};
 use crate::events::{Event, Phase, PhaseTimer, Timings};
@@ -662,11 +663,31 @@ impl QwenImagePipeline {
         on_event: &mut dyn FnMut(Event),
         cancel: &CancelToken,
     ) -> Result<Generation> {
-        let result = self.run_inner(job, on_event, cancel);
-        if result.is_err() {
-            mlx_rs::memory::clear_cache()?;
-        }
-        result
+        self.run_inner(job, on_event, cancel, None)?
+            .ok_or_else(|| PipelineError::Runtime("a single process produced no images".into()))
+    }
+
+    /// [`Self::run_cancellable`] with the work shared by the ranks of `cluster` (see
+    /// [`crate::distributed`]): every rank calls it with the same request; rank 0 gets the
+    /// images, the other ranks `None`.
+    pub fn run_distributed(
+        &mut self,
+        job: &PreparedRequest,
+        on_event: &mut dyn FnMut(Event),
+        cancel: &CancelToken,
+        cluster: &Cluster,
+    ) -> Result<Option<Generation>> {
+        self.run_inner(job, on_event, cancel, Some(cluster))
+            .map_err(|e| match e {
+                // MLX's ring reports a vanished peer as a failed evaluation.
+                PipelineError::Mlx(m) if m.to_string().contains("[ring]") => {
+                    PipelineError::Distributed(format!(
+                        "rank {}: another rank stopped or became unreachable ({m})",
+                        cluster.rank()
+                    ))
+                }
+                e => e,
+            })
     }
 
     fn run_inner(
@@ -674,7 +695,22 @@ impl QwenImagePipeline {
         job: &PreparedRequest,
         on_event: &mut dyn FnMut(Event),
         cancel: &CancelToken,
-    ) -> Result<Generation> {
+        cluster: Option<&Cluster>,
+    ) -> Result<Option<Generation>> {
+        let result = self.run_stages(job, on_event, cancel, cluster);
+        if result.is_err() {
+            mlx_rs::memory::clear_cache()?;
+        }
+        result
+    }
+
+    fn run_stages(
+        &mut self,
+        job: &PreparedRequest,
+        on_event: &mut dyn FnMut(Event),
+        cancel: &CancelToken,
+        cluster: Option<&Cluster>,
+    ) -> Result<Option<Generation>> {
         cancel.check()?;
         let req = &job.req;
         let mut timings = Timings::default();
@@ -714,17 +750,19 @@ impl QwenImagePipeline {
             }
         };
         let t = PhaseTimer::start(Phase::Encode, on_event);
-        let cond = encoder.encode_prompts(&[req.prompt.as_str()], req.max_sequence_length)?;
-        let neg = match (&req.negative_prompt, cfg) {
+        // Each rank encodes the prompt(s) of the pass(es) it runs.
+        let plan = Plan::new(cluster, cfg);
+        let cond = match plan.runs_prompt() {
+            true => Some(encoder.encode_prompts(&[req.prompt.as_str()], req.max_sequence_length)?),
+            false => None,
+        };
+        let neg = match (&req.negative_prompt, cfg && plan.runs_negative()) {
             (Some(n), true) => {
                 Some(encoder.encode_prompts(&[n.as_str()], req.max_sequence_length)?)
             }
             _ => None,
         };
-        let mut to_eval = vec![&cond.embeds];
-        if let Some(n) = &neg {
-            to_eval.push(&n.embeds);
-        }
+        let to_eval: Vec<&Array> = cond.iter().chain(&neg).map(|e| &e.embeds).collect();
         mlx_rs::transforms::eval(to_eval)?;
         if self.options.residency == Residency::KeepAll {
             self.text_encoder = Some(encoder);
@@ -734,11 +772,7 @@ impl QwenImagePipeline {
         }
         timings.encode = t.end(Phase::Encode, on_event);
         cancel.check()?;
-        for w in cond
-            .warnings
-            .iter()
-            .chain(neg.iter().flat_map(|n| n.warnings.iter()))
-        {
+        for w in cond.iter().chain(&neg).flat_map(|e| e.warnings.iter()) {
             warn(w.clone(), on_event);
         }
 
@@ -776,17 +810,23 @@ impl QwenImagePipeline {
             .map_or(0, |(_, t)| t.quantized_layer_count());
         let latents = self.denoise(
             job,
-            (cond.embeds.clone(), neg.as_ref().map(|n| n.embeds.clone())),
+            (
+                cond.as_ref().map(|e| e.embeds.clone()),
+                neg.as_ref().map(|e| e.embeds.clone()),
+            ),
             clean.as_deref(),
             &mut timings,
-            on_event,
-            cancel,
+            (on_event, cancel),
+            (&plan, cluster),
         );
         if self.options.residency == Residency::Staged {
             self.transformer = None;
             mlx_rs::memory::clear_cache()?;
         }
-        let latents = latents?;
+        let Some(latents) = latents? else {
+            // Another rank decodes.
+            return Ok(None);
+        };
         drop((cond, neg));
         check_finite(&latents, self.options.dtype)?;
 
@@ -819,7 +859,7 @@ impl QwenImagePipeline {
         }
         self.put_back_vae(vae)?;
         timings.decode = t.end(Phase::Decode, on_event);
-        Ok(Generation {
+        Ok(Some(Generation {
             images,
             timings,
             warnings,
@@ -835,7 +875,7 @@ impl QwenImagePipeline {
                 .collect(),
             vae_tiles: job.vae_tiles,
             latents,
-        })
+        }))
     }
 
     /// Encodes the init image once per requested image (the same picture; each its own
@@ -872,15 +912,18 @@ impl QwenImagePipeline {
     /// The denoising loops; returns each image's final packed latents (evaluated). `embeds`:
     /// the prompt's and (with true CFG) the negative prompt's embeddings; `clean`: the init
     /// image's normalised latents per image (img2img, inpainting).
+    ///
+    /// With `cluster`, this rank denoises its share (`plan`) and rank 0 gets every image's
+    /// latents after each round's all-gather; the other ranks get `None`.
     fn denoise(
         &self,
         job: &PreparedRequest,
-        (cond, neg): (Array, Option<Array>),
+        (cond, neg): (Option<Array>, Option<Array>),
         clean: Option<&[Array]>,
         timings: &mut Timings,
-        on_event: &mut dyn FnMut(Event),
-        cancel: &CancelToken,
-    ) -> Result<Vec<Array>> {
+        (on_event, cancel): (&mut dyn FnMut(Event), &CancelToken),
+        (plan, cluster): (&Plan, Option<&Cluster>),
+    ) -> Result<Option<Vec<Array>>> {
         let req = &job.req;
         let dit = self
             .transformer
@@ -895,8 +938,15 @@ impl QwenImagePipeline {
             let rope = RopeTables::new(dit.config(), &grid, embeds.shape()[1] as usize)?;
             Ok(Conditioning { embeds, rope })
         };
-        let cond = conditioning(cond)?;
+        let cond = cond.map(conditioning).transpose()?;
         let neg = neg.map(conditioning).transpose()?;
+        // The pass this rank runs (the negative one for the second rank of a CFG pair).
+        let (own, local_neg) = match (cond.as_ref(), neg.as_ref()) {
+            (Some(c), n) if !plan.cfg_parallel => (c, n),
+            (Some(c), _) if plan.runs_prompt() => (c, None),
+            (_, Some(n)) => (n, None),
+            _ => return Err(PipelineError::Runtime("no prompt embeddings for this rank".into())),
+        };
         // The transformer's timestep input of every step, made (and evaluated, once) before
         // the loop: `timestep = t.to(latents.dtype)`, then `timestep / 1000`.
         let divisor = mlx_fastops::scalar(TIMESTEP_DIVISOR, dt)?;
@@ -916,8 +966,16 @@ impl QwenImagePipeline {
             sched: &job.sched,
             sigmas: &sigmas,
             first_step: job.first_step,
-            cond: &cond,
-            neg: neg.as_ref().map(|n| (n, req.true_cfg_scale)),
+            cond: own,
+            neg: local_neg.map(|n| (n, req.true_cfg_scale)),
+            exchange: match (plan.cfg_parallel, cluster) {
+                (true, Some(c)) => Some(crate::denoise::Exchange {
+                    group: c.group(),
+                    rows: (2 * plan.slot as i32, 2 * plan.slot as i32 + 1),
+                    scale: req.true_cfg_scale,
+                }),
+                _ => None,
+            },
         };
         let sched_sigmas = job.sched.sigmas();
         let mask = match req.init_image.as_ref().and_then(|i| i.mask.as_ref()) {
@@ -948,8 +1006,17 @@ impl QwenImagePipeline {
             )?),
             None => None,
         };
-        let mut out = Vec::with_capacity(req.num_images);
-        for image in 0..req.num_images {
+        let n_images = req.num_images;
+        let mut out: Vec<Option<Array>> = vec![None; n_images];
+        for round in 0..plan.rounds(n_images) {
+            let assigned = plan.image(round, n_images);
+            if assigned.is_none() && !plan.cfg_parallel && cluster.is_none() {
+                continue;
+            }
+            // An idle rank still walks the steps of a CFG pair's exchanges, on image 0's
+            // shapes, and contributes zeros.
+            let image = assigned.unwrap_or(0);
+            let idle = assigned.is_none();
             let noise = match &req.noise {
                 Noise::Seed(s) => seeded_noise(
                     s.wrapping_add(image as u64),
@@ -990,22 +1057,51 @@ impl QwenImagePipeline {
                 }
                 _ => &mut no_hook,
             };
-            let x = loop_.run(x, hook, &mut |step, x, elapsed| {
-                timings.step_times.push(elapsed);
-                on_event(Event::Step {
-                    image,
-                    num_images: req.num_images,
-                    step: step - first,
-                    steps: steps_run,
-                    elapsed,
-                    latents_dtype: x.dtype(),
-                });
-                cancel.check()
-            })?;
-            out.push(x);
+            let x = if idle && !plan.cfg_parallel {
+                ops::zeros_like(&x)?
+            } else {
+                loop_.run(x, hook, idle, &mut |step, x, elapsed| {
+                    if !idle {
+                        timings.step_times.push(elapsed);
+                        on_event(Event::Step {
+                            image,
+                            num_images: n_images,
+                            step: step - first,
+                            steps: steps_run,
+                            elapsed,
+                            latents_dtype: x.dtype(),
+                        });
+                    }
+                    cancel.check()
+                })?
+            };
+            match cluster {
+                None => out[image] = Some(x),
+                Some(c) => {
+                    // Every rank's final latents of the round, to rank 0.
+                    let all = c.group().all_gather(&x)?;
+                    all.eval()?;
+                    if plan.leader {
+                        for s in 0..plan.slots {
+                            let i = round * plan.slots + s;
+                            if i < n_images {
+                                let r = plan.row_of(s) as i32;
+                                out[i] = Some(all.index(r..r + 1));
+                            }
+                        }
+                    }
+                }
+            }
         }
         timings.denoise = t.end(Phase::Denoise, on_event);
-        Ok(out)
+        if !plan.leader {
+            return Ok(None);
+        }
+        let latents = out
+            .into_iter()
+            .collect::<Option<Vec<Array>>>()
+            .ok_or_else(|| PipelineError::Runtime("an image's latents are missing".into()))?;
+        Ok(Some(latents))
     }
 }
 
