@@ -392,6 +392,9 @@ fn main() -> Result<()> {
         last = Some((generation.timings, total));
     }
 
+    if cluster.as_ref().is_some_and(|c| !c.is_leader()) {
+        return Ok(()); // rank 0 reports
+    }
     let (t, total) = last.context("no run")?;
     let (med, mean, mean_rest, _, _) = step_stats(&t);
     let mut s = String::new();
@@ -479,7 +482,11 @@ fn main() -> Result<()> {
 }
 
 /// Mean seconds of an all-gather of `x` over the cluster (after one untimed call).
-fn time_all_gather(c: &qwen_image::distributed::Cluster, x: &mlx_rs::Array, n: usize) -> Result<f64> {
+fn time_all_gather(
+    c: &qwen_image::distributed::Cluster,
+    x: &mlx_rs::Array,
+    n: usize,
+) -> Result<f64> {
     let once = || -> Result<()> {
         c.all_gather(x)?.eval()?;
         Ok(())

@@ -10,7 +10,8 @@
 #   3. compiles mlx-c 0.7.0 (the sources shipped inside the mlx-sys crate) against it;
 #   4. generates mlx-sys's Rust bindings with bindgen;
 #   5. writes .cargo/config.toml (git-ignored): a link override that replaces mlx-sys's
-#      macOS-only build script, and a RUNPATH so binaries find libmlx.so by themselves.
+#      macOS-only build script, and a RUNPATH so binaries find libmlx.so by themselves;
+#   and installs MLX's launcher for multi-GPU runs as .mlx/bin/mlx.launch.
 #
 # Usage: scripts/setup.sh [--user | --print-config | --remove-user | --help]
 #   --user          also copy the built MLX, mlx-c and bindings to a per-user directory
@@ -150,6 +151,26 @@ if [ ! -f "$MLX_HOME/.complete" ]; then
   fi
   [ -f "$MLX_HOME/mlx/lib/libmlx.so" ] || die "$WHEEL wheel has no mlx/lib/libmlx.so"
   touch "$MLX_HOME/.complete"
+fi
+# MLX's launcher for multi-GPU / multi-machine runs (`mlx.launch`, pure Python in the `mlx`
+# wheel, ~0.7 MB): unpacked beside the library it loads, run through a wrapper script.
+LAUNCH="$PREFIX/bin/mlx.launch"
+if [ ! -f "$MLX_HOME/.launcher" ] || [ ! -x "$LAUNCH" ]; then
+  say "installing mlx.launch (the mlx==$MLX_VERSION wheel's launcher)"
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "mlx==$MLX_VERSION" \
+    || die "downloading the mlx==$MLX_VERSION wheel (for mlx.launch) failed"
+  python3 -m zipfile -e "$tmp"/mlx-*.whl "$MLX_HOME"
+  rm -rf "$tmp"
+  mkdir -p "$PREFIX/bin"
+  {
+    echo '#!/bin/sh'
+    echo "# MLX's launcher (mlx.launch of the mlx==$MLX_VERSION wheel), written by scripts/setup.sh:"
+    echo "#   $LAUNCH -n 2 --backend nccl -- target/release/qwen-image generate ..."
+    echo "PYTHONPATH=\"$MLX_HOME\${PYTHONPATH:+:\$PYTHONPATH}\" exec python3 -c 'import sys; from mlx._distributed_utils.launch import main; sys.argv[0] = \"mlx.launch\"; sys.exit(main())' \"\$@\""
+  } >"$LAUNCH"
+  chmod +x "$LAUNCH"
+  touch "$MLX_HOME/.launcher"
 fi
 MLX_LIB="$MLX_HOME/mlx/lib"
 RUNTIME_DIRS=("$MLX_LIB")

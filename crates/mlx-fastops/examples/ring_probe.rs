@@ -6,6 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x = mlx_rs::Array::from_slice(&[g.rank() as f32, 10.0], &[1, 2]);
     let all = g.all_gather(&x)?;
     all.eval()?;
-    println!("rank {} of {}: {:?}", g.rank(), g.size(), all.as_slice::<f32>());
+    println!(
+        "rank {} of {}: {:?}",
+        g.rank(),
+        g.size(),
+        all.as_slice::<f32>()
+    );
     Ok(())
 }

@@ -70,7 +70,9 @@ impl Cluster {
             let size = std::env::var("MLX_WORLD_SIZE")
                 .ok()
                 .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| dist_err("NCCL_HOST_IP is set but MLX_WORLD_SIZE is not a number"))?;
+                .ok_or_else(|| {
+                    dist_err("NCCL_HOST_IP is set but MLX_WORLD_SIZE is not a number")
+                })?;
             (CommBackend::Nccl, Some(size))
         } else if let Some(hostfile) = std::env::var_os("MLX_HOSTFILE") {
             (CommBackend::Ring, hostfile_ranks(Path::new(&hostfile)))
@@ -199,9 +201,18 @@ impl Plan {
     /// The plan of this process (a single process: one slot, both passes).
     pub(crate) fn new(cluster: Option<&Cluster>, true_cfg: bool) -> Self {
         let (rank, size) = cluster.map_or((0, 1), |c| (c.rank(), c.size()));
-        let cfg_parallel = true_cfg && size >= 2 && size % 2 == 0;
+        Self::for_rank(rank, size, true_cfg)
+    }
+
+    /// The plan of rank `rank` of `size`.
+    fn for_rank(rank: usize, size: usize, true_cfg: bool) -> Self {
+        let cfg_parallel = true_cfg && size >= 2 && size.is_multiple_of(2);
         let (slots, slot, role) = if cfg_parallel {
-            let role = if rank % 2 == 0 { Role::Cond } else { Role::Uncond };
+            let role = if rank.is_multiple_of(2) {
+                Role::Cond
+            } else {
+                Role::Uncond
+            };
             (size / 2, rank / 2, role)
         } else {
             (size, rank, Role::Both)
@@ -247,23 +258,7 @@ mod tests {
     use super::*;
 
     fn plan(rank: usize, size: usize, cfg: bool) -> Plan {
-        let cfg_parallel = cfg && size >= 2 && size % 2 == 0;
-        let (slots, slot, role) = if cfg_parallel {
-            (
-                size / 2,
-                rank / 2,
-                if rank % 2 == 0 { Role::Cond } else { Role::Uncond },
-            )
-        } else {
-            (size, rank, Role::Both)
-        };
-        Plan {
-            cfg_parallel,
-            slots,
-            slot,
-            role,
-            leader: rank == 0,
-        }
+        Plan::for_rank(rank, size, cfg)
     }
 
     #[test]
@@ -280,7 +275,10 @@ mod tests {
         // 3 ranks with CFG: odd, so batch-parallel with both passes on each rank.
         let p = plan(2, 3, true);
         assert!(!p.cfg_parallel && p.role == Role::Both && p.runs_negative());
-        assert_eq!((0..2).map(|r| p.image(r, 4)).collect::<Vec<_>>(), [Some(2), None]);
+        assert_eq!(
+            (0..2).map(|r| p.image(r, 4)).collect::<Vec<_>>(),
+            [Some(2), None]
+        );
         // One process: everything.
         let p = Plan::new(None, true);
         assert_eq!((p.slots, p.slot, p.role), (1, 0, Role::Both));

@@ -20,8 +20,8 @@ use qwen_vae::{QwenImageVae, TilingConfig};
 
 use crate::cancel::CancelToken;
 use crate::checkpoint::{CheckpointConfigs, ComponentPaths};
-use crate::distributed::{Cluster, Plan};
 use crate::denoise::{Conditioning, Denoise, NoHook};
+use crate::distributed::{Cluster, Plan};
 use crate::error::{Field, NonFiniteAdvice, PipelineError, Result, invalid};
 use crate::events::{Event, Phase, PhaseTimer, Timings};
 use crate::img2img::InitImage;
@@ -945,7 +945,11 @@ impl QwenImagePipeline {
             (Some(c), n) if !plan.cfg_parallel => (c, n),
             (Some(c), _) if plan.runs_prompt() => (c, None),
             (_, Some(n)) => (n, None),
-            _ => return Err(PipelineError::Runtime("no prompt embeddings for this rank".into())),
+            _ => {
+                return Err(PipelineError::Runtime(
+                    "no prompt embeddings for this rank".into(),
+                ));
+            }
         };
         // The transformer's timestep input of every step, made (and evaluated, once) before
         // the loop: `timestep = t.to(latents.dtype)`, then `timestep / 1000`.

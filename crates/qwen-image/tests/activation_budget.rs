@@ -54,7 +54,11 @@ fn the_budget_sets_mlx_memory_limit_while_denoising_and_restores_it() -> anyhow:
     // Auto: nothing below 1024² (64² packed tokens), 1.5 GiB from there.
     assert_eq!(ActivationBudget::Auto.bytes_for(4095), None);
     assert_eq!(ActivationBudget::Auto.bytes_for(4096), Some(3 << 29));
-    assert!(limits_during(ActivationBudget::Auto, 128)?.iter().all(|&l| l == before));
+    assert!(
+        limits_during(ActivationBudget::Auto, 128)?
+            .iter()
+            .all(|&l| l == before)
+    );
     assert_eq!(mlx_rs::memory::memory_limit()?, before);
     Ok(())
 }
