@@ -90,6 +90,13 @@ struct Opts {
     /// memory limit while denoising) [default: the pipeline's, ActivationBudget::Auto].
     #[arg(long, value_name = "GIB")]
     activation_budget_gib: Option<f64>,
+    /// With --lora-rank: write the random LoRA to a safetensors file first (not timed) and
+    /// load it from there, as a LoRA file is loaded.
+    #[arg(long, requires = "lora_rank")]
+    lora_file: bool,
+    /// img2img from a random picture at this strength (the VAE encode is timed).
+    #[arg(long, value_name = "STRENGTH")]
+    img2img: Option<f64>,
     /// The Qwen-Image-Lightning recipe: the Lightning scheduler overrides and no CFG (pass
     /// `--steps 8` or 4).
     #[arg(long)]
@@ -156,6 +163,7 @@ fn phase_rows(t: &Timings) -> Vec<(&'static str, f64, f64)> {
     [
         ("build text encoder (random)", t.load_text_encoder),
         ("text encode (prompt + negative)", t.encode),
+        ("VAE encode of the init image (img2img)", t.encode_image),
         ("build transformer (random)", t.load_transformer),
         ("denoise", t.denoise),
         ("build VAE (random)", t.load_vae),
@@ -279,13 +287,39 @@ fn main() -> Result<()> {
     } else {
         ensure!(req.does_true_cfg(), "true CFG needs --cfg-scale > 1");
     }
+    let _lora_dir;
     if let Some(rank) = o.lora_rank {
         let t0 = Instant::now();
-        req.loras = vec![random_lora(&pipe.configs().transformer, rank, o.seed)?];
+        let lora = random_lora(&pipe.configs().transformer, rank, o.seed)?;
+        req.loras = vec![match (&lora.source, o.lora_file) {
+            (LoraSource::Tensors { tensors, .. }, true) => {
+                let dir = tempfile::tempdir()?;
+                let path = dir.path().join("random-lora.safetensors");
+                mlx_weights::save_file(&path, tensors)?;
+                _lora_dir = dir;
+                Lora::file(path, 1.0)
+            }
+            _ => lora,
+        }];
+        mlx_rs::memory::clear_cache()?;
         println!(
-            "random rank-{rank} LoRA on every Linear made in {:.1} s (not part of the phases)",
+            "random rank-{rank} LoRA on every Linear made{} in {:.1} s (not part of the phases)",
+            if o.lora_file { " and written to a file" } else { "" },
             t0.elapsed().as_secs_f64()
         );
+    }
+    if let Some(strength) = o.img2img {
+        let n = width * height * 3;
+        let data: Vec<u8> = (0..n)
+            .map(|i| ((i as u64).wrapping_mul(2654435761).wrapping_add(o.seed) >> 7) as u8)
+            .collect();
+        req.init_image = Some(qwen_image::InitImage {
+            image: qwen_image::Image { width, height, data },
+            mask: None,
+            strength,
+            image_noise: None,
+            noise_seed: o.seed,
+        });
     }
 
     // Started by mlx.launch (or its environment) as one of several ranks: share each run.
