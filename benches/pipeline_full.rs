@@ -304,7 +304,11 @@ fn main() -> Result<()> {
         mlx_rs::memory::clear_cache()?;
         println!(
             "random rank-{rank} LoRA on every Linear made{} in {:.1} s (not part of the phases)",
-            if o.lora_file { " and written to a file" } else { "" },
+            if o.lora_file {
+                " and written to a file"
+            } else {
+                ""
+            },
             t0.elapsed().as_secs_f64()
         );
     }
@@ -314,7 +318,11 @@ fn main() -> Result<()> {
             .map(|i| ((i as u64).wrapping_mul(2654435761).wrapping_add(o.seed) >> 7) as u8)
             .collect();
         req.init_image = Some(qwen_image::InitImage {
-            image: qwen_image::Image { width, height, data },
+            image: qwen_image::Image {
+                width,
+                height,
+                data,
+            },
             mask: None,
             strength,
             image_noise: None,

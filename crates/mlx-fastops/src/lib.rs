@@ -54,6 +54,7 @@ pub mod backend;
 pub mod distributed;
 mod dtype;
 pub mod error;
+mod ffi;
 mod kernels;
 mod ops;
 mod order;

@@ -2,37 +2,8 @@
 
 use mlx_rs::Array;
 
-use crate::error::{FastOpsError, Result};
-
-/// An owned `mlx_vector_array`.
-struct ArrayVec(mlx_sys::mlx_vector_array);
-
-impl ArrayVec {
-    fn from(arrays: &[Array]) -> Self {
-        let raw: Vec<mlx_sys::mlx_array> = arrays.iter().map(|a| a.as_ptr()).collect();
-        // SAFETY: `raw` holds live handles for the duration of the call; mlx-c copies them
-        // (taking its own references).
-        Self(unsafe { mlx_sys::mlx_vector_array_new_data(raw.as_ptr(), raw.len()) })
-    }
-}
-
-impl Drop for ArrayVec {
-    fn drop(&mut self) {
-        // SAFETY: created by mlx-c and freed once.
-        unsafe { mlx_sys::mlx_vector_array_free(self.0) };
-    }
-}
-
-fn check(st: i32, what: &str) -> Result<()> {
-    if st == 0 {
-        Ok(())
-    } else {
-        Err(FastOpsError::Kernel {
-            op: "depends",
-            msg: format!("{what} failed with status {st}"),
-        })
-    }
-}
+use crate::error::Result;
+use crate::ffi::{ArrayVec, status};
 
 /// `inputs`, unchanged in value, but computed only after every array of `dependencies`: a
 /// graph built on the returned arrays cannot start before the dependencies are done. This
@@ -40,27 +11,13 @@ fn check(st: i32, what: &str) -> Result<()> {
 /// after the first, so that the first one's activations are freed before the second one's
 /// are made (lower peak memory, same single evaluation).
 pub fn depends(inputs: &[Array], dependencies: &[Array]) -> Result<Vec<Array>> {
-    let ins = ArrayVec::from(inputs);
-    let deps = ArrayVec::from(dependencies);
-    // SAFETY: the vectors are live; the result vector is created here and freed by its guard;
-    // each output handle is owned by an `Array` before its status is looked at.
-    unsafe {
-        let mut outs = ArrayVec(mlx_sys::mlx_vector_array_new());
-        check(
-            mlx_sys::mlx_depends(&mut outs.0, ins.0, deps.0),
-            "mlx_depends",
-        )?;
-        let n = mlx_sys::mlx_vector_array_size(outs.0);
-        let mut result = Vec::with_capacity(n);
-        for i in 0..n {
-            let mut a = mlx_sys::mlx_array_new();
-            let st = mlx_sys::mlx_vector_array_get(&mut a, outs.0, i);
-            let arr = Array::from_ptr(a);
-            check(st, "reading an output")?;
-            result.push(arr);
-        }
-        Ok(result)
-    }
+    let ins = ArrayVec::from(&inputs.iter().collect::<Vec<_>>());
+    let deps = ArrayVec::from(&dependencies.iter().collect::<Vec<_>>());
+    let mut outs = ArrayVec::new();
+    // SAFETY: the vectors are live and owned by their guards.
+    let st = unsafe { mlx_sys::mlx_depends(&mut outs.0, ins.0, deps.0) };
+    status("depends", st, "mlx_depends")?;
+    outs.to_arrays("depends")
 }
 
 #[cfg(test)]

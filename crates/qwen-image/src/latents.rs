@@ -137,6 +137,18 @@ pub fn read_init_latents(path: &Path) -> Result<InitLatents> {
     })
 }
 
+/// The indices of the `false` entries of a 1-D boolean array (evaluated here): the images
+/// whose per-image check failed.
+pub(crate) fn false_rows(flags: &Array) -> Result<Vec<usize>> {
+    flags.eval()?;
+    Ok(flags
+        .as_slice::<bool>()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &ok)| (!ok).then_some(i))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

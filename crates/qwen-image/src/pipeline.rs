@@ -30,6 +30,22 @@ use crate::lora::LoraPlan;
 use crate::output::Image;
 use crate::request::{GenerateRequest, Noise, latent_size, validate};
 
+/// The component kept in `$slot`, or `$load` run as phase `$phase` (its time and peak memory
+/// into `$stat`).
+macro_rules! kept_or_loaded {
+    ($slot:expr, $load:expr, $phase:expr, $stat:expr, $on_event:expr) => {
+        match $slot.take() {
+            Some(kept) => kept,
+            None => {
+                let t = PhaseTimer::start($phase, $on_event);
+                let loaded = $load?;
+                $stat = t.end($phase, $on_event);
+                loaded
+            }
+        }
+    };
+}
+
 /// The pipeline divides the scheduler's timestep by this before the transformer sees it
 /// (`timestep / 1000` in `QwenImagePipeline.__call__`).
 const TIMESTEP_DIVISOR: f32 = 1000.0;
@@ -349,13 +365,7 @@ pub fn check_finite(latents: &[Array], dtype: ComputeDtype) -> Result<()> {
         .map(|x| x.is_finite()?.all(None))
         .collect::<std::result::Result<Vec<Array>, _>>()?;
     let flags = ops::stack(&flags, 0)?;
-    flags.eval()?;
-    let bad: Vec<usize> = flags
-        .as_slice::<bool>()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, &ok)| (!ok).then_some(i))
-        .collect();
+    let bad = crate::latents::false_rows(&flags)?;
     if bad.is_empty() {
         Ok(())
     } else {
@@ -740,15 +750,13 @@ impl QwenImagePipeline {
         }
 
         // 1. Text: load (unless kept), encode, free (unless kept).
-        let encoder = match self.text_encoder.take() {
-            Some(e) => e,
-            None => {
-                let t = PhaseTimer::start(Phase::LoadTextEncoder, on_event);
-                let e = self.load_text_encoder()?;
-                timings.load_text_encoder = t.end(Phase::LoadTextEncoder, on_event);
-                e
-            }
-        };
+        let encoder = kept_or_loaded!(
+            self.text_encoder,
+            self.load_text_encoder(),
+            Phase::LoadTextEncoder,
+            timings.load_text_encoder,
+            on_event
+        );
         let t = PhaseTimer::start(Phase::Encode, on_event);
         // Each rank encodes the prompt(s) of the pass(es) it runs.
         let plan = Plan::new(cluster, cfg);
@@ -832,15 +840,13 @@ impl QwenImagePipeline {
 
         // 4. VAE.
         cancel.check()?;
-        let vae = match self.vae.take() {
-            Some(v) => v,
-            None => {
-                let t = PhaseTimer::start(Phase::LoadVae, on_event);
-                let v = self.load_vae()?;
-                timings.load_vae = t.end(Phase::LoadVae, on_event);
-                v
-            }
-        };
+        let vae = kept_or_loaded!(
+            self.vae,
+            self.load_vae(),
+            Phase::LoadVae,
+            timings.load_vae,
+            on_event
+        );
         let t = PhaseTimer::start(Phase::Decode, on_event);
         let (h, w) = self.latent_size(req.width, req.height);
         let mut images = Vec::with_capacity(latents.len());

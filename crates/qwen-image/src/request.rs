@@ -464,13 +464,7 @@ fn check_finite_input(name: &str, a: &Array, images: usize) -> Result<()> {
         .reshape(&[images as i32, -1])?
         .is_finite()?
         .all_axis(1, None)?;
-    finite.eval()?;
-    let bad: Vec<usize> = finite
-        .as_slice::<bool>()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, &ok)| (!ok).then_some(i))
-        .collect();
+    let bad = crate::latents::false_rows(&finite)?;
     if bad.is_empty() {
         Ok(())
     } else {

@@ -16,23 +16,13 @@ use mlx_rs::{Array, Stream};
 use super::{OutputSpec, TemplateArg};
 
 use crate::error::{FastOpsError, Result};
+use crate::ffi::{ArrayVec, status};
 
 fn c_string(op: &'static str, s: &str) -> Result<CString> {
     CString::new(s).map_err(|e| FastOpsError::Kernel {
         op,
         msg: e.to_string(),
     })
-}
-
-fn status(op: &'static str, st: i32, what: &str) -> Result<()> {
-    if st == 0 {
-        Ok(())
-    } else {
-        Err(FastOpsError::Kernel {
-            op,
-            msg: format!("{what} failed with status {st}"),
-        })
-    }
 }
 
 /// An owned `mlx_vector_string`.
@@ -61,16 +51,6 @@ impl Drop for StringVec {
     fn drop(&mut self) {
         // SAFETY: created by mlx_vector_string_new_data and freed once.
         unsafe { mlx_sys::mlx_vector_string_free(self.0) };
-    }
-}
-
-/// An owned `mlx_vector_array`.
-struct ArrayVec(mlx_sys::mlx_vector_array);
-
-impl Drop for ArrayVec {
-    fn drop(&mut self) {
-        // SAFETY: created by mlx-c and freed once.
-        unsafe { mlx_sys::mlx_vector_array_free(self.0) };
     }
 }
 
@@ -202,12 +182,8 @@ impl CudaKernel {
             );
             status(op, st, "setting verbosity")?;
 
-            let raw_inputs: Vec<mlx_sys::mlx_array> = inputs.iter().map(|a| a.as_ptr()).collect();
-            let ins = ArrayVec(mlx_sys::mlx_vector_array_new_data(
-                raw_inputs.as_ptr(),
-                raw_inputs.len(),
-            ));
-            let mut outs = ArrayVec(mlx_sys::mlx_vector_array_new());
+            let ins = ArrayVec::from(inputs);
+            let mut outs = ArrayVec::new();
             let st = mlx_sys::mlx_fast_cuda_kernel_apply(
                 &mut outs.0,
                 self.raw,
@@ -216,17 +192,7 @@ impl CudaKernel {
                 stream.as_ptr(),
             );
             status(op, st, "mlx_fast_cuda_kernel_apply")?;
-            let n = mlx_sys::mlx_vector_array_size(outs.0);
-            let mut result = Vec::with_capacity(n);
-            for i in 0..n {
-                let mut a = mlx_sys::mlx_array_new();
-                let st = mlx_sys::mlx_vector_array_get(&mut a, outs.0, i);
-                // take ownership first so the handle is freed even on error
-                let arr = Array::from_ptr(a);
-                status(op, st, "reading an output")?;
-                result.push(arr);
-            }
-            Ok(result)
+            outs.to_arrays(op)
         }
     }
 }
