@@ -210,6 +210,9 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
         .transpose()
         .map_err(|e| cli_error(e, &args))?;
     let open_time = t_open.elapsed();
+    // A rank that stalls (or a backend that waits forever on a dead peer) must not hang the
+    // others: every rank exits when its run makes no progress for too long.
+    let heartbeat = cluster.as_ref().map(|c| Watchdog::start(c.rank()));
     let mut runs = Vec::new();
     for ((line, prompt), outputs) in prompts.iter().zip(&outputs) {
         let mut request = base.clone();
@@ -219,8 +222,13 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
         if let Some(c) = &cluster {
             if c.rank() > 0 {
                 // Its share of the work; rank 0 reports and writes.
-                pipe.run_distributed(&job, &mut |_| {}, &Default::default(), c)
-                    .map_err(|e| cli_error(e, &args))?;
+                pipe.run_distributed(
+                    &job,
+                    &mut |_| heartbeat.iter().for_each(Watchdog::beat),
+                    &Default::default(),
+                    c,
+                )
+                .map_err(|e| cli_error(e, &args))?;
                 continue;
             }
             eout!(
@@ -241,7 +249,15 @@ pub fn generate(mut args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow:
         let mut progress = progress::Progress::new(job.total_steps());
         let result = match &cluster {
             Some(c) => pipe
-                .run_distributed(&job, &mut |e| progress.on_event(e), &Default::default(), c)
+                .run_distributed(
+                    &job,
+                    &mut |e| {
+                        heartbeat.iter().for_each(Watchdog::beat);
+                        progress.on_event(e)
+                    },
+                    &Default::default(),
+                    c,
+                )
                 .map_err(|e| cli_error(e, &args))?
                 .context("rank 0 received no images")?,
             None => pipe
@@ -311,4 +327,54 @@ fn connect_timeout() -> std::time::Duration {
             qwen_image::distributed::DEFAULT_CONNECT_TIMEOUT,
             std::time::Duration::from_secs,
         )
+}
+
+/// Ends the process when a distributed run shows no progress (no pipeline event: phase or
+/// step) for `QWEN_IMAGE_STEP_TIMEOUT` seconds (default 900: a first quantized step on CUDA
+/// may compile kernels for minutes). MLX's collectives wait forever on a rank that stalls
+/// (ring) or dies (NCCL); this bounds that wait.
+struct Watchdog {
+    start: Instant,
+    /// Seconds since `start` at the last sign of progress.
+    last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Watchdog {
+    fn start(rank: usize) -> Self {
+        let limit = std::env::var("QWEN_IMAGE_STEP_TIMEOUT")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(900);
+        let dog = Self {
+            start: Instant::now(),
+            last: Default::default(),
+        };
+        let (start, last) = (dog.start, dog.last.clone());
+        let _ = std::thread::Builder::new()
+            .name("distributed-watchdog".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    let now = start.elapsed().as_secs();
+                    let idle = now.saturating_sub(last.load(std::sync::atomic::Ordering::Relaxed));
+                    if idle >= limit {
+                        eout!(
+                            "error: distributed run: rank {rank} made no progress for {idle} s \
+                             (another rank stopped or hangs; QWEN_IMAGE_STEP_TIMEOUT sets the \
+                             limit)"
+                        );
+                        std::process::exit(1);
+                    }
+                }
+            });
+        dog
+    }
+
+    /// Progress was made.
+    fn beat(&self) {
+        self.last.store(
+            self.start.elapsed().as_secs(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
 }

@@ -4,7 +4,7 @@
 //! batch-parallel (three images over two ranks, rank 1 idle in the last round); through
 //! `mlx.launch` itself (installed by setup.sh); a missing peer fails within the connect
 //! timeout, and a peer killed mid-run stops the other at once — exit 1, a clear message,
-//! nothing written.
+//! nothing written; a peer that stalls (stopped, not dead) is caught by the progress watchdog.
 //!
 //! Bugs injected once to see these tests fail (2026-11-30): the negative pass's row swapped
 //! with the prompt's in the exchange (CFG-parallel images differ); image seeds numbered per
@@ -213,5 +213,31 @@ fn a_peer_killed_mid_run_stops_the_other_at_once() {
     assert_eq!(code, Some(1), "{err}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert!(err.contains("distributed run: rank 0"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_stalled_peer_is_caught_by_the_watchdog() {
+    // A rank alive but stopped (SIGSTOP): ring's collectives would wait forever.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let hosts = hostfile(tmp.path(), 2);
+    let out = tmp.path().join("never.png");
+    let mut args = generate_args(&out, &["--negative-prompt", "x"]);
+    for (flag, value) in [("--steps", "1000"), ("--width", "256"), ("--height", "256")] {
+        set(&mut args, flag, value);
+    }
+    let env = [("QWEN_IMAGE_STEP_TIMEOUT", "3")];
+    let r0 = rank(&hosts, 0, &args, &env);
+    let mut r1 = rank(&hosts, 1, &args, &env);
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = r1.id().to_string();
+    let _ = Command::new("kill").args(["-STOP", &pid]).status();
+    let t = Instant::now();
+    let (code, err) = finish(r0, Duration::from_secs(60));
+    let _ = r1.kill();
+    let _ = r1.wait();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert!(err.contains("rank 0 made no progress for"), "{err}");
     assert!(!out.exists());
 }
