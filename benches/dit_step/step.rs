@@ -101,7 +101,16 @@ fn step(
         let u = p.pop().context("split")?;
         (p.pop().context("split")?, u)
     } else {
-        let cond = model.forward(x, &inp.ctx_cond, None, &inp.sigma, &inp.rope)?;
+        // As the pipeline: the timestep modulation computed once for both passes.
+        let shared = model.modulation(&inp.sigma)?;
+        let cond = model.forward_modulated(
+            x,
+            &inp.ctx_cond,
+            None,
+            &inp.sigma,
+            &inp.rope,
+            Some(&shared),
+        )?;
         // As the pipeline: the negative pass ordered after the positive one (one pass's
         // activations at a time), unless the interleaved variant is measured.
         let x_u = if interleaved {
@@ -111,7 +120,14 @@ fn step(
                 .pop()
                 .context("depends")?
         };
-        let uncond = model.forward(&x_u, &inp.ctx_uncond, None, &inp.sigma, &inp.rope)?;
+        let uncond = model.forward_modulated(
+            &x_u,
+            &inp.ctx_uncond,
+            None,
+            &inp.sigma,
+            &inp.rope,
+            Some(&shared),
+        )?;
         (cond, uncond)
     };
     // The bf16 trap: a strong f32 constant anywhere would turn the whole graph to f32.

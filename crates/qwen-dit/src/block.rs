@@ -194,15 +194,41 @@ impl ImgMod {
     }
 }
 
+/// A block's modulation Linear outputs for one timestep (they depend on nothing else, so the
+/// two passes of a true-CFG step can share them).
+#[derive(Debug, Clone)]
+pub(crate) struct BlockModulation {
+    img: Array,
+    txt: Array,
+}
+
 impl Block {
-    /// `(image stream, text stream)` → updated `(image stream, text stream)`.
+    /// The modulation of this block for `silu_temb` (`SiLU` of the timestep embedding).
+    pub(crate) fn modulation(&self, silu_temb: &Array) -> Result<BlockModulation> {
+        Ok(BlockModulation {
+            img: self.img_mod.forward(silu_temb)?,
+            txt: self.txt_mod.forward(silu_temb)?,
+        })
+    }
+
+    /// `(image stream, text stream)` → updated `(image stream, text stream)`; `pre`: this
+    /// block's modulation computed ahead for the same timestep.
     pub(crate) fn forward(
         &self,
         img: &Array,
         txt: &Array,
         ctx: &BlockContext<'_>,
+        pre: Option<&BlockModulation>,
     ) -> Result<(Array, Array)> {
-        let im_t = mod_params(&self.img_mod.forward(ctx.silu_temb)?)?;
+        let own;
+        let m = match pre {
+            Some(m) => m,
+            None => {
+                own = self.modulation(ctx.silu_temb)?;
+                &own
+            }
+        };
+        let im_t = mod_params(&m.img)?;
         let im = match ctx.zero_cond {
             Some((silu_zero, n0)) if n0 < img.dim(1) => {
                 ImgMod::Split(im_t, mod_params(&self.img_mod.forward(silu_zero)?)?, n0)
@@ -210,7 +236,7 @@ impl Block {
             // no zero_cond_t, or no reference-image tokens: every token uses σ
             _ => ImgMod::Uniform(im_t),
         };
-        let tm = mod_params(&self.txt_mod.forward(ctx.silu_temb)?)?;
+        let tm = mod_params(&m.txt)?;
 
         let img_in = im.modulate(img, 0)?;
         let txt_in = layer_norm_modulate(txt, &tm[0], &tm[1], NORM_EPS)?;

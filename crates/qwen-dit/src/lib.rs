@@ -69,6 +69,6 @@ pub use config::{QuantizationRecord, QwenImageTransformerConfig};
 pub use error::{DitError, Result};
 pub use linear::DEQUANTIZE_MIN_ROWS;
 pub use lora::{LoraSet, LoraUpdate};
-pub use model::QwenImageTransformer;
+pub use model::{QwenImageTransformer, StepModulation};
 pub use quant::{QuantizeSpec, weight_bytes};
 pub use rope::RopeTables;

@@ -420,7 +420,7 @@ impl QwenImageTransformer {
             heads: self.config.num_attention_heads as i32,
             head_dim: self.config.attention_head_dim as i32,
         };
-        block.forward(img, txt, &ctx)
+        block.forward(img, txt, &ctx, None)
     }
 
     /// One denoising evaluation.
@@ -442,6 +442,49 @@ impl QwenImageTransformer {
         encoder_mask: Option<&Array>,
         timestep: &Array,
         rope: &RopeTables,
+    ) -> Result<Array> {
+        self.forward_modulated(
+            hidden_states,
+            encoder_hidden_states,
+            encoder_mask,
+            timestep,
+            rope,
+            None,
+        )
+    }
+
+    /// The modulation of every block (and of the output norm) for `timestep`, lazily: what
+    /// [`Self::forward_modulated`] can share between the passes of one step, which all run at
+    /// the same timestep (the two passes of true CFG: one computation instead of two).
+    pub fn modulation(&self, timestep: &Array) -> Result<StepModulation> {
+        let p = &self.parts;
+        let temb = p
+            .time_embed
+            .forward(timestep, &self.time_freqs, self.dtype)?;
+        let silu_temb = silu(&temb)?;
+        let blocks = p
+            .blocks
+            .iter()
+            .map(|b| b.modulation(&silu_temb))
+            .collect::<Result<Vec<_>>>()?;
+        let norm_out = p.norm_out.forward(&silu_temb)?;
+        Ok(StepModulation {
+            silu_temb,
+            blocks,
+            norm_out,
+        })
+    }
+
+    /// [`Self::forward`] with the modulation computed ahead by [`Self::modulation`] for the
+    /// same `timestep` (`None`: computed here). Same result, bit for bit.
+    pub fn forward_modulated(
+        &self,
+        hidden_states: &Array,
+        encoder_hidden_states: &Array,
+        encoder_mask: Option<&Array>,
+        timestep: &Array,
+        rope: &RopeTables,
+        modulation: Option<&StepModulation>,
     ) -> Result<Array> {
         let cfg = &self.config;
         let (hs, es) = (hidden_states.shape(), encoder_hidden_states.shape());
@@ -501,14 +544,21 @@ impl QwenImageTransformer {
             &p.txt_norm.0,
             NORM_EPS,
         )?)?;
-        let temb = p.time_embed.forward(timestep, &self.time_freqs, dt)?;
-        let silu_temb = silu(&temb)?;
+        let own;
+        let m = match modulation {
+            Some(m) if m.blocks.len() == p.blocks.len() => m,
+            _ => {
+                own = self.modulation(timestep)?;
+                &own
+            }
+        };
+        let silu_temb = &m.silu_temb;
         let silu_zero = self.zero_cond_embedding(timestep)?;
         // f32 tables: the RoPE rotation is computed in f32 and rounded once, as diffusers.
         let (cos, sin) = (rope.cos(), rope.sin());
         let mask = joint_mask(encoder_mask, b, t, n)?;
         let ctx = BlockContext {
-            silu_temb: &silu_temb,
+            silu_temb,
             zero_cond: silu_zero.as_ref().map(|z| (z, rope.first_img_len() as i32)),
             cos,
             sin,
@@ -516,17 +566,25 @@ impl QwenImageTransformer {
             heads: cfg.num_attention_heads as i32,
             head_dim: cfg.attention_head_dim as i32,
         };
-        for block in &p.blocks {
-            (img, txt) = block.forward(&img, &txt, &ctx)?;
+        for (block, pre) in p.blocks.iter().zip(&m.blocks) {
+            (img, txt) = block.forward(&img, &txt, &ctx, Some(pre))?;
         }
         // AdaLayerNormContinuous: its linear output splits (scale, shift) — the opposite
         // order of the blocks' (shift, scale, gate).
-        let emb = p.norm_out.forward(&silu_temb)?;
-        let halves = ops::split_equal(&emb, 2, -1)?;
+        let halves = ops::split_equal(&m.norm_out, 2, -1)?;
         let (scale, shift) = (&halves[0], &halves[1]);
         let out = layer_norm_modulate(&img, shift, scale, NORM_EPS)?;
         p.proj_out.forward(&out)
     }
+}
+
+/// The timestep-dependent part of a forward ([`QwenImageTransformer::modulation`]): the
+/// SiLU'd timestep embedding, each block's modulation and the output norm's.
+#[derive(Debug, Clone)]
+pub struct StepModulation {
+    silu_temb: Array,
+    blocks: Vec<crate::block::BlockModulation>,
+    norm_out: Array,
 }
 
 /// The boolean `(B, 1, 1, T+N)` key mask of the joint sequence: the text mask (non-zero =

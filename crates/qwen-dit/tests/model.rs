@@ -250,3 +250,38 @@ fn random_model_is_deterministic_and_runs() -> Result<()> {
     assert!(va.iter().all(|v| v.is_finite()) && va.iter().any(|v| *v != 0.0));
     Ok(())
 }
+
+/// A modulation computed once for the step and shared by two passes gives each pass the
+/// output `forward` gives, bit for bit (what the pipeline does for the two true-CFG passes);
+/// a modulation for another timestep changes it (so the shared one is really used).
+#[test]
+fn shared_step_modulation_is_exact() -> Result<()> {
+    let model = QwenImageTransformer::load(&fixture("transformer"), Dtype::Float32, None)?;
+    for c in cases()? {
+        let rope = RopeTables::new(model.config(), &c.grids, c.txt_len)?;
+        let shared = model.modulation(&c.timestep)?;
+        let want = run(&model, &c)?;
+        for _ in 0..2 {
+            let got = model.forward_modulated(
+                &c.hidden_states,
+                &c.encoder_hidden_states,
+                c.mask.as_ref(),
+                &c.timestep,
+                &rope,
+                Some(&shared),
+            )?;
+            assert!(got.eq_values(&want)?, "{}", c.name);
+        }
+        let other = model.modulation(&mlx_rs::ops::multiply(&c.timestep, Array::from_f32(0.5))?)?;
+        let off = model.forward_modulated(
+            &c.hidden_states,
+            &c.encoder_hidden_states,
+            c.mask.as_ref(),
+            &c.timestep,
+            &rope,
+            Some(&other),
+        )?;
+        assert!(!off.eq_values(&want)?);
+    }
+    Ok(())
+}

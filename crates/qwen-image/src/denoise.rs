@@ -90,11 +90,22 @@ impl Denoise<'_> {
         let steps = self.first_step..self.sigmas.len();
         for i in steps.clone() {
             let sigma = &self.sigmas[i];
+            // With both CFG passes here, their timestep modulation is computed once.
+            let shared = match self.neg {
+                Some(_) if !idle => Some(self.dit.modulation(sigma)?),
+                _ => None,
+            };
             let own = if idle {
                 ops::zeros_like(&x)?
             } else {
-                self.dit
-                    .forward(&x, &self.cond.embeds, None, sigma, &self.cond.rope)?
+                self.dit.forward_modulated(
+                    &x,
+                    &self.cond.embeds,
+                    None,
+                    sigma,
+                    &self.cond.rope,
+                    shared.as_ref(),
+                )?
             };
             let mut v = match &self.exchange {
                 Some(ex) => {
@@ -111,9 +122,14 @@ impl Denoise<'_> {
                     mlx_fastops::depends(std::slice::from_ref(&x), std::slice::from_ref(&v))?
                         .pop()
                         .ok_or_else(|| PipelineError::Runtime("depends returned nothing".into()))?;
-                let vn = self
-                    .dit
-                    .forward(&x_neg, &neg.embeds, None, sigma, &neg.rope)?;
+                let vn = self.dit.forward_modulated(
+                    &x_neg,
+                    &neg.embeds,
+                    None,
+                    sigma,
+                    &neg.rope,
+                    shared.as_ref(),
+                )?;
                 v = true_cfg_combine(&v, &vn, scale)?;
             }
             let next = hook.after_step(i, self.sched.step(&v, i, &x)?)?;
