@@ -181,6 +181,9 @@ fn main() -> Result<()> {
         model.quantize(&qwen_dit::QuantizeSpec::new(bits))?;
         memory::clear_cache()?;
     }
+    // As the pipeline: Q/K/V as one GEMM per stream.
+    model.fuse_projections()?;
+    memory::clear_cache()?;
     println!(
         "random bf16 weights built{} in {:.1} s; active memory {:.2} GiB",
         o.quantize

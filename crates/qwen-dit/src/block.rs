@@ -95,9 +95,70 @@ fn mod_params(m: &Array) -> Result<Vec<Array>> {
     Ok(ops::split_equal(m, 6, -1)?)
 }
 
+/// Stacks `q`, `k`, `v` into `q` (one GEMM for the three) and marks `k`, `v` absorbed, when
+/// they are alike (all float, or quantized alike).
+fn fuse_group(q: &mut Linear, k: &mut Linear, v: &mut Linear) -> Result<()> {
+    if matches!(k, Linear::Absorbed { .. }) {
+        return Ok(());
+    }
+    if let Some(f) = Linear::concat_rows(&[q, k, v])? {
+        let quantized = f.is_quantized();
+        *q = f;
+        *k = Linear::Absorbed { quantized };
+        *v = Linear::Absorbed { quantized };
+    }
+    Ok(())
+}
+
+/// The inverse of [`fuse_group`].
+fn unfuse_group(q: &mut Linear, k: &mut Linear, v: &mut Linear) -> Result<()> {
+    if !matches!(k, Linear::Absorbed { .. }) {
+        return Ok(());
+    }
+    let d = q.out_features() / 3;
+    let (nq, nk, nv) = (q.rows(0, d)?, q.rows(d, 2 * d)?, q.rows(2 * d, 3 * d)?);
+    (*q, *k, *v) = (nq, nk, nv);
+    Ok(())
+}
+
+/// `x` through `q`, `k`, `v`: one GEMM split in three when they are fused.
+fn project(q: &Linear, k: &Linear, v: &Linear, x: &Array) -> Result<(Array, Array, Array)> {
+    if matches!(k, Linear::Absorbed { .. }) {
+        let mut parts = ops::split_equal(&q.forward(x)?, 3, -1)?.into_iter();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), Some(c)) => Ok((a, b, c)),
+            _ => Err(crate::error::DitError::InvalidInput(
+                "fused projection split".into(),
+            )),
+        }
+    } else {
+        Ok((q.forward(x)?, k.forward(x)?, v.forward(x)?))
+    }
+}
+
 impl Attention {
     fn heads(x: &Array, heads: i32, head_dim: i32) -> Result<Array> {
         Ok(x.reshape(&[x.dim(0), x.dim(1), heads, head_dim])?)
+    }
+
+    /// Image and text Q/K/V each as one GEMM (see `QwenImageTransformer::fuse_projections`).
+    pub(crate) fn fuse_projections(&mut self) -> Result<()> {
+        fuse_group(&mut self.to_q, &mut self.to_k, &mut self.to_v)?;
+        fuse_group(
+            &mut self.add_q_proj,
+            &mut self.add_k_proj,
+            &mut self.add_v_proj,
+        )
+    }
+
+    /// Separate Q/K/V layers again.
+    pub(crate) fn unfuse_projections(&mut self) -> Result<()> {
+        unfuse_group(&mut self.to_q, &mut self.to_k, &mut self.to_v)?;
+        unfuse_group(
+            &mut self.add_q_proj,
+            &mut self.add_k_proj,
+            &mut self.add_v_proj,
+        )
     }
 
     /// Joint attention over `[text, image]`; returns (image output, text output).
@@ -106,28 +167,14 @@ impl Attention {
         let b = img.dim(0);
         let t = txt.dim(1);
         let n = img.dim(1);
-        let q_i = rms_norm(
-            &Self::heads(&self.to_q.forward(img)?, h, hd)?,
-            &self.norm_q.0,
-            NORM_EPS,
-        )?;
-        let k_i = rms_norm(
-            &Self::heads(&self.to_k.forward(img)?, h, hd)?,
-            &self.norm_k.0,
-            NORM_EPS,
-        )?;
-        let v_i = Self::heads(&self.to_v.forward(img)?, h, hd)?;
-        let q_t = rms_norm(
-            &Self::heads(&self.add_q_proj.forward(txt)?, h, hd)?,
-            &self.norm_added_q.0,
-            NORM_EPS,
-        )?;
-        let k_t = rms_norm(
-            &Self::heads(&self.add_k_proj.forward(txt)?, h, hd)?,
-            &self.norm_added_k.0,
-            NORM_EPS,
-        )?;
-        let v_t = Self::heads(&self.add_v_proj.forward(txt)?, h, hd)?;
+        let (q_i, k_i, v_i) = project(&self.to_q, &self.to_k, &self.to_v, img)?;
+        let (q_t, k_t, v_t) = project(&self.add_q_proj, &self.add_k_proj, &self.add_v_proj, txt)?;
+        let q_i = rms_norm(&Self::heads(&q_i, h, hd)?, &self.norm_q.0, NORM_EPS)?;
+        let k_i = rms_norm(&Self::heads(&k_i, h, hd)?, &self.norm_k.0, NORM_EPS)?;
+        let v_i = Self::heads(&v_i, h, hd)?;
+        let q_t = rms_norm(&Self::heads(&q_t, h, hd)?, &self.norm_added_q.0, NORM_EPS)?;
+        let k_t = rms_norm(&Self::heads(&k_t, h, hd)?, &self.norm_added_k.0, NORM_EPS)?;
+        let v_t = Self::heads(&v_t, h, hd)?;
 
         // (B, T+N, H, hd), text first; RoPE on the joint sequence with the joint table.
         let q = apply_rope(&ops::concatenate(&[q_t, q_i], 1)?, ctx.cos, ctx.sin)?;

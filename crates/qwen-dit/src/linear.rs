@@ -34,6 +34,12 @@ pub(crate) enum Linear {
         /// Bits per element.
         bits: i32,
     },
+    /// A layer whose rows were moved into the first layer of its group, which now computes
+    /// the group's outputs with one GEMM ([`Linear::concat_rows`]; Q/K/V projections).
+    Absorbed {
+        /// Whether the host layer is quantized.
+        quantized: bool,
+    },
 }
 
 /// Inputs with at least this many rows (tokens × batch) go through a quantized Linear as
@@ -168,6 +174,111 @@ impl Linear {
                     Ok(ops::add(y, bias)?)
                 }
             }
+            Linear::Absorbed { .. } => Err(DitError::InvalidInput(
+                "a layer fused into its group's GEMM has no weights of its own".into(),
+            )),
+        }
+    }
+
+    /// One layer computing the outputs of `parts` side by side (their weight rows, biases,
+    /// and for quantized layers scales and biases, stacked in order), when they are all float
+    /// or all quantized alike; `None` otherwise.
+    pub(crate) fn concat_rows(parts: &[&Linear]) -> Result<Option<Linear>> {
+        let cat = |f: &dyn Fn(&Linear) -> Option<&Array>| -> Result<Option<Array>> {
+            let arrays: Option<Vec<&Array>> = parts.iter().map(|l| f(l)).collect();
+            Ok(match arrays {
+                Some(a) => Some(ops::concatenate(&a, 0)?),
+                None => None,
+            })
+        };
+        match parts.first() {
+            Some(Linear::Float { .. }) => {
+                let w = cat(&|l| match l {
+                    Linear::Float { weight, .. } => Some(weight),
+                    _ => None,
+                })?;
+                let b = cat(&|l| match l {
+                    Linear::Float { bias, .. } => Some(bias),
+                    _ => None,
+                })?;
+                Ok(w.zip(b)
+                    .map(|(weight, bias)| Linear::Float { weight, bias }))
+            }
+            Some(Linear::Quantized {
+                group_size, bits, ..
+            }) => {
+                let (g, b) = (*group_size, *bits);
+                let same = |l: &Linear| matches!(l, Linear::Quantized { group_size, bits, .. } if *group_size == g && *bits == b);
+                if !parts.iter().all(|l| same(l)) {
+                    return Ok(None);
+                }
+                let pick = |k: usize| -> Result<Option<Array>> {
+                    cat(&move |l| match l {
+                        Linear::Quantized {
+                            weight,
+                            scales,
+                            biases,
+                            bias,
+                            ..
+                        } => Some([weight, scales, biases, bias][k]),
+                        _ => None,
+                    })
+                };
+                Ok(match (pick(0)?, pick(1)?, pick(2)?, pick(3)?) {
+                    (Some(weight), Some(scales), Some(biases), Some(bias)) => {
+                        Some(Linear::Quantized {
+                            weight,
+                            scales,
+                            biases,
+                            bias,
+                            group_size: g,
+                            bits: b,
+                        })
+                    }
+                    _ => None,
+                })
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Rows `[start, end)` of the outputs: the layer of a group that [`Self::concat_rows`]
+    /// stacked (the inverse of it).
+    pub(crate) fn rows(&self, start: i32, end: i32) -> Result<Linear> {
+        use mlx_rs::ops::indexing::IndexOp;
+        Ok(match self {
+            Linear::Float { weight, bias } => Linear::Float {
+                weight: weight.index(start..end),
+                bias: bias.index(start..end),
+            },
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                bias,
+                group_size,
+                bits,
+            } => Linear::Quantized {
+                weight: weight.index(start..end),
+                scales: scales.index(start..end),
+                biases: biases.index(start..end),
+                bias: bias.index(start..end),
+                group_size: *group_size,
+                bits: *bits,
+            },
+            Linear::Absorbed { .. } => {
+                return Err(DitError::InvalidInput(
+                    "a fused-away layer has no rows".into(),
+                ));
+            }
+        })
+    }
+
+    /// Output width.
+    pub(crate) fn out_features(&self) -> i32 {
+        match self {
+            Linear::Float { weight, .. } | Linear::Quantized { weight, .. } => weight.dim(0),
+            Linear::Absorbed { .. } => 0,
         }
     }
 
@@ -176,12 +287,16 @@ impl Linear {
         match self {
             Linear::Float { weight, .. } => weight.dim(1),
             Linear::Quantized { weight, bits, .. } => weight.dim(1) * 32 / bits,
+            Linear::Absorbed { .. } => 0,
         }
     }
 
     /// Whether the layer is quantized.
     pub(crate) fn is_quantized(&self) -> bool {
-        matches!(self, Linear::Quantized { .. })
+        matches!(
+            self,
+            Linear::Quantized { .. } | Linear::Absorbed { quantized: true }
+        )
     }
 
     /// This layer quantized (a float layer) or unchanged (an already quantized one).
@@ -220,6 +335,11 @@ impl Linear {
                 bits,
                 ..
             } => ops::dequantize(weight, scales, biases, *group_size, *bits)?,
+            Linear::Absorbed { .. } => {
+                return Err(DitError::InvalidInput(
+                    "a fused-away layer has no weight".into(),
+                ));
+            }
         };
         Ok(if w.dtype() == dtype {
             w
@@ -244,6 +364,7 @@ impl Linear {
                 ("biases", biases),
                 ("bias", bias),
             ],
+            Linear::Absorbed { .. } => Vec::new(),
         }
     }
 

@@ -73,6 +73,9 @@ pub struct QwenImageTransformer {
     parts: Parts,
     /// The timestep embedder's frequency table, made once.
     time_freqs: Array,
+    /// Whether each block's Q/K/V projections run as one GEMM
+    /// ([`QwenImageTransformer::fuse_projections`]).
+    fused: bool,
 }
 
 fn check_dtype(dtype: Dtype) -> Result<()> {
@@ -146,6 +149,7 @@ impl QwenImageTransformer {
             dtype,
             parts,
             time_freqs: timestep_freq_table(),
+            fused: false,
         };
         model.merge_lora(lora)?;
         if let Some(q) = quant {
@@ -173,6 +177,7 @@ impl QwenImageTransformer {
             dtype,
             parts,
             time_freqs: timestep_freq_table(),
+            fused: false,
         })
     }
 
@@ -237,6 +242,16 @@ impl QwenImageTransformer {
         if lora.is_empty() {
             return Ok(0);
         }
+        let refuse = self.fused;
+        self.unfuse_projections()?;
+        let merged = self.merge_lora_unfused(lora);
+        if refuse {
+            self.fuse_projections()?;
+        }
+        merged
+    }
+
+    fn merge_lora_unfused(&mut self, lora: &LoraSet) -> Result<usize> {
         lora.check(&self.config)?;
         let dt = self.dtype;
         let mut changed = 0;
@@ -282,6 +297,8 @@ impl QwenImageTransformer {
     /// can be released.
     pub fn quantize(&mut self, spec: &QuantizeSpec) -> Result<()> {
         spec.validate()?;
+        let refuse = self.fused;
+        self.unfuse_projections()?;
         self.for_each_linear_mut(&mut |path, l| {
             if l.is_quantized() || !spec.quantizes(path, l.in_features() as usize) {
                 return Ok(());
@@ -290,13 +307,58 @@ impl QwenImageTransformer {
             eval(q.arrays().into_iter().map(|(_, a)| a))?;
             *l = q;
             Ok(())
-        })
+        })?;
+        if refuse {
+            self.fuse_projections()?;
+        }
+        Ok(())
+    }
+
+    /// Runs each block's image and text Q/K/V projections as one GEMM each (their weights
+    /// stacked: one larger matmul is faster than three; on an H200 at 1024² 0.124 against
+    /// 0.145 ms per image projection, 0.019 against 0.043 per text one). Same outputs up to
+    /// the GEMM's summation order. Merging LoRAs, quantizing and exporting still see the
+    /// separate layers. Each block is evaluated as it is fused, so the separate weights are
+    /// released as it goes.
+    pub fn fuse_projections(&mut self) -> Result<()> {
+        if self.fused {
+            return Ok(());
+        }
+        for block in &mut self.parts.blocks {
+            block.attn.fuse_projections()?;
+            eval(block.attn.to_q.arrays().into_iter().map(|(_, a)| a))?;
+            eval(block.attn.add_q_proj.arrays().into_iter().map(|(_, a)| a))?;
+        }
+        self.fused = true;
+        Ok(())
+    }
+
+    /// Splits fused projections back into their layers (see [`Self::fuse_projections`]).
+    fn unfuse_projections(&mut self) -> Result<()> {
+        if !self.fused {
+            return Ok(());
+        }
+        for block in &mut self.parts.blocks {
+            block.attn.unfuse_projections()?;
+        }
+        self.fused = false;
+        Ok(())
+    }
+
+    /// This model with separate projections (a copy when they are fused).
+    fn unfused(&self) -> Result<std::borrow::Cow<'_, Self>> {
+        if !self.fused {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        }
+        let mut m = self.clone();
+        m.unfuse_projections()?;
+        Ok(std::borrow::Cow::Owned(m))
     }
 
     /// A copy of the model with every quantized layer replaced by its dequantized float
     /// weights (same numbers the quantized matmul uses; for tests and comparisons).
     pub fn dequantized(&self) -> Result<Self> {
-        let mut m = self.clone();
+        let mut m = self.unfused()?.into_owned();
         let dt = self.dtype;
         m.for_each_linear_mut(&mut |_, l| {
             if let Linear::Quantized { bias, .. } = &*l {
@@ -314,6 +376,11 @@ impl QwenImageTransformer {
     /// Every parameter under its diffusers key, quantized layers as MLX stores them
     /// (`weight` packed u32, `scales`, `biases`, `bias`).
     pub fn weights(&self) -> BTreeMap<String, Array> {
+        if self.fused
+            && let Ok(separate) = self.unfused()
+        {
+            return separate.weights();
+        }
         let mut out = BTreeMap::new();
         self.parts.visit("", &mut |path, param| match param {
             Param::Linear(l) => l.export(path, &mut out),
@@ -340,7 +407,7 @@ impl QwenImageTransformer {
                 group_size: *group_size,
                 bits: *bits,
             }),
-            Linear::Float { .. } => None,
+            _ => None,
         });
         let mut value = serde_json::to_value(&config)
             .map_err(|e| DitError::InvalidConfig(format!("cannot serialise config: {e}")))?;
