@@ -14,7 +14,8 @@
 //! - Fused: [`layer_norm_modulate`] `= LayerNorm(x)·(1 + scale) + shift`, [`apply_rope`]
 //!   (interleaved pairs), [`gated_residual`] `= x + gate·y`, [`gelu_tanh`] (GELU, tanh
 //!   approximation, one pass instead of MLX's chain of element-wise ops) and
-//!   [`bias_gelu_tanh`] `= GELU_tanh(x + bias)`.
+//!   [`bias_gelu_tanh`] `= GELU_tanh(x + bias)`, [`joint_qkv_heads`] (two packed Q/K/V
+//!   projections → per-head q/k RMSNorm, join, RoPE, attention layout, in one pass).
 //!
 //! ## Dispatch of the fused ops
 //! Each fused op has three implementations behind one entry point (see [`backend`]):
@@ -72,6 +73,7 @@ pub use ops::{
     sdpa, silu,
 };
 pub use order::depends;
+pub use reference::JointQkv;
 pub use selfcheck::fallback_warnings;
 
 use mlx_rs::Array;
@@ -162,6 +164,46 @@ pub fn bias_gelu_tanh(x: &Array, bias: &Array) -> Result<Array> {
     }
 }
 
+/// Joint attention inputs from two packed Q/K/V projections (an MMDiT block's two streams):
+/// per-head q/k RMSNorm with each sequence's weights, the sequences joined, RoPE on q and k,
+/// `[q, k, v]` each (B, H, L1 + L2, D) for [`sdpa`]. Inputs and the exact arithmetic:
+/// [`reference::joint_qkv_heads`].
+///
+/// The fused kernels read each projection once and write q, k and v once, in the layout
+/// attention reads (the reference splits, normalises, concatenates and rotates in separate
+/// passes); they round where the reference does (after the normalisation, after the weight,
+/// after the rotation). Kernel limits: D a multiple of 64 up to 512, fewer than 2³¹ threads
+/// (32 per token and head).
+pub fn joint_qkv_heads(j: &JointQkv<'_>) -> Result<[Array; 3]> {
+    match fused_path() {
+        Path::Reference => reference::joint_qkv_heads(j),
+        p => {
+            j.check()?;
+            let packed = selfcheck::checked(
+                "joint_qkv_heads",
+                p,
+                j.first.dtype(),
+                || kernels::joint_qkv_heads(p, j),
+                || Ok(mlx_rs::ops::stack(&reference::joint_qkv_heads(j)?, 0)?),
+            )?;
+            unstack3(&packed)
+        }
+    }
+}
+
+/// `[a[0], a[1], a[2]]` of a (3, ...) array, as views.
+fn unstack3(a: &Array) -> Result<[Array; 3]> {
+    let mut parts = mlx_rs::ops::split_equal(a, 3, 0)?.into_iter();
+    let mut next = || -> Result<Array> {
+        let p = parts.next().ok_or_else(|| FastOpsError::Shape {
+            op: "joint_qkv_heads",
+            msg: "expected three planes".into(),
+        })?;
+        Ok(mlx_rs::ops::squeeze_axes(&p, &[0])?)
+    };
+    Ok([next()?, next()?, next()?])
+}
+
 /// The fused kernels called directly, on the backend of the current stream, ignoring
 /// [`set_force_reference`]. Each returns [`FastOpsError::Kernel`] when no kernel can run
 /// (CPU stream, unknown GPU backend, shapes outside the kernel's limits). For tests and
@@ -219,6 +261,13 @@ pub mod fused {
     pub fn bias_gelu_tanh(x: &Array, bias: &Array) -> Result<Array> {
         const OP: &str = "bias_gelu_tanh";
         some(OP, kernels::bias_gelu_tanh(path(OP)?, x, bias)?)
+    }
+
+    /// The fused [`crate::joint_qkv_heads`], `[q, k, v]` stacked: (3, B, H, L1 + L2, D).
+    pub fn joint_qkv_heads(j: &crate::JointQkv<'_>) -> Result<Array> {
+        const OP: &str = "joint_qkv_heads";
+        j.check()?;
+        some(OP, kernels::joint_qkv_heads(path(OP)?, j)?)
     }
 
     /// The fused [`crate::gated_residual`].

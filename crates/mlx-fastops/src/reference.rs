@@ -202,3 +202,116 @@ pub fn apply_rope(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
     let out = ops::reshape(ops::stack(&[o0, o1], -1)?, &xs)?;
     cast(&out, dt)
 }
+
+/// The inputs of [`joint_qkv_heads`] (and of the fused [`crate::joint_qkv_heads`]): the
+/// packed Q/K/V projections of two sequences attended to jointly, first then second (an
+/// MMDiT block's text and image streams), with per-sequence q/k RMSNorm weights and the
+/// RoPE tables of the joint sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct JointQkv<'a> {
+    /// The first sequence's projection, (B, L1, 3·H·D): q, k and v side by side on the last
+    /// axis, each H heads of D.
+    pub first: &'a Array,
+    /// The second sequence's projection, (B, L2, 3·H·D).
+    pub second: &'a Array,
+    /// RMSNorm weights (D,): q and k of the first sequence, then q and k of the second.
+    pub norms: [&'a Array; 4],
+    /// Number of heads H.
+    pub heads: i32,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// RoPE cosines of the joint sequence, (L1 + L2, D/2) or (L1 + L2, 1, D/2); f32
+    /// recommended.
+    pub cos: &'a Array,
+    /// RoPE sines, same shape as `cos`.
+    pub sin: &'a Array,
+}
+
+impl JointQkv<'_> {
+    /// Validates the shapes and dtypes; returns the head dimension D.
+    pub(crate) fn check(&self) -> Result<i32> {
+        const OP: &str = "joint_qkv_heads";
+        let dt = check_float(OP, self.first)?;
+        check_float(OP, self.second)?;
+        let (fs, ss) = (self.first.shape(), self.second.shape());
+        let h = self.heads;
+        let width = fs.last().copied().unwrap_or(0);
+        let d = if h > 0 { width / (3 * h) } else { 0 };
+        if fs.len() != 3 || ss.len() != 3 || d == 0 || d % 2 != 0 || width != 3 * h * d {
+            return Err(shape_err(
+                OP,
+                format!(
+                    "first {fs:?} and second {ss:?} must be (B, L, 3·H·D) with H = {h} and D even"
+                ),
+            ));
+        }
+        if ss[0] != fs[0] || ss[2] != width || self.second.dtype() != dt {
+            return Err(shape_err(
+                OP,
+                format!(
+                    "second {ss:?} ({:?}) must match first {fs:?} ({dt:?}) in batch, width and dtype",
+                    self.second.dtype()
+                ),
+            ));
+        }
+        for (i, w) in self.norms.iter().enumerate() {
+            check_float(OP, w)?;
+            if w.shape() != [d] {
+                return Err(shape_err(
+                    OP,
+                    format!("norm weight {i} must be ({d},), got {:?}", w.shape()),
+                ));
+            }
+        }
+        check_float(OP, self.cos)?;
+        check_float(OP, self.sin)?;
+        let s = fs[1] + ss[1];
+        let ok = |t: &[i32]| t == [s, d / 2] || t == [s, 1, d / 2];
+        if !ok(self.cos.shape()) || self.sin.shape() != self.cos.shape() {
+            return Err(shape_err(
+                OP,
+                format!(
+                    "cos {:?} and sin {:?} must be ({s}, {}) or ({s}, 1, {})",
+                    self.cos.shape(),
+                    self.sin.shape(),
+                    d / 2,
+                    d / 2
+                ),
+            ));
+        }
+        Ok(d)
+    }
+}
+
+/// Joint attention inputs from two packed Q/K/V projections: each sequence's q, k and v split
+/// into H heads of D, q and k RMS-normalised per head with that sequence's weights
+/// ([`crate::rms_norm`]), the sequences joined (first, then second), RoPE
+/// ([`apply_rope`]) on q and k with the joint table; returned as `[q, k, v]`, each
+/// (B, H, L1 + L2, D) (a transposed view of (B, L1 + L2, H, D)), ready for [`crate::sdpa`].
+pub fn joint_qkv_heads(j: &JointQkv<'_>) -> Result<[Array; 3]> {
+    let d = j.check()?;
+    let h = j.heads;
+    let split = |x: &Array, wq: &Array, wk: &Array| -> Result<[Array; 3]> {
+        let parts = ops::split_equal(x, 3, -1)?;
+        let heads = |a: &Array| ops::reshape(a, &[a.dim(0), a.dim(1), h, d]);
+        Ok([
+            crate::rms_norm(&heads(&parts[0])?, wq, j.eps)?,
+            crate::rms_norm(&heads(&parts[1])?, wk, j.eps)?,
+            heads(&parts[2])?,
+        ])
+    };
+    let [qa, ka, va] = split(j.first, j.norms[0], j.norms[1])?;
+    let [qb, kb, vb] = split(j.second, j.norms[2], j.norms[3])?;
+    let s = j.first.dim(1) + j.second.dim(1);
+    let cos = ops::reshape(j.cos, &[s, 1, d / 2])?;
+    let sin = ops::reshape(j.sin, &[s, 1, d / 2])?;
+    let q = apply_rope(&ops::concatenate(&[qa, qb], 1)?, &cos, &sin)?;
+    let k = apply_rope(&ops::concatenate(&[ka, kb], 1)?, &cos, &sin)?;
+    let v = ops::concatenate(&[va, vb], 1)?;
+    let perm = [0, 2, 1, 3];
+    Ok([
+        q.transpose_axes(&perm)?,
+        k.transpose_axes(&perm)?,
+        v.transpose_axes(&perm)?,
+    ])
+}

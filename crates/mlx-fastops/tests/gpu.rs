@@ -15,7 +15,8 @@
 //!
 //! The GELU kernels use tighter, op-specific tolerances (see `gelu_tol`).
 //!
-//! Run: `gpu` (a plain binary, `harness = false`); `gpu gelu` runs only the GELU cases;
+//! Run: `gpu` (a plain binary, `harness = false`); `gpu gelu` runs only the GELU cases,
+//! `gpu joint` only the joint_qkv_heads ones;
 //! other arguments are ignored.
 
 mod common;
@@ -517,6 +518,72 @@ fn gelu_sensitivity_cases(rep: &mut Report) -> anyhow::Result<()> {
 /// The checks must be able to fail: the fused output compared with a reference of a
 /// slightly wrong formula (shift dropped, sin negated, gate halved) must be rejected at the
 /// bf16 tolerance.
+fn joint_cases(rep: &mut Report, seed: &mut u64) -> anyhow::Result<()> {
+    // (B, L1, L2, H, D): the 1024² DiT's shape (text 32, image 4096, 24 heads of 128) cut to
+    // 1024 image tokens, a batch of two, and the other head sizes the kernel takes
+    let cases: [(i32, i32, i32, i32, i32); 4] = [
+        (1, 32, 1024, 24, 128),
+        (2, 7, 40, 3, 64),
+        (1, 5, 9, 2, 256),
+        (2, 1, 3, 1, 512),
+    ];
+    for dt in DTYPES {
+        for (b, l1, l2, h, d) in cases {
+            *seed += 10;
+            let (a, af) = input(&[b, l1, 3 * h * d], *seed, 0.2, 1.5, dt)?;
+            let (c, cf) = input(&[b, l2, 3 * h * d], *seed + 1, -0.1, 0.7, dt)?;
+            let mut w = Vec::new();
+            let mut wf = Vec::new();
+            for i in 0..4 {
+                let (x, xf) = input(&[d], *seed + 2 + i, 1.0, 0.3, dt)?;
+                w.push(x);
+                wf.push(xf);
+            }
+            let theta = randn(&[l1 + l2, 1, d / 2], *seed + 9, 0.0, 3.0)?;
+            let (tc, ts) = (ops::cos(&theta)?, ops::sin(&theta)?);
+            let (tcf, tsf) = (
+                Array::from_slice(&host(&tc)?, tc.shape()),
+                Array::from_slice(&host(&ts)?, ts.shape()),
+            );
+            let want = host(&on_cpu(|| -> fo::Result<Array> {
+                let (a, c) = (af.as_dtype(dt)?, cf.as_dtype(dt)?);
+                let w: Vec<Array> = wf
+                    .iter()
+                    .map(|x| x.as_dtype(dt))
+                    .collect::<Result<_, _>>()?;
+                let j = fo::JointQkv {
+                    first: &a,
+                    second: &c,
+                    norms: [&w[0], &w[1], &w[2], &w[3]],
+                    heads: h,
+                    eps: 1e-6,
+                    cos: &tcf,
+                    sin: &tsf,
+                };
+                Ok(ops::stack(&fo::reference::joint_qkv_heads(&j)?, 0)?)
+            })?)?;
+            poison(&[3, b, h, l1 + l2, d], dt)?;
+            let j = fo::JointQkv {
+                first: &a,
+                second: &c,
+                norms: [&w[0], &w[1], &w[2], &w[3]],
+                heads: h,
+                eps: 1e-6,
+                cos: &tc,
+                sin: &ts,
+            };
+            let got = fo::fused::joint_qkv_heads(&j);
+            rep.check(
+                &format!("joint_qkv {:?}", (b, l1, l2, h, d)),
+                dt,
+                got,
+                &want,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn sensitivity_cases(rep: &mut Report) -> anyhow::Result<()> {
     let dt = Dtype::Bfloat16;
     let mut probes: Vec<(&str, fo::Result<Array>, Vec<f32>)> = Vec::new();
@@ -540,6 +607,38 @@ fn sensitivity_cases(rep: &mut Report) -> anyhow::Result<()> {
     probes.push((
         "rope vs reference with sin negated",
         fo::fused::apply_rope(&q, &c, &s),
+        wrong,
+    ));
+    let (ja, jaf) = input(&[1, 6, 3 * 2 * 64], 957, 0.2, 1.5, dt)?;
+    let (jb, jbf) = input(&[1, 10, 3 * 2 * 64], 958, 0.0, 1.0, dt)?;
+    let (w0, w0f) = input(&[64], 959, 1.0, 0.3, dt)?;
+    let (w1, w1f) = input(&[64], 960, 1.0, 0.3, dt)?;
+    let jt = randn(&[16, 32], 961, 0.0, 3.0)?;
+    let (jc, js) = (ops::cos(&jt)?, ops::sin(&jt)?);
+    // the text stream's q and k weights swapped
+    let wrong = host(&on_cpu(|| -> fo::Result<Array> {
+        let j = fo::JointQkv {
+            first: &jaf,
+            second: &jbf,
+            norms: [&w1f, &w0f, &w0f, &w1f],
+            heads: 2,
+            eps: 1e-6,
+            cos: &jc,
+            sin: &js,
+        };
+        Ok(ops::stack(&fo::reference::joint_qkv_heads(&j)?, 0)?)
+    })?)?;
+    probes.push((
+        "joint_qkv vs reference with q/k norms swapped",
+        fo::fused::joint_qkv_heads(&fo::JointQkv {
+            first: &ja,
+            second: &jb,
+            norms: [&w0, &w1, &w0, &w1],
+            heads: 2,
+            eps: 1e-6,
+            cos: &jc,
+            sin: &js,
+        }),
         wrong,
     ));
     let (y, yf) = input(&[2, 64, 256], 955, 0.0, 1.0, dt)?;
@@ -618,15 +717,21 @@ fn main() -> anyhow::Result<()> {
     };
     let mut seed = 1000;
     // `gelu` as an argument: only the GELU kernels' cases (a short run)
-    if !std::env::args().any(|a| a == "gelu") {
+    if std::env::args().any(|a| a == "joint") {
+        joint_cases(&mut rep, &mut seed)?;
+        sensitivity_cases(&mut rep)?;
+    } else if !std::env::args().any(|a| a == "gelu") {
         modulate_cases(&mut rep, &mut seed)?;
         rope_cases(&mut rep, &mut seed)?;
         gated_cases(&mut rep, &mut seed)?;
+        joint_cases(&mut rep, &mut seed)?;
         dispatch_cases(&mut rep)?;
         sensitivity_cases(&mut rep)?;
     }
-    gelu_cases(&mut rep, &mut seed)?;
-    gelu_sensitivity_cases(&mut rep)?;
+    if !std::env::args().any(|a| a == "joint") {
+        gelu_cases(&mut rep, &mut seed)?;
+        gelu_sensitivity_cases(&mut rep)?;
+    }
     println!("gpu tests: {} cases, {} failures", rep.cases, rep.failures);
     if rep.failures > 0 {
         anyhow::bail!("{} gpu test case(s) failed", rep.failures);

@@ -10,6 +10,7 @@ mod common;
 
 use common::*;
 use mlx_fastops as fo;
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype, ops};
 
 const TOL_F32: f64 = 1e-5;
@@ -369,5 +370,150 @@ fn shape_errors_are_reported() -> anyhow::Result<()> {
         fo::layer_norm(&i, 1e-6),
         Err(fo::FastOpsError::Dtype { .. })
     ));
+    Ok(())
+}
+
+/// Inputs of one joint_qkv_heads case: (first, second, four norm weights, cos, sin).
+fn joint_inputs(
+    (b, l1, l2, h, d): (i32, i32, i32, i32, i32),
+    seed: u64,
+) -> anyhow::Result<(Array, Array, Vec<Array>, Array, Array)> {
+    let first = randn(&[b, l1, 3 * h * d], seed, 0.2, 1.5)?;
+    let second = randn(&[b, l2, 3 * h * d], seed + 1, -0.1, 0.7)?;
+    let norms = (0..4)
+        .map(|i| randn(&[d], seed + 2 + i, 1.0, 0.3))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let theta = randn(&[l1 + l2, d / 2], seed + 9, 0.0, 3.0)?;
+    Ok((first, second, norms, ops::cos(&theta)?, ops::sin(&theta)?))
+}
+
+#[test]
+fn joint_qkv_heads_matches_naive() -> anyhow::Result<()> {
+    // batch 1 and 2, a one-token sequence, head dims 2 and 8, tables with and without the
+    // middle axis
+    for (i, &dims) in [(1, 3, 5, 2, 8), (2, 1, 4, 3, 2), (2, 6, 2, 1, 16)]
+        .iter()
+        .enumerate()
+    {
+        let (b, l1, l2, h, d) = dims;
+        let (first, second, norms, cos, sin) = joint_inputs(dims, 40 + 10 * i as u64)?;
+        let s = l1 + l2;
+        let (c3, s3) = (
+            ops::reshape(&cos, &[s, 1, d / 2])?,
+            ops::reshape(&sin, &[s, 1, d / 2])?,
+        );
+        let (tc, ts) = if i == 1 { (&c3, &s3) } else { (&cos, &sin) };
+        let j = fo::JointQkv {
+            first: &first,
+            second: &second,
+            norms: [&norms[0], &norms[1], &norms[2], &norms[3]],
+            heads: h,
+            eps: 1e-6,
+            cos: tc,
+            sin: ts,
+        };
+        let got = fo::joint_qkv_heads(&j)?;
+        for a in &got {
+            assert_eq!(a.shape(), &[b, h, s, d]);
+        }
+        let got = host(&ops::stack(&got, 0)?)?;
+        let nh: Vec<Vec<f32>> = norms.iter().map(host).collect::<anyhow::Result<_>>()?;
+        let want = naive_joint_qkv(
+            &host(&first)?,
+            &host(&second)?,
+            (b as usize, l1 as usize, l2 as usize, h as usize, d as usize),
+            [&nh[0], &nh[1], &nh[2], &nh[3]],
+            1e-6,
+            &host(&cos)?,
+            &host(&sin)?,
+        );
+        assert_close(&format!("joint_qkv_heads {dims:?}"), &got, &want, TOL_F32);
+    }
+    Ok(())
+}
+
+/// The op is the composition the model used before it existed: split, per-head RMSNorm,
+/// concatenation, RoPE — bit for bit (the CPU parity tests of the DiT rely on it), in f32
+/// and in bf16.
+#[test]
+fn joint_qkv_heads_is_the_unfused_composition_exactly() -> anyhow::Result<()> {
+    let (b, l1, l2, h, d) = (2, 3, 7, 2, 16);
+    let (first, second, norms, cos, sin) = joint_inputs((b, l1, l2, h, d), 77)?;
+    for dt in [Dtype::Float32, Dtype::Bfloat16] {
+        let (f, s) = (first.as_dtype(dt)?, second.as_dtype(dt)?);
+        let j = fo::JointQkv {
+            first: &f,
+            second: &s,
+            norms: [&norms[0], &norms[1], &norms[2], &norms[3]],
+            heads: h,
+            eps: 1e-6,
+            cos: &cos,
+            sin: &sin,
+        };
+        let got = fo::joint_qkv_heads(&j)?;
+        let heads = |x: &Array, i: i32| -> anyhow::Result<Array> {
+            let p = &ops::split_equal(x, 3, -1)?[i as usize];
+            Ok(ops::reshape(p, &[b, p.dim(1), h, d])?)
+        };
+        let tc = ops::reshape(&cos, &[l1 + l2, 1, d / 2])?;
+        let ts = ops::reshape(&sin, &[l1 + l2, 1, d / 2])?;
+        for (i, out) in got.iter().enumerate() {
+            let (a, c) = (heads(&f, i as i32)?, heads(&s, i as i32)?);
+            let want = if i < 2 {
+                let a = fo::rms_norm(&a, &norms[i], 1e-6)?;
+                let c = fo::rms_norm(&c, &norms[2 + i], 1e-6)?;
+                fo::apply_rope(&ops::concatenate(&[a, c], 1)?, &tc, &ts)?
+            } else {
+                ops::concatenate(&[a, c], 1)?
+            };
+            let want = want.transpose_axes(&[0, 2, 1, 3])?;
+            assert_eq!(out.dtype(), dt);
+            let flat = |a: &Array| -> anyhow::Result<Vec<f32>> { host(&ops::reshape(a, &[-1])?) };
+            assert_eq!(flat(out)?, flat(&want)?, "plane {i} {dt:?}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn joint_qkv_heads_rejects_bad_shapes() -> anyhow::Result<()> {
+    let (first, second, norms, cos, sin) = joint_inputs((1, 2, 3, 2, 8), 5)?;
+    let n = [&norms[0], &norms[1], &norms[2], &norms[3]];
+    let ok = fo::JointQkv {
+        first: &first,
+        second: &second,
+        norms: n,
+        heads: 2,
+        eps: 1e-6,
+        cos: &cos,
+        sin: &sin,
+    };
+    assert!(fo::joint_qkv_heads(&ok).is_ok());
+    let wrong_heads = fo::JointQkv { heads: 5, ..ok };
+    let short = ops::reshape(&cos, &[5, 4])?.index((..4, ..));
+    let wrong_table = fo::JointQkv {
+        cos: &short,
+        sin: &short,
+        ..ok
+    };
+    let w3 = randn(&[3], 1, 1.0, 0.1)?;
+    let wrong_norm = fo::JointQkv {
+        norms: [&norms[0], &w3, &norms[2], &norms[3]],
+        ..ok
+    };
+    let other = randn(&[2, 3, 48], 2, 0.0, 1.0)?;
+    let wrong_batch = fo::JointQkv {
+        second: &other,
+        ..ok
+    };
+    for (what, j) in [
+        ("heads", wrong_heads),
+        ("table", wrong_table),
+        ("norm", wrong_norm),
+        ("batch", wrong_batch),
+    ] {
+        let e = fo::joint_qkv_heads(&j).expect_err(what).to_string();
+        assert!(e.contains("joint_qkv_heads"), "{what}: {e}");
+    }
     Ok(())
 }

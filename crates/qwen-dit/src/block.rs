@@ -6,9 +6,7 @@ use crate::config::NORM_EPS;
 use crate::error::Result;
 use crate::linear::Linear;
 use crate::module::{Norm, declare_module};
-use crate::ops::{
-    apply_rope, clip_f16, gated_residual, gelu_tanh, layer_norm_modulate, rms_norm, sdpa,
-};
+use crate::ops::{clip_f16, gated_residual, gelu_tanh, joint_qkv_heads, layer_norm_modulate, sdpa};
 
 declare_module! {
     /// `net.0.proj` (GELU-tanh) → `net.2` feed-forward network, built with
@@ -121,26 +119,20 @@ fn unfuse_group(q: &mut Linear, k: &mut Linear, v: &mut Linear) -> Result<()> {
     Ok(())
 }
 
-/// `x` through `q`, `k`, `v`: one GEMM split in three when they are fused.
-fn project(q: &Linear, k: &Linear, v: &Linear, x: &Array) -> Result<(Array, Array, Array)> {
+/// `x` through `q`, `k`, `v`, packed side by side on the last axis: one GEMM when they are
+/// fused, else three joined.
+fn project(q: &Linear, k: &Linear, v: &Linear, x: &Array) -> Result<Array> {
     if matches!(k, Linear::Absorbed { .. }) {
-        let mut parts = ops::split_equal(&q.forward(x)?, 3, -1)?.into_iter();
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(a), Some(b), Some(c)) => Ok((a, b, c)),
-            _ => Err(crate::error::DitError::InvalidInput(
-                "fused projection split".into(),
-            )),
-        }
+        q.forward(x)
     } else {
-        Ok((q.forward(x)?, k.forward(x)?, v.forward(x)?))
+        Ok(ops::concatenate(
+            &[q.forward(x)?, k.forward(x)?, v.forward(x)?],
+            -1,
+        )?)
     }
 }
 
 impl Attention {
-    fn heads(x: &Array, heads: i32, head_dim: i32) -> Result<Array> {
-        Ok(x.reshape(&[x.dim(0), x.dim(1), heads, head_dim])?)
-    }
-
     /// Image and text Q/K/V each as one GEMM (see `QwenImageTransformer::fuse_projections`).
     pub(crate) fn fuse_projections(&mut self) -> Result<()> {
         fuse_group(&mut self.to_q, &mut self.to_k, &mut self.to_v)?;
@@ -167,28 +159,27 @@ impl Attention {
         let b = img.dim(0);
         let t = txt.dim(1);
         let n = img.dim(1);
-        let (q_i, k_i, v_i) = project(&self.to_q, &self.to_k, &self.to_v, img)?;
-        let (q_t, k_t, v_t) = project(&self.add_q_proj, &self.add_k_proj, &self.add_v_proj, txt)?;
-        let q_i = rms_norm(&Self::heads(&q_i, h, hd)?, &self.norm_q.0, NORM_EPS)?;
-        let k_i = rms_norm(&Self::heads(&k_i, h, hd)?, &self.norm_k.0, NORM_EPS)?;
-        let v_i = Self::heads(&v_i, h, hd)?;
-        let q_t = rms_norm(&Self::heads(&q_t, h, hd)?, &self.norm_added_q.0, NORM_EPS)?;
-        let k_t = rms_norm(&Self::heads(&k_t, h, hd)?, &self.norm_added_k.0, NORM_EPS)?;
-        let v_t = Self::heads(&v_t, h, hd)?;
-
-        // (B, T+N, H, hd), text first; RoPE on the joint sequence with the joint table.
-        let q = apply_rope(&ops::concatenate(&[q_t, q_i], 1)?, ctx.cos, ctx.sin)?;
-        let k = apply_rope(&ops::concatenate(&[k_t, k_i], 1)?, ctx.cos, ctx.sin)?;
-        let v = ops::concatenate(&[v_t, v_i], 1)?;
-        let perm = [0, 2, 1, 3];
+        let img_qkv = project(&self.to_q, &self.to_k, &self.to_v, img)?;
+        let txt_qkv = project(&self.add_q_proj, &self.add_k_proj, &self.add_v_proj, txt)?;
+        // Per-head q/k RMSNorm, [text, image] joined, RoPE with the joint table: one pass
+        // into the (B, H, T+N, hd) layout attention reads.
+        let [q, k, v] = joint_qkv_heads(&mlx_fastops::JointQkv {
+            first: &txt_qkv,
+            second: &img_qkv,
+            norms: [
+                &self.norm_added_q.0,
+                &self.norm_added_k.0,
+                &self.norm_q.0,
+                &self.norm_k.0,
+            ],
+            heads: h,
+            eps: NORM_EPS,
+            cos: ctx.cos,
+            sin: ctx.sin,
+        })?;
         let scale = 1.0 / (hd as f32).sqrt();
-        let o = sdpa(
-            &q.transpose_axes(&perm)?,
-            &k.transpose_axes(&perm)?,
-            &v.transpose_axes(&perm)?,
-            scale,
-            ctx.mask,
-        )?;
+        let o = sdpa(&q, &k, &v, scale, ctx.mask)?;
+        let perm = [0, 2, 1, 3];
         let o = o.transpose_axes(&perm)?.reshape(&[b, t + n, h * hd])?;
         let parts = ops::split_at_indices(&o, &[t], 1)?;
         let img_out = self.to_out_0.forward(&parts[1])?;

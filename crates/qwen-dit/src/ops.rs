@@ -1,6 +1,6 @@
 //! The elementwise / normalisation / attention primitives the transformer uses.
 //!
-//! The attention, norms, GELU and the fused adaLN modulation / RoPE / gated residual come
+//! The attention, norms, GELU and the fused adaLN modulation / q-k norm + RoPE / gated residual come
 //! from `mlx-fastops` (fused kernels on GPU, plain MLX references on CPU); this module is the
 //! single place the model calls them from, plus the few small ops `mlx-fastops` does not
 //! offer. Every scalar constant is made in the activation dtype (a strong `f32` constant
@@ -46,10 +46,11 @@ pub(crate) fn gelu_tanh(x: &Array) -> Result<Array> {
     Ok(mlx_fastops::gelu_tanh(x)?)
 }
 
-/// Rotary embedding on interleaved pairs `(2k, 2k+1)` of the last axis (complex multiply by
-/// `cos + i·sin`, computed in f32). `x` `(B, S, H, D)`; `cos`, `sin` `(S, 1, D/2)`.
-pub(crate) fn apply_rope(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
-    Ok(mlx_fastops::apply_rope(x, cos, sin)?)
+/// Joint attention inputs from the text and image streams' packed Q/K/V projections:
+/// per-head q/k RMSNorm, `[text, image]` joined, RoPE (interleaved pairs, f32 tables
+/// `(T+N, 1, D/2)`), `[q, k, v]` each `(B, H, T+N, D)`.
+pub(crate) fn joint_qkv_heads(j: &mlx_fastops::JointQkv<'_>) -> Result<[Array; 3]> {
+    Ok(mlx_fastops::joint_qkv_heads(j)?)
 }
 
 /// Scaled dot-product attention on `(B, H, S, D)` inputs; `mask` boolean `(B, 1, 1, S)`

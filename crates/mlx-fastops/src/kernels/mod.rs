@@ -16,7 +16,7 @@ use mlx_rs::{Array, Dtype, Stream, ops};
 use crate::backend::Path;
 use crate::error::{FastOpsError, Result};
 use crate::ops::cast;
-use crate::reference::{check_bias, check_rope, check_rows};
+use crate::reference::{JointQkv, check_bias, check_rope, check_rows};
 
 /// A compile-time template argument of a kernel (mirrors `mlx_rs::fast::TemplateArg`,
 /// which mlx-rs only builds with its `metal` feature).
@@ -127,6 +127,15 @@ const BIAS_GELU: Spec = Spec {
     outputs: &["out"],
     cuda: include_str!("bias_gelu_tanh.cu"),
     metal: include_str!("bias_gelu_tanh.metal"),
+};
+
+const JOINT_QKV: Spec = Spec {
+    op: "joint_qkv_heads",
+    name: "fastops_joint_qkv",
+    inputs: &["a", "b", "wqa", "wka", "wqb", "wkb", "tcos", "tsin"],
+    outputs: &["out"],
+    cuda: include_str!("joint_qkv.cu"),
+    metal: include_str!("joint_qkv.metal"),
 };
 
 /// Ops whose kernel source is deliberately broken (tests of the fallback).
@@ -512,6 +521,44 @@ pub(crate) fn bias_gelu_tanh(path: Path, x: &Array, bias: &Array) -> Result<Opti
             grid: (threads as i32, 1, 1),
             block: (256, 1, 1),
             template: vec![("T", TemplateArg::Dtype(dt)), ("W", TemplateArg::Int(w))],
+        },
+    )?;
+    Ok(Some(out))
+}
+
+/// Fused joint_qkv_heads on `path`: `[q, k, v]` stacked as (3, B, H, S, D); `None` when the
+/// inputs are outside its limits (D not a multiple of 64 or above 512, too many threads).
+pub(crate) fn joint_qkv_heads(path: Path, j: &JointQkv<'_>) -> Result<Option<Array>> {
+    let dt = j.first.dtype();
+    let (b, la, lb) = (j.first.dim(0), j.first.dim(1), j.second.dim(1));
+    let (h, d) = (j.heads, j.first.dim(2) / (3 * j.heads));
+    let threads = i64::from(b) * i64::from(la + lb) * i64::from(h) * 32;
+    if d % 64 != 0 || d > 512 || threads == 0 || threads > i64::from(i32::MAX) {
+        return Ok(None);
+    }
+    let w: Vec<Array> = j.norms.iter().map(|w| cast(w, dt)).collect::<Result<_>>()?;
+    let tdt = j.cos.dtype();
+    let tshape = [la + lb, d / 2];
+    let tcos = ops::reshape(j.cos, &tshape)?;
+    let tsin = ops::reshape(cast(j.sin, tdt)?, &tshape)?;
+    let out = run(
+        path,
+        &JOINT_QKV,
+        Launch {
+            inputs: vec![j.first, j.second, &w[0], &w[1], &w[2], &w[3], &tcos, &tsin],
+            outputs: vec![OutputSpec {
+                shape: vec![3, b, h, la + lb, d],
+                dtype: dt,
+            }],
+            grid: (threads as i32, 1, 1),
+            block: (256, 1, 1),
+            template: vec![
+                ("T", TemplateArg::Dtype(dt)),
+                ("TC", TemplateArg::Dtype(tdt)),
+                ("H", TemplateArg::Int(h)),
+                ("D", TemplateArg::Int(d)),
+                ("EPS_BITS", TemplateArg::Int(j.eps.to_bits() as i32)),
+            ],
         },
     )?;
     Ok(Some(out))

@@ -152,3 +152,59 @@ pub fn naive_rope(
     }
     out
 }
+
+/// Naive joint attention inputs (f64 inside): `first` (b, l1, 3·h·d) and `second`
+/// (b, l2, 3·h·d) packed projections; `norms` the q/k RMSNorm weights of first then second;
+/// tables (l1 + l2, d/2). Returns `[q, k, v]` stacked, (3, b, h, l1 + l2, d), row-major.
+#[allow(clippy::too_many_arguments)]
+pub fn naive_joint_qkv(
+    first: &[f32],
+    second: &[f32],
+    (b, l1, l2, h, d): (usize, usize, usize, usize, usize),
+    norms: [&[f32]; 4],
+    eps: f64,
+    cos: &[f32],
+    sin: &[f32],
+) -> Vec<f32> {
+    let s = l1 + l2;
+    let plane = b * h * s * d;
+    let mut out = vec![0f32; 3 * plane];
+    for bi in 0..b {
+        for t in 0..s {
+            let (src, row, wq, wk) = if t < l1 {
+                (first, bi * l1 + t, norms[0], norms[1])
+            } else {
+                (second, bi * l2 + t - l1, norms[2], norms[3])
+            };
+            for hi in 0..h {
+                let dst = ((bi * h + hi) * s + t) * d;
+                for (p, w) in [(0usize, Some(wq)), (1, Some(wk)), (2, None)] {
+                    let x = &src[row * 3 * h * d + p * h * d + hi * d..][..d];
+                    let y: Vec<f64> = match w {
+                        Some(w) => {
+                            let ms = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
+                            let r = 1.0 / (ms + eps).sqrt();
+                            x.iter()
+                                .zip(w)
+                                .map(|(&v, &w)| v as f64 * r * w as f64)
+                                .collect()
+                        }
+                        None => x.iter().map(|&v| v as f64).collect(),
+                    };
+                    let o = &mut out[p * plane + dst..][..d];
+                    for k in 0..d / 2 {
+                        let (a, bb) = (y[2 * k], y[2 * k + 1]);
+                        if p == 2 {
+                            (o[2 * k], o[2 * k + 1]) = (a as f32, bb as f32);
+                        } else {
+                            let (c, sn) = (cos[t * d / 2 + k] as f64, sin[t * d / 2 + k] as f64);
+                            o[2 * k] = (a * c - bb * sn) as f32;
+                            o[2 * k + 1] = (a * sn + bb * c) as f32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
