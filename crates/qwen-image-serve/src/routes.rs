@@ -57,7 +57,30 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            refuse_declared_oversize(max_body_bytes, req, next)
+        }))
         .with_state(state)
+}
+
+/// 413 for a request whose declared `Content-Length` is over the limit, before any of its
+/// body is read: a client that sent `Expect: 100-continue` is answered without sending
+/// the body, and none is read just to be refused. (A body without a declared length is
+/// still cut at the limit by `DefaultBodyLimit`.)
+async fn refuse_declared_oversize(max: usize, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body of {n} bytes is over this server's limit of {max} bytes"),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 async fn not_found() -> ApiError {

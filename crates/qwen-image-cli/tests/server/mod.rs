@@ -121,6 +121,51 @@ pub fn json(
     (status, value)
 }
 
+/// Sends only the head of a JSON POST to `path` declaring a `len`-byte body with
+/// `Expect: 100-continue`, and reads the answer the server gives before any body: its
+/// status and JSON body (the server must answer without the body, e.g. 413 for a body over
+/// its limit).
+pub fn head_only_post(s: &Server, path: &str, len: usize) -> (u16, serde_json::Value) {
+    use std::io::Write as _;
+    let addr = s.url.trim_start_matches("http://");
+    let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        sock,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {len}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write the head");
+    let mut reader = BufReader::new(sock);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("status line");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP status line: {status_line:?}"));
+    let mut content_length = None;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header line");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            content_length = v.trim().parse::<usize>().ok();
+        }
+    }
+    let mut body = vec![0u8; content_length.expect("a Content-Length")];
+    reader.read_exact(&mut body).expect("body");
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, value)
+}
+
 /// POSTs JSON to `path`.
 pub fn post(
     s: &Server,
