@@ -198,6 +198,54 @@ pub fn load_file(path: &Path) -> Result<Tensors, WeightsError> {
     load_file_filtered(path, &|_| true)
 }
 
+/// Opens one safetensors file without reading its tensors: each array reads its bytes from
+/// the file when it is first evaluated (MLX's lazy loader), so a caller that evaluates one
+/// tensor at a time holds one tensor at a time. The header is checked first as
+/// [`load_file`] checks it (regular file, well-formed, offsets inside the file, known
+/// dtypes), and the lazy arrays are checked against it (names, shapes, dtypes). A file whose
+/// name does not end in `.safetensors` (MLX's loader requires it) is read at once, as by
+/// [`load_file`].
+pub fn load_file_lazy(path: &Path) -> Result<Tensors, WeightsError> {
+    let header = read_header(path)?;
+    if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return load_file(path);
+    }
+    let bad = |msg: String| WeightsError::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let arrays = mlx_rs::with_device(mlx_rs::Device::cpu(), || Array::load_safetensors(path))
+        .map_err(|e| bad(format!("cannot open for lazy reading: {e}")))?;
+    if arrays.len() != header.tensors.len() {
+        return Err(bad(format!(
+            "MLX reads {} tensors, the header lists {}",
+            arrays.len(),
+            header.tensors.len()
+        )));
+    }
+    let mut out = Tensors::new(path);
+    let mut arrays = arrays;
+    for t in &header.tensors {
+        let a = arrays
+            .remove(&t.name)
+            .ok_or_else(|| bad(format!("MLX does not read tensor `{}`", t.name)))?;
+        let shape: Vec<i64> = a.shape().iter().map(|&d| i64::from(d)).collect();
+        let want: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        if shape != want || a.dtype() != t.dtype {
+            return Err(bad(format!(
+                "tensor `{}`: MLX reads {:?} {:?}, the header says {:?} {:?}",
+                t.name,
+                a.shape(),
+                a.dtype(),
+                t.shape,
+                t.dtype
+            )));
+        }
+        out.map.insert(t.name.clone(), a);
+    }
+    Ok(out)
+}
+
 /// Reads the tensors of one safetensors file whose names pass `keep`; the others are never
 /// copied into memory.
 pub fn load_file_filtered(

@@ -384,3 +384,54 @@ fn inventories_are_checked_against_expectations() -> anyhow::Result<()> {
     assert!(check_count(dir.path(), "x", usize::MAX, 2, 0, 3).is_err());
     Ok(())
 }
+
+#[test]
+fn lazy_loading_reads_the_same_tensors_when_evaluated() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = arange(12, &[3, 4]);
+    let mut map = BTreeMap::new();
+    map.insert("a.f32".to_string(), base.clone());
+    map.insert("b.bf16".to_string(), base.as_dtype(Dtype::Bfloat16)?);
+    map.insert("c.f16".to_string(), base.as_dtype(Dtype::Float16)?);
+    map.insert("d.u32".to_string(), Array::from_slice(&[1u32, 9, 7], &[3]));
+    let path = dir.path().join("x.safetensors");
+    save_file(&path, &map)?;
+    // The same bytes under another name: MLX's lazy loader needs the extension, so this one
+    // is read at once; both must give the same tensors.
+    let other = dir.path().join("x.lora");
+    fs::copy(&path, &other)?;
+    for p in [&path, &other] {
+        let back = load_file_lazy(p)?;
+        assert_eq!(back.len(), 4);
+        for (k, v) in &map {
+            let b = back.get(k).expect("key present");
+            assert_eq!((b.dtype(), b.shape()), (v.dtype(), v.shape()), "{k}");
+            let eq = mlx_rs::ops::array_eq(b, v, false)?;
+            assert!(eq.item_exact::<bool>(), "{k} differs in {}", p.display());
+        }
+    }
+    // Lazy: the bytes are read when a tensor is evaluated, not when the file is opened.
+    let lazy = load_file_lazy(&path)?;
+    let mut changed = BTreeMap::new();
+    changed.insert(
+        "a.f32".to_string(),
+        mlx_rs::ops::add(&base, Array::from_f32(1.0))?,
+    );
+    for (k, v) in &map {
+        if k != "a.f32" {
+            changed.insert(k.clone(), v.clone());
+        }
+    }
+    // Rewritten in place (same file, same size), not replaced by a rename.
+    let staged = dir.path().join("changed.safetensors");
+    save_file(&staged, &changed)?;
+    fs::write(&path, fs::read(&staged)?)?;
+    let a = lazy.get("a.f32").expect("key present");
+    assert_eq!(a.as_slice::<f32>()[0], base.as_slice::<f32>()[0] + 1.0);
+    // A corrupt header fails before anything is opened lazily, naming the file.
+    let bad = dir.path().join("bad.safetensors");
+    fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")?;
+    let err = load_file_lazy(&bad).unwrap_err();
+    assert!(err.to_string().contains("bad.safetensors"), "{err}");
+    Ok(())
+}

@@ -68,7 +68,7 @@ pub use check::check_checkpoint;
 pub use config::{QuantizationRecord, QwenImageTransformerConfig};
 pub use error::{DitError, Result};
 pub use linear::DEQUANTIZE_MIN_ROWS;
-pub use lora::{LoraSet, LoraUpdate};
+pub use lora::{LoraSet, LoraUpdate, merge_updates};
 pub use model::{QwenImageTransformer, StepModulation};
 pub use quant::{QuantizeSpec, weight_bytes};
 pub use rope::RopeTables;

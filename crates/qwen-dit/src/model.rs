@@ -11,7 +11,7 @@ use crate::config::{NORM_EPS, QuantizationRecord, QwenImageTransformerConfig};
 use crate::embeddings::{TimestepEmbedder, timestep_freq_table};
 use crate::error::{DitError, Result};
 use crate::linear::Linear;
-use crate::lora::LoraSet;
+use crate::lora::{LoraSet, merge_updates};
 use crate::module::{Module, Norm, Param, declare_module};
 use crate::ops::{layer_norm_modulate, rms_norm, silu};
 use crate::quant::QuantizeSpec;
@@ -90,7 +90,7 @@ impl QwenImageTransformer {
     /// are quantized on the fly, shard by shard (only one shard's float weights are held at
     /// a time).
     pub fn load(dir: &Path, dtype: Dtype, quant: Option<QuantizeSpec>) -> Result<Self> {
-        Self::load_with_lora(dir, dtype, quant, &LoraSet::new())
+        Self::load_with_lora(dir, dtype, quant, LoraSet::new())
     }
 
     /// [`QwenImageTransformer::load`] with `lora` merged into the float weights as they are
@@ -101,20 +101,18 @@ impl QwenImageTransformer {
         dir: &Path,
         dtype: Dtype,
         quant: Option<QuantizeSpec>,
-        lora: &LoraSet,
+        mut lora: LoraSet,
     ) -> Result<Self> {
         let config = QwenImageTransformerConfig::from_file(&dir.join("config.json"))?;
         config.validate()?;
         check_dtype(dtype)?;
         lora.check(&config)?;
-        let (tensors, rest) = match &quant {
-            Some(spec) => {
-                let (t, merged) = load_quantizing(dir, &config, spec, dtype, lora)?;
-                (t, lora.without(&merged))
-            }
-            None => (mlx_weights::load_component(dir)?, lora.clone()),
+        let tensors = match &quant {
+            // Merged layers leave the set as they are quantized.
+            Some(spec) => load_quantizing(dir, &config, spec, dtype, &mut lora)?.0,
+            None => mlx_weights::load_component(dir)?,
         };
-        Self::from_tensors_with_lora(config, tensors, dtype, None, &rest)
+        Self::from_tensors_with_lora(config, tensors, dtype, None, lora)
     }
 
     /// Builds the model from already-read tensors (diffusers or aliased names); see
@@ -125,7 +123,7 @@ impl QwenImageTransformer {
         dtype: Dtype,
         quant: Option<QuantizeSpec>,
     ) -> Result<Self> {
-        Self::from_tensors_with_lora(config, tensors, dtype, quant, &LoraSet::new())
+        Self::from_tensors_with_lora(config, tensors, dtype, quant, LoraSet::new())
     }
 
     /// [`QwenImageTransformer::from_tensors`] with `lora` merged before quantization.
@@ -134,7 +132,7 @@ impl QwenImageTransformer {
         tensors: mlx_weights::Tensors,
         dtype: Dtype,
         quant: Option<QuantizeSpec>,
-        lora: &LoraSet,
+        lora: LoraSet,
     ) -> Result<Self> {
         config.validate()?;
         check_dtype(dtype)?;
@@ -238,7 +236,7 @@ impl QwenImageTransformer {
     /// first; a layer the checkpoint stores quantized cannot take an update). Each merged
     /// layer is evaluated at once, so the extra memory is one layer's f32 temporaries.
     /// Returns the number of layers changed.
-    pub fn merge_lora(&mut self, lora: &LoraSet) -> Result<usize> {
+    pub fn merge_lora(&mut self, lora: LoraSet) -> Result<usize> {
         if lora.is_empty() {
             return Ok(0);
         }
@@ -251,7 +249,7 @@ impl QwenImageTransformer {
         merged
     }
 
-    fn merge_lora_unfused(&mut self, lora: &LoraSet) -> Result<usize> {
+    fn merge_lora_unfused(&mut self, mut lora: LoraSet) -> Result<usize> {
         lora.check(&self.config)?;
         let dt = self.dtype;
         let mut changed = 0;
@@ -265,7 +263,9 @@ impl QwenImageTransformer {
                 }
                 return Ok(());
             };
-            if let Some(w) = lora.merged(path, weight, dt)? {
+            // Taken out of the set: the update is released once its layer is merged.
+            if let Some(updates) = lora.take(path) {
+                let w = merge_updates(&updates, weight, dt)?;
                 w.eval()?;
                 *weight = w;
                 changed += 1;

@@ -13,7 +13,7 @@ use mlx_weights::{Tensors, WeightsError};
 
 use crate::config::QwenImageTransformerConfig;
 use crate::error::Result;
-use crate::lora::LoraSet;
+use crate::lora::{LoraSet, merge_updates};
 use crate::quant::QuantizeSpec;
 
 /// Module names inside `transformer_blocks.{i}.`: (diffusers name, alternative name in
@@ -76,7 +76,7 @@ pub(crate) fn load_quantizing(
     config: &QwenImageTransformerConfig,
     spec: &QuantizeSpec,
     dtype: Dtype,
-    lora: &LoraSet,
+    lora: &mut LoraSet,
 ) -> Result<(Tensors, BTreeSet<String>)> {
     let mut merged = BTreeSet::new();
     spec.validate()?;
@@ -111,10 +111,10 @@ pub(crate) fn load_quantizing(
                         && spec.quantizes(path, din) =>
                 {
                     // LoRA first, then quantize (the merged weight is what gets quantized).
-                    let w = match lora.merged(path, &a, dtype)? {
-                        Some(m) => {
+                    let w = match lora.take(path) {
+                        Some(updates) => {
                             merged.insert(path.to_string());
-                            m
+                            merge_updates(&updates, &a, dtype)?
                         }
                         None if a.dtype() == dtype => a,
                         None => a.as_dtype(dtype)?,

@@ -71,7 +71,7 @@ fn merged_weights_match_host_arithmetic() -> Result<()> {
         set.add("transformer_blocks.0.img_mlp.net.0.proj", ff.clone());
         set.add("img_in", img_in.clone());
         let mut merged = base.clone();
-        assert_eq!(merged.merge_lora(&set)?, 3);
+        assert_eq!(merged.merge_lora(set.clone())?, 3);
         let (w0, w1) = (base.weights(), merged.weights());
         for (key, ups) in [
             ("transformer_blocks.1.attn.to_q.weight", vec![&q1, &q2]),
@@ -136,7 +136,7 @@ fn updates_that_do_not_fit_are_refused_with_all_problems() -> Result<()> {
     // Nothing is half-applied: the model refuses the whole set.
     let mut m = QwenImageTransformer::random(c, Dtype::Float32, 1)?;
     let before = m.weights();
-    assert!(m.merge_lora(&set).is_err());
+    assert!(m.merge_lora(set.clone()).is_err());
     let after = m.weights();
     for (k, a) in &before {
         assert_eq!(values(a)?, values(&after[k])?, "{k}");
@@ -165,10 +165,10 @@ fn merge_then_quantize() -> Result<()> {
             dir.path(),
             Dtype::Float32,
             Some(spec.clone()),
-            &set,
+            set.clone(),
         )?;
         let mut want = float.clone();
-        want.merge_lora(&set)?;
+        want.merge_lora(set.clone())?;
         want.quantize(&spec)?;
         let (a, b) = (loaded.weights(), want.weights());
         assert_eq!(a.len(), b.len());
@@ -180,9 +180,39 @@ fn merge_then_quantize() -> Result<()> {
         }
         // A checkpoint stored quantized cannot take an update.
         want.save(dir.path())?;
-        let e = QwenImageTransformer::load_with_lora(dir.path(), Dtype::Float32, None, &set)
+        let e = QwenImageTransformer::load_with_lora(dir.path(), Dtype::Float32, None, set)
             .unwrap_err();
         assert!(e.to_string().contains("stored quantized"), "{e}");
+        Ok(())
+    })
+}
+
+/// A layer above the merge's block size (32 Mi elements) is merged in row blocks: the result is
+/// the one-piece merge exactly (same products and sums per row), in f32 and rounded to bf16
+/// (the one-piece formula is checked against host f64 arithmetic above).
+#[test]
+fn large_layers_merge_in_row_blocks_with_the_same_result() -> Result<()> {
+    on_cpu(|| -> Result<()> {
+        // 8194 × 4096 = 32.01 Mi elements: two blocks (8192 rows, then 2).
+        let (dout, din) = (8194, 4096);
+        let w = mlx_rs::random::normal::<f32>(&[dout, din], None, None, &mlx_rs::random::key(9)?)?;
+        let (a, b) = (
+            update(10, 4, din, dout, 0.5)?,
+            update(11, 8, din, dout, -2.0)?,
+        );
+        for dt in [Dtype::Float32, Dtype::Bfloat16] {
+            let blocks = qwen_dit::merge_updates(&[a.clone(), b.clone()], &w, dt)?;
+            let mut whole = w.clone();
+            for u in [&a, &b] {
+                let delta = mlx_rs::ops::matmul(&u.up, &u.down)?;
+                whole = whole.add(&delta.multiply(Array::from_f32(u.scale))?)?;
+            }
+            let whole = whole.as_dtype(dt)?;
+            assert_eq!(blocks.shape(), &[dout, din]);
+            assert_eq!(blocks.dtype(), dt);
+            let same = mlx_rs::ops::array_eq(&blocks, &whole, false)?.item_exact::<bool>();
+            assert!(same, "{dt:?}: blocks differ from the one-piece merge");
+        }
         Ok(())
     })
 }

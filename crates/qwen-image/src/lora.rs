@@ -139,7 +139,8 @@ impl LoraPlan {
     pub fn load_into(&self, set: &mut LoraSet) -> Result<()> {
         let name = self.lora.name();
         let tensors: BTreeMap<String, Array> = match &self.lora.source {
-            LoraSource::File(p) => mlx_weights::load_file(p)?.into_map(),
+            // Lazily: each tensor is read when its layer is merged (see `merge_lora`).
+            LoraSource::File(p) => mlx_weights::load_file_lazy(p)?.into_map(),
             LoraSource::Tensors { tensors, .. } => tensors.clone(),
         };
         let get = |key: &str| {

@@ -470,11 +470,11 @@ impl QwenImagePipeline {
         let set = crate::lora::load_all(loras)?;
         let mut model = match &mut self.source {
             Source::Disk(p) => {
-                QwenImageTransformer::load_with_lora(&p.transformer, dt, quant, &set)?
+                QwenImageTransformer::load_with_lora(&p.transformer, dt, quant, set)?
             }
             Source::Memory(b) => {
                 let mut model = (b.transformer)(dt)?;
-                model.merge_lora(&set)?;
+                model.merge_lora(set)?;
                 if let Some(q) = &quant {
                     model.quantize(q)?;
                 }
