@@ -15,7 +15,8 @@
 //!   (interleaved pairs), [`gated_residual`] `= x + gate·y`, [`gelu_tanh`] (GELU, tanh
 //!   approximation, one pass instead of MLX's chain of element-wise ops) and
 //!   [`bias_gelu_tanh`] `= GELU_tanh(x + bias)`, [`joint_qkv_heads`] (two packed Q/K/V
-//!   projections → per-head q/k RMSNorm, join, RoPE, attention layout, in one pass).
+//!   projections → per-head q/k RMSNorm, join, RoPE, attention layout, in one pass),
+//!   [`linear`] (a Linear layer; matrix-vector kernels for up to 8 rows).
 //!
 //! ## Dispatch of the fused ops
 //! Each fused op has three implementations behind one entry point (see [`backend`]):
@@ -191,6 +192,32 @@ pub fn joint_qkv_heads(j: &JointQkv<'_>) -> Result<[Array; 3]> {
     }
 }
 
+/// A Linear layer, `x · wᵀ + bias`: x (..., K), w (N, K), bias (N,), output (..., N) in
+/// x's dtype ([`reference::linear`]: MLX's `addmm`).
+///
+/// With at most 8 rows of x (a timestep's modulation, a single token) the fused kernels
+/// compute it as matrix-vector products that read the weight once at full memory width (a
+/// GEMM library's tiles are mostly empty there); more rows take MLX's GEMM. The kernels
+/// accumulate in f32 and round once, as the GEMM does.
+pub fn linear(x: &Array, w: &Array, bias: &Array) -> Result<Array> {
+    match fused_path() {
+        Path::Reference => reference::linear(x, w, bias),
+        p => {
+            let (rows, _, _) = reference::check_linear(x, w, bias)?;
+            if rows > kernels::LINEAR_MAX_ROWS {
+                return reference::linear(x, w, bias);
+            }
+            selfcheck::checked(
+                "linear",
+                p,
+                x.dtype(),
+                || kernels::linear(p, x, w, bias),
+                || reference::linear(x, w, bias),
+            )
+        }
+    }
+}
+
 /// `[a[0], a[1], a[2]]` of a (3, ...) array, as views.
 fn unstack3(a: &Array) -> Result<[Array; 3]> {
     let mut parts = mlx_rs::ops::split_equal(a, 3, 0)?.into_iter();
@@ -216,7 +243,7 @@ pub mod fused {
     use crate::kernels;
 
     pub use crate::kernels::{break_kernel, set_ln_modulate_threads};
-    pub use crate::selfcheck::reset_checks;
+    pub use crate::selfcheck::{reset_checks, set_kernel_disabled};
 
     fn path(op: &'static str) -> Result<Path> {
         match current_backend() {
@@ -268,6 +295,12 @@ pub mod fused {
         const OP: &str = "joint_qkv_heads";
         j.check()?;
         some(OP, kernels::joint_qkv_heads(path(OP)?, j)?)
+    }
+
+    /// The fused [`crate::linear`] (at most 8 rows of x).
+    pub fn linear(x: &Array, w: &Array, bias: &Array) -> Result<Array> {
+        const OP: &str = "linear";
+        some(OP, kernels::linear(path(OP)?, x, w, bias)?)
     }
 
     /// The fused [`crate::gated_residual`].

@@ -315,3 +315,31 @@ pub fn joint_qkv_heads(j: &JointQkv<'_>) -> Result<[Array; 3]> {
         v.transpose_axes(&perm)?,
     ])
 }
+
+/// Validates x (..., K), w (N, K), bias (N,); returns (rows of x, K, N).
+pub(crate) fn check_linear(x: &Array, w: &Array, bias: &Array) -> Result<(i32, i32, i32)> {
+    const OP: &str = "linear";
+    check_float(OP, x)?;
+    check_float(OP, w)?;
+    check_float(OP, bias)?;
+    let (xs, ws) = (x.shape(), w.shape());
+    let k = xs.last().copied().unwrap_or(0);
+    if xs.is_empty() || ws.len() != 2 || ws[1] != k || bias.shape() != [ws[0]] {
+        return Err(shape_err(
+            OP,
+            format!(
+                "x {xs:?}, w {ws:?} and bias {:?} must be (..., K), (N, K) and (N,)",
+                bias.shape()
+            ),
+        ));
+    }
+    let rows: i64 = xs[..xs.len() - 1].iter().map(|&d| i64::from(d)).product();
+    Ok((i32::try_from(rows).unwrap_or(i32::MAX), k, ws[0]))
+}
+
+/// `x · wᵀ + bias` (a Linear layer): x (..., K), w (N, K), bias (N,); MLX's `addmm` (f32
+/// accumulation, one rounding to x's dtype).
+pub fn linear(x: &Array, w: &Array, bias: &Array) -> Result<Array> {
+    check_linear(x, w, bias)?;
+    Ok(ops::addmm(bias, x, w.t(), None, None)?)
+}

@@ -41,6 +41,8 @@ enum State {
 struct Registry {
     states: HashMap<(&'static str, u8, u32), State>,
     warnings: Vec<String>,
+    /// Ops whose kernel is switched off ([`set_kernel_disabled`]).
+    disabled: Vec<String>,
 }
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -63,6 +65,17 @@ pub fn fallback_warnings() -> Vec<String> {
 #[doc(hidden)]
 pub fn reset_checks() {
     registry().states.clear();
+}
+
+/// Switches the fused kernel of `op` off (its reference runs instead, without a warning) or
+/// back on. For benchmarks that compare a kernel with its reference in one process.
+#[doc(hidden)]
+pub fn set_kernel_disabled(op: &str, disabled: bool) {
+    let mut r = registry();
+    r.disabled.retain(|o| o != op);
+    if disabled {
+        r.disabled.push(op.to_string());
+    }
 }
 
 fn fall_back(op: &'static str, path: Path, dt: Dtype, why: String) {
@@ -101,7 +114,14 @@ pub(crate) fn checked(
     fast: impl FnOnce() -> Result<Option<Array>>,
     reference: impl FnOnce() -> Result<Array>,
 ) -> Result<Array> {
-    let state = registry().states.get(&key(op, path, dt)).copied();
+    let state = {
+        let r = registry();
+        if r.disabled.iter().any(|o| o == op) {
+            drop(r);
+            return reference();
+        }
+        r.states.get(&key(op, path, dt)).copied()
+    };
     match state {
         Some(State::Bad) => return reference(),
         Some(State::Good) => {

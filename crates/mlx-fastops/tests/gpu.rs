@@ -16,7 +16,7 @@
 //! The GELU kernels use tighter, op-specific tolerances (see `gelu_tol`).
 //!
 //! Run: `gpu` (a plain binary, `harness = false`); `gpu gelu` runs only the GELU cases,
-//! `gpu joint` only the joint_qkv_heads ones;
+//! `gpu joint` only the joint_qkv_heads and linear ones;
 //! other arguments are ignored.
 
 mod common;
@@ -518,6 +518,37 @@ fn gelu_sensitivity_cases(rep: &mut Report) -> anyhow::Result<()> {
 /// The checks must be able to fail: the fused output compared with a reference of a
 /// slightly wrong formula (shift dropped, sin negated, gate halved) must be rejected at the
 /// bf16 tolerance.
+fn linear_cases(rep: &mut Report, seed: &mut u64) -> anyhow::Result<()> {
+    // (rows of x, K, N): the DiT's modulation (one timestep, or a batch of two) and its
+    // timestep embedder, an odd K (scalar path), the most rows the kernel takes
+    let cases: [(&[i32], i32, i32); 5] = [
+        (&[1], 3072, 18432),
+        (&[2], 3072, 6144),
+        (&[1], 256, 3072),
+        (&[3], 77, 50),
+        (&[2, 4], 512, 300),
+    ];
+    for dt in DTYPES {
+        for (lead, k, n) in cases {
+            *seed += 10;
+            let mut xs = lead.to_vec();
+            xs.push(k);
+            let (x, xf) = input(&xs, *seed, 0.0, 1.0, dt)?;
+            let (w, wf) = input(&[n, k], *seed + 1, 0.0, 0.05, dt)?;
+            let (b, bf) = input(&[n], *seed + 2, 0.1, 1.0, dt)?;
+            let want = host(&on_cpu(|| fo::reference::linear(&xf, &wf, &bf))?)?;
+            // the reference runs in f32 on the rounded inputs; the kernel's one final
+            // rounding to dt is what the dtype's tolerance allows
+            let mut shape = lead.to_vec();
+            shape.push(n);
+            poison(&shape, dt)?;
+            let got = fo::fused::linear(&x, &w, &b);
+            rep.check(&format!("linear x {xs:?} w [{n}, {k}]"), dt, got, &want)?;
+        }
+    }
+    Ok(())
+}
+
 fn joint_cases(rep: &mut Report, seed: &mut u64) -> anyhow::Result<()> {
     // (B, L1, L2, H, D): the 1024² DiT's shape (text 32, image 4096, 24 heads of 128) cut to
     // 1024 image tokens, a batch of two, and the other head sizes the kernel takes
@@ -641,6 +672,16 @@ fn sensitivity_cases(rep: &mut Report) -> anyhow::Result<()> {
         }),
         wrong,
     ));
+    let (lx, lxf) = input(&[1, 512], 962, 0.0, 1.0, dt)?;
+    let (lw, lwf) = input(&[300, 512], 963, 0.0, 0.05, dt)?;
+    let (lb, _) = input(&[300], 964, 0.5, 1.0, dt)?;
+    let no_bias = Array::from_slice(&vec![0f32; 300], &[300]);
+    let wrong = host(&on_cpu(|| fo::reference::linear(&lxf, &lwf, &no_bias))?)?;
+    probes.push((
+        "linear vs reference without bias",
+        fo::fused::linear(&lx, &lw, &lb),
+        wrong,
+    ));
     let (y, yf) = input(&[2, 64, 256], 955, 0.0, 1.0, dt)?;
     let (g, gf) = input(&[2, 256], 956, 0.5, 0.2, dt)?;
     let half = ops::multiply(&gf, Array::from_f32(0.5))?;
@@ -719,12 +760,14 @@ fn main() -> anyhow::Result<()> {
     // `gelu` as an argument: only the GELU kernels' cases (a short run)
     if std::env::args().any(|a| a == "joint") {
         joint_cases(&mut rep, &mut seed)?;
+        linear_cases(&mut rep, &mut seed)?;
         sensitivity_cases(&mut rep)?;
     } else if !std::env::args().any(|a| a == "gelu") {
         modulate_cases(&mut rep, &mut seed)?;
         rope_cases(&mut rep, &mut seed)?;
         gated_cases(&mut rep, &mut seed)?;
         joint_cases(&mut rep, &mut seed)?;
+        linear_cases(&mut rep, &mut seed)?;
         dispatch_cases(&mut rep)?;
         sensitivity_cases(&mut rep)?;
     }

@@ -517,3 +517,40 @@ fn joint_qkv_heads_rejects_bad_shapes() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn linear_matches_naive_and_rejects_bad_shapes() -> anyhow::Result<()> {
+    for (i, &(lead, k, n)) in [(&[1][..], 24, 7), (&[2, 3][..], 16, 5), (&[9][..], 8, 3)]
+        .iter()
+        .enumerate()
+    {
+        let mut xs = lead.to_vec();
+        xs.push(k);
+        let x = randn(&xs, 60 + i as u64, 0.1, 1.0)?;
+        let w = randn(&[n, k], 61 + i as u64, 0.0, 0.5)?;
+        let b = randn(&[n], 62 + i as u64, 0.3, 1.0)?;
+        let got = fo::linear(&x, &w, &b)?;
+        let mut want_shape = lead.to_vec();
+        want_shape.push(n);
+        assert_eq!(got.shape(), &want_shape[..]);
+        let (xh, wh, bh) = (host(&x)?, host(&w)?, host(&b)?);
+        let rows = xh.len() / k as usize;
+        let (k, n) = (k as usize, n as usize);
+        let want: Vec<f32> = (0..rows * n)
+            .map(|e| {
+                let (r, c) = (e / n, e % n);
+                let s: f64 = (0..k)
+                    .map(|j| xh[r * k + j] as f64 * wh[c * k + j] as f64)
+                    .sum();
+                (s + bh[c] as f64) as f32
+            })
+            .collect();
+        assert_close("linear", &host(&got)?, &want, TOL_F32);
+    }
+    let x = randn(&[2, 8], 1, 0.0, 1.0)?;
+    let w = randn(&[4, 7], 2, 0.0, 1.0)?;
+    let b = randn(&[4], 3, 0.0, 1.0)?;
+    let e = fo::linear(&x, &w, &b).unwrap_err().to_string();
+    assert!(e.contains("linear"), "{e}");
+    Ok(())
+}

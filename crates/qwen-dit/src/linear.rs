@@ -148,7 +148,7 @@ impl Linear {
     /// `x·Wᵀ + b` over the last axis of `x`.
     pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
         match self {
-            Linear::Float { weight, bias } => Ok(ops::addmm(bias, x, weight.t(), None, None)?),
+            Linear::Float { weight, bias } => crate::ops::linear(x, weight, bias),
             Linear::Quantized {
                 weight,
                 scales,

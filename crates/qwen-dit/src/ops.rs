@@ -53,6 +53,12 @@ pub(crate) fn joint_qkv_heads(j: &mlx_fastops::JointQkv<'_>) -> Result<[Array; 3
     Ok(mlx_fastops::joint_qkv_heads(j)?)
 }
 
+/// `x · wᵀ + bias` (MLX's `addmm`; a matrix-vector kernel on the GPU for a few rows, e.g.
+/// the modulation of one timestep).
+pub(crate) fn linear(x: &Array, w: &Array, bias: &Array) -> Result<Array> {
+    Ok(mlx_fastops::linear(x, w, bias)?)
+}
+
 /// Scaled dot-product attention on `(B, H, S, D)` inputs; `mask` boolean `(B, 1, 1, S)`
 /// (true = attend).
 pub(crate) fn sdpa(

@@ -138,6 +138,15 @@ const JOINT_QKV: Spec = Spec {
     metal: include_str!("joint_qkv.metal"),
 };
 
+const LINEAR_ROWS: Spec = Spec {
+    op: "linear",
+    name: "fastops_linear_rows",
+    inputs: &["x", "w", "bias"],
+    outputs: &["out"],
+    cuda: include_str!("linear_rows.cu"),
+    metal: include_str!("linear_rows.metal"),
+};
+
 /// Ops whose kernel source is deliberately broken (tests of the fallback).
 static BROKEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
 
@@ -558,6 +567,47 @@ pub(crate) fn joint_qkv_heads(path: Path, j: &JointQkv<'_>) -> Result<Option<Arr
                 ("H", TemplateArg::Int(h)),
                 ("D", TemplateArg::Int(d)),
                 ("EPS_BITS", TemplateArg::Int(j.eps.to_bits() as i32)),
+            ],
+        },
+    )?;
+    Ok(Some(out))
+}
+
+/// Most rows of x the linear kernel takes (its accumulators are per row).
+pub(crate) const LINEAR_MAX_ROWS: i32 = 8;
+
+/// Fused linear (`x · wᵀ + bias`) on `path` for at most [`LINEAR_MAX_ROWS`] rows of x;
+/// `None` for more rows or other limits (then a GEMM is the right tool).
+pub(crate) fn linear(path: Path, x: &Array, w: &Array, bias: &Array) -> Result<Option<Array>> {
+    let (rows, k, n) = crate::reference::check_linear(x, w, bias)?;
+    let dt = x.dtype();
+    let threads = i64::from(n) * 32;
+    if rows == 0
+        || rows > LINEAR_MAX_ROWS
+        || k == 0
+        || threads > i64::from(i32::MAX)
+        || w.dtype() != dt
+    {
+        return Ok(None);
+    }
+    let bias = cast(bias, dt)?;
+    let mut shape = x.shape().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
+    let out = run(
+        path,
+        &LINEAR_ROWS,
+        Launch {
+            inputs: vec![x, w, &bias],
+            outputs: vec![OutputSpec { shape, dtype: dt }],
+            grid: (threads as i32, 1, 1),
+            block: (256, 1, 1),
+            template: vec![
+                ("T", TemplateArg::Dtype(dt)),
+                ("M", TemplateArg::Int(rows)),
+                ("K", TemplateArg::Int(k)),
+                ("V", TemplateArg::Int(16 / elem_bytes(dt))),
             ],
         },
     )?;
