@@ -66,6 +66,11 @@ pub(crate) struct Opts {
     /// uses), for their peak memory.
     #[arg(long)]
     interleaved: bool,
+    /// Also time the pipelined step with this op's fused kernel switched off (its plain-MLX
+    /// reference instead), in the same process right after the pipelined row: a same-run
+    /// comparison of one kernel (e.g. `linear`, `joint_qkv_heads`). Repeatable.
+    #[arg(long, value_name = "OP")]
+    without_kernel: Vec<String>,
     /// MLX's memory limit in GiB while stepping (MLX's eval waits for the GPU to free memory
     /// when above it: the peak stays near it).
     #[arg(long, value_name = "GIB")]
@@ -204,20 +209,30 @@ fn main() -> Result<()> {
         n: 0,
     };
 
-    // (label, CFG batched, reference kernels, pipelined, interleaved)
-    let mut modes: Vec<(&'static str, bool, bool, bool, bool)> =
-        vec![("2×B=1", false, false, false, false)];
+    // (label, CFG batched, reference kernels, pipelined, interleaved, kernel switched off)
+    type Mode<'a> = (&'static str, bool, bool, bool, bool, Option<&'a str>);
+    let mut modes: Vec<Mode> = vec![("2×B=1", false, false, false, false, None)];
     if o.interleaved {
-        modes.push(("2×B=1 interleaved", false, false, false, true));
+        modes.push(("2×B=1 interleaved", false, false, false, true, None));
     }
     if !o.no_batched {
-        modes.push(("B=2", true, false, false, false));
+        modes.push(("B=2", true, false, false, false, None));
     }
     if o.pipelined {
-        modes.push(("2×B=1 pipelined", false, false, true, false));
+        modes.push(("2×B=1 pipelined", false, false, true, false, None));
+        for op in &o.without_kernel {
+            modes.push((
+                "2×B=1 pipelined",
+                false,
+                false,
+                true,
+                false,
+                Some(op.as_str()),
+            ));
+        }
     }
     if !o.no_reference {
-        modes.push(("2×B=1", false, true, false, false));
+        modes.push(("2×B=1", false, true, false, false, None));
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut fwd_ms_at_profile = None;
@@ -226,8 +241,11 @@ fn main() -> Result<()> {
         let fl = forward_flops(&cfg, 1, inp.img_tokens, o.txt)
             .scaled(2.0)
             .total();
-        for &(mode, batched, reference, pipelined, interleaved) in &modes {
+        for &(mode, batched, reference, pipelined, interleaved, off) in &modes {
             mlx_fastops::set_force_reference(reference);
+            if let Some(op) = off {
+                mlx_fastops::fused::set_kernel_disabled(op, true);
+            }
             let (times_ms, build_ms, peak) = if pipelined {
                 let (t, p) = measure_pipelined(&model, &inp, &o)?;
                 (t, Vec::new(), p)
@@ -236,10 +254,17 @@ fn main() -> Result<()> {
                     .with_context(|| format!("{size}² {mode} reference={reference}"))?
             };
             mlx_fastops::set_force_reference(false);
+            if let Some(op) = off {
+                mlx_fastops::fused::set_kernel_disabled(op, false);
+            }
             let row = Row {
                 size,
                 mode,
-                kernels: if reference { "reference" } else { "fused" },
+                kernels: match (reference, off) {
+                    (true, _) => "reference".to_string(),
+                    (false, Some(op)) => format!("fused, no {op}"),
+                    (false, None) => "fused".to_string(),
+                },
                 times_ms,
                 build_ms,
                 flops: fl,
@@ -259,7 +284,12 @@ fn main() -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            if Some(size) == o.profile_size() && !batched && !reference && !pipelined {
+            if Some(size) == o.profile_size()
+                && !batched
+                && !reference
+                && !pipelined
+                && off.is_none()
+            {
                 fwd_ms_at_profile = Some(row.median() / 2.0);
             }
             rows.push(row);

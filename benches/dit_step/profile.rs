@@ -152,9 +152,9 @@ fn gemm_pieces(sh: &Shapes, rng: &mut Rng) -> Result<Vec<Piece>> {
         })?;
         let r = rows as f64;
         add(
-            &format!("{label} Q/K/V/out proj  ({rows}×{d}·{d}×{d})"),
+            &format!("{label} out proj (as Q/K/V unfused)  ({rows}×{d}·{d}×{d})"),
             Kind::Gemm,
-            4.0,
+            1.0,
             ms,
             2.0 * r * (d * d) as f64,
             eb * (2.0 * r * d as f64 + (d * d) as f64),
@@ -166,11 +166,11 @@ fn gemm_pieces(sh: &Shapes, rng: &mut Rng) -> Result<Vec<Piece>> {
         })?;
         add(
             &format!(
-                "  (Q/K/V fused as one {rows}×{d}·{d}×{} GEMM, per Q/K/V)",
+                "{label} Q/K/V as one {rows}×{d}·{d}×{} GEMM, per Q/K/V",
                 3 * d
             ),
             Kind::Gemm,
-            0.0,
+            3.0,
             ms / 3.0,
             2.0 * r * (d * d) as f64,
             eb * (r * d as f64 / 3.0 + r * d as f64 + (d * d) as f64),
@@ -196,9 +196,24 @@ fn gemm_pieces(sh: &Shapes, rng: &mut Rng) -> Result<Vec<Piece>> {
             Ok(ops::split_equal(&linear(x, w, b)?, 6, -1)?.swap_remove(0))
         })?;
         add(
-            &format!("img_mod/txt_mod      (1×{d}·{d}×{})", 6 * d),
+            "  (img_mod/txt_mod through MLX's addmm)",
             Kind::Gemm,
-            2.0,
+            0.0,
+            ms,
+            2.0 * (6 * d * d) as f64,
+            eb * (6 * d * d) as f64,
+        );
+        // As the model runs it: the fastops matrix-vector kernel; computed once per step
+        // for both CFG passes, so one per block and forward.
+        let ms = time_chain(k, reps, &x, &|i, x| {
+            let (w, b) = &wmod[i % 2];
+            let y = mlx_fastops::linear(x, w, b)?;
+            Ok(ops::split_equal(&y, 6, -1)?.swap_remove(0))
+        })?;
+        add(
+            &format!("img_mod/txt_mod, fastops linear (1×{d}·{d}×{})", 6 * d),
+            Kind::Gemm,
+            1.0,
             ms,
             2.0 * (6 * d * d) as f64,
             eb * (6 * d * d) as f64,
@@ -350,9 +365,9 @@ fn elementwise_pieces(
             Ok(mlx_fastops::rms_norm(x, &wn, 1e-6)?)
         })?;
         add(
-            &format!("{label} per-head RMSNorm (q, k)"),
+            &format!("  ({label} per-head RMSNorm (q, k), unfused)"),
             Kind::Elementwise,
-            2.0,
+            0.0,
             ms,
             0.0,
             eb * 2.0 * nd,
@@ -376,9 +391,9 @@ fn elementwise_pieces(
             Ok(ops::concatenate(&[&p[0], &p[1]], 1)?)
         })?;
         add(
-            "concat [txt, img] (q, k, v)",
+            "  (concat [txt, img] (q, k, v), unfused)",
             Kind::Elementwise,
-            3.0,
+            0.0,
             ms,
             0.0,
             eb * 2.0 * sd,
@@ -388,9 +403,9 @@ fn elementwise_pieces(
             Ok(mlx_fastops::apply_rope(x, rope.cos(), rope.sin())?)
         })?;
         add(
-            "RoPE (q, k), fused",
+            "  (RoPE (q, k) alone, fused)",
             Kind::Elementwise,
-            2.0,
+            0.0,
             ms,
             0.0,
             eb * 2.0 * sd,
@@ -409,6 +424,33 @@ fn elementwise_pieces(
             ms,
             0.0,
             eb * 2.0 * sd,
+        );
+        // As the model runs it: per-head q/k RMSNorm, the join and RoPE in one kernel from
+        // the packed Q/K/V projections (reads and writes q, k and v once).
+        let qkv_t = rng.normal(&[1, ti, 3 * di], 1.0, dt)?;
+        let qkv_i = rng.normal(&[1, si - ti, 3 * di], 1.0, dt)?;
+        let wn = rng.normal(&[hdi], 1.0, dt)?;
+        let ms = time_chain(k, reps, &qkv_i, &|_, x| {
+            let qkv = mlx_fastops::joint_qkv_heads(&mlx_fastops::JointQkv {
+                first: &qkv_t,
+                second: x,
+                norms: [&wn, &wn, &wn, &wn],
+                heads: hi,
+                eps: 1e-6,
+                cos: rope.cos(),
+                sin: rope.sin(),
+            })?;
+            // the same input again, after this one: the chain runs the kernel k times in turn
+            let mut next = mlx_fastops::depends(std::slice::from_ref(x), &qkv)?;
+            Ok(next.swap_remove(0))
+        })?;
+        add(
+            "q/k RMSNorm + join + RoPE, fused (joint_qkv_heads)",
+            Kind::Elementwise,
+            1.0,
+            ms,
+            0.0,
+            eb * 2.0 * 3.0 * sd,
         );
     }
     // What one pass would cost: the same GELU through MLX's compiler (one fused kernel).

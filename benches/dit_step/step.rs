@@ -149,7 +149,7 @@ fn step(
 pub(crate) struct Row {
     pub(crate) size: usize,
     pub(crate) mode: &'static str,
-    pub(crate) kernels: &'static str,
+    pub(crate) kernels: String,
     pub(crate) times_ms: Vec<f64>,
     pub(crate) build_ms: Vec<f64>,
     pub(crate) flops: f64,

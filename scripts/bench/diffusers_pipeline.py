@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--fixture", default="fixtures/data/pipeline/tiny")
     ap.add_argument("--json", default=None)
     ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--lightning-only", action="store_true", help="stop after the Lightning rows")
     a = ap.parse_args()
 
     import diffusers
@@ -143,6 +144,11 @@ def main() -> None:
         t = timed(light)
         rows["lightning_compiled_ms"] = t
         print(f"lightning 1024² 8 steps, compiled: {t} ms")
+
+    if a.lightning_only:
+        if a.json:
+            json.dump(rows, open(a.json, "w"), indent=1)
+        return
 
     # img2img, 20 true-CFG steps at strength 0.6 (eager: a compiled transformer would carry
     # over from above; time it only if it is there).
