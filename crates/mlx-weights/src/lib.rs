@@ -24,7 +24,9 @@
 //! Files and headers, without reading data: [`component_files`] (the index's shards, confined
 //! to the folder, or every `*.safetensors`), [`read_header`] (each tensor's dtype, shape and
 //! byte range checked against the file; errors name the tensor and the file) and
-//! [`for_each_tensor`].
+//! [`for_each_tensor`]. [`load_file_lazy`] opens one file without reading its tensors: each is
+//! read when first evaluated (MLX's lazy loader, after the same header checks), so a caller
+//! that uses one tensor at a time holds one at a time — how LoRA files are merged at load.
 //!
 //! Tensor sources: a model describes its parameters once, taking each from a [`Vars`] (a key
 //! prefix over a [`TensorSource`]) with its [`Role`]; the source is a [`StrictLoader`] (a

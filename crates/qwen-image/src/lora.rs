@@ -21,6 +21,12 @@
 //! `set_adapters(names, adapter_weights=scales)`: `W' = W + Σ scaleᵢ · scalingᵢ · upᵢ·downᵢ`,
 //! merged in f32 and rounded once to the compute dtype (`qwen_dit::LoraSet`).
 //!
+//! Memory: a LoRA file is opened lazily (`mlx_weights::load_file_lazy`): each tensor is read
+//! when its layer is merged and released once merged, so loading with LoRAs needs about one
+//! layer's worth of memory above the model (a rank-64 LoRA on every layer of the full-size
+//! model: +0.29 GiB at load on an H200, docs/speed.md). LoRAs given as in-memory tensors are
+//! resident as given.
+//!
 //! What is refused, with the keys named: a key that fits no Linear layer (with the layer
 //! names that do exist nearby), `lora_A` without `lora_B` and the reverse, ranks that differ
 //! between the two, shapes that do not fit the layer, text-encoder LoRAs (Qwen-Image's
