@@ -1,8 +1,10 @@
 //! # qwen-text-encoder
 //!
 //! Qwen-Image's text conditioning on MLX: the Qwen2 byte-level BPE tokenizer and the language
-//! model of Qwen2.5-VL-7B (text path only: no vision tower, no LM head), used the way diffusers'
-//! `QwenImagePipeline` uses them to turn prompts into the DiT's `encoder_hidden_states`.
+//! model of Qwen2.5-VL-7B (no LM head), used the way diffusers' `QwenImagePipeline` uses
+//! them to turn prompts into the DiT's `encoder_hidden_states`; and Qwen2.5-VL's vision tower
+//! (`vision`: pictures → image tokens, for Qwen-Image-Edit; in parity with transformers, not yet
+//! wired into an edit pipeline).
 //!
 //! Place in the pipeline: **prompt → [this crate] → (B, T, 3584) embeddings + mask → DiT**.
 //! The encoder runs once per generation (prompt and, with true CFG, negative prompt) and can be
@@ -13,7 +15,9 @@
 //!   `encode_prompt`): [`encoder`];
 //! - `transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py` (`Qwen2_5_VLTextModel`): [`model`],
 //!   [`rope`]; `configuration_qwen2_5_vl.py`: [`config`];
-//! - `transformers/models/qwen2/tokenization_qwen2.py` (`Qwen2Tokenizer`): [`tokenizer`].
+//! - `transformers/models/qwen2/tokenization_qwen2.py` (`Qwen2Tokenizer`): [`tokenizer`];
+//! - `transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py` (`Qwen2_5_VisionTransformerPretrainedModel`)
+//!   and `vision_utils.py`: [`vision`].
 //!
 //! ## Use on its own
 //! ```no_run
@@ -36,6 +40,7 @@ pub mod error;
 pub mod model;
 pub mod rope;
 pub mod tokenizer;
+pub mod vision;
 pub mod weights;
 
 pub use config::{Qwen2_5_VLConfig, Qwen2_5_VLTextConfig, TextConfig};
@@ -46,4 +51,5 @@ pub use encoder::{
 pub use error::{Result, TextEncoderError};
 pub use model::QwenTextModel;
 pub use tokenizer::{Batch, QwenTokenizer, Side};
+pub use vision::{Grid, VisionConfig, VisionTower};
 pub use weights::{IGNORED_PREFIXES, TextModelWeights, check_checkpoint, load_weights};

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// `fixtures/data/text_encoder/<rel>`: next to the crate when built here, else relative to the
 /// current directory (test binaries also run from the repository root on the GPU machine).
+#[allow(dead_code)] // not every test binary reads the text-encoder fixtures
 pub fn fixture(rel: &str) -> PathBuf {
     let here = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),

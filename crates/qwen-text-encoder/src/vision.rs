@@ -1,0 +1,598 @@
+//! The Qwen2.5-VL vision tower (transformers 5.23 `Qwen2_5_VisionTransformerPretrainedModel`,
+//! `models/qwen2_5_vl/modeling_qwen2_5_vl.py`, with `vision_utils.py` for the position ids,
+//! the attention windows and the segments): what turns an input picture into the image tokens
+//! Qwen-Image-Edit's text encoder reads in place of its `<|image_pad|>` tokens.
+//!
+//! From the image processor's patches (`pixel_values`, one row of `C·T·P·P` values per patch,
+//! the patches of each 2×2 merge unit consecutive) and each image's `(t, h, w)` patch grid:
+//! 1. patch embedding (the Conv3d with stride = kernel, i.e. one matrix product, no bias);
+//! 2. the merge units reordered window by window (windows of `window_size` pixels, cut at the
+//!    grid's bottom and right edges; [`window_index`]), the 2-D rotary tables with them;
+//! 3. blocks: RMSNorm → attention (one QKV projection, rotary on q and k in f32 over halves,
+//!    softmax attention inside each window, or inside each image in the blocks of
+//!    `fullatt_block_indexes`) → residual; RMSNorm → SiLU-gated MLP → residual;
+//! 4. the patch merger (RMSNorm, 4 patches' features side by side, Linear → exact GELU →
+//!    Linear to the language model's width), units put back in row-major order per image.
+//!
+//! The weights are the checkpoint's `visual.*` tensors (or `model.visual.*`); text-to-image
+//! never loads them ([`crate::IGNORED_PREFIXES`]).
+
+use std::path::Path;
+
+use mlx_rs::{Array, Dtype, ops};
+use mlx_weights::{Role, StrictLoader, Vars};
+use serde::Deserialize;
+
+use crate::error::{Result, TextEncoderError};
+
+/// RMSNorm epsilon of the tower's norms (hard-coded in transformers).
+const NORM_EPS: f32 = 1e-6;
+
+fn bad(msg: impl Into<String>) -> TextEncoderError {
+    TextEncoderError::InvalidConfig(msg.into())
+}
+
+/// `vision_config` of a Qwen2.5-VL `text_encoder/config.json`, as saved by transformers 4.x
+/// (`in_chans`, no rope keys) and 5.x (`in_channels`, `rope_parameters`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct VisionConfig {
+    /// Number of blocks.
+    pub depth: usize,
+    /// Width of the blocks.
+    pub hidden_size: usize,
+    /// Width of the blocks' MLP.
+    pub intermediate_size: usize,
+    /// Attention heads per block.
+    pub num_heads: usize,
+    /// Patch side in pixels.
+    pub patch_size: usize,
+    /// Patches per merge-unit side (2: 2×2 patches become one image token).
+    #[serde(default = "d_two")]
+    pub spatial_merge_size: usize,
+    /// Frames per patch (images are repeated to fill them).
+    #[serde(default = "d_two")]
+    pub temporal_patch_size: usize,
+    /// Attention window side in pixels.
+    pub window_size: usize,
+    /// Blocks that attend over each whole image instead of windows.
+    #[serde(default)]
+    pub fullatt_block_indexes: Vec<usize>,
+    /// Output width (the language model's hidden size).
+    pub out_hidden_size: usize,
+    /// Input channels (transformers 5.x name).
+    #[serde(default)]
+    pub in_channels: Option<usize>,
+    /// Input channels (transformers 4.x name).
+    #[serde(default)]
+    pub in_chans: Option<usize>,
+    /// The MLP's activation (only `silu` exists in Qwen2.5-VL).
+    #[serde(default)]
+    pub hidden_act: Option<String>,
+    /// Rotary settings of 5.x saves (`rope_type` "axial", `rope_theta`).
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
+}
+
+fn d_two() -> usize {
+    2
+}
+
+impl VisionConfig {
+    /// Reads the `vision_config` object of a `text_encoder/config.json` and checks it.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let root = mlx_weights::read_json_object(path)?;
+        let v = root
+            .get("vision_config")
+            .cloned()
+            .ok_or_else(|| bad(format!("{} has no `vision_config`", path.display())))?;
+        let cfg: Self = serde_json::from_value(v).map_err(|e| TextEncoderError::json(path, e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Input channels (`in_channels`, else `in_chans`, else 3).
+    pub fn channels(&self) -> usize {
+        self.in_channels.or(self.in_chans).unwrap_or(3)
+    }
+
+    /// Values per patch row of `pixel_values`: channels × frames × patch².
+    pub fn patch_width(&self) -> usize {
+        self.channels() * self.temporal_patch_size * self.patch_size * self.patch_size
+    }
+
+    /// Head width.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads.max(1)
+    }
+
+    /// The rotary base (`rope_parameters.rope_theta`, default 10000).
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(10000.0)
+    }
+
+    /// Merge units per window side.
+    pub fn window_units(&self) -> usize {
+        self.window_size / self.spatial_merge_size.max(1) / self.patch_size.max(1)
+    }
+
+    /// Checks what the forward relies on.
+    pub fn validate(&self) -> Result<()> {
+        let hd = self.head_dim();
+        let mut problems = Vec::new();
+        if self.depth == 0 || self.hidden_size == 0 || self.num_heads == 0 {
+            problems.push("depth, hidden_size and num_heads must be positive".to_string());
+        }
+        if !self.hidden_size.is_multiple_of(self.num_heads.max(1)) || !hd.is_multiple_of(4) {
+            problems.push(format!(
+                "hidden_size {} must split into {} heads of a width divisible by 4",
+                self.hidden_size, self.num_heads
+            ));
+        }
+        if self.patch_size == 0 || self.spatial_merge_size == 0 || self.temporal_patch_size == 0 {
+            problems.push(
+                "patch_size, spatial_merge_size, temporal_patch_size must be positive".into(),
+            );
+        }
+        if self.window_units() == 0 {
+            problems.push(format!(
+                "window_size {} is smaller than one merge unit ({} px)",
+                self.window_size,
+                self.spatial_merge_size * self.patch_size
+            ));
+        }
+        if let Some(i) = self
+            .fullatt_block_indexes
+            .iter()
+            .find(|&&i| i >= self.depth)
+        {
+            problems.push(format!(
+                "fullatt_block_indexes names block {i} of {}",
+                self.depth
+            ));
+        }
+        if let Some(act) = &self.hidden_act
+            && act != "silu"
+        {
+            problems.push(format!("hidden_act `{act}` (Qwen2.5-VL's tower uses silu)"));
+        }
+        if let Some(t) = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_type"))
+            .and_then(serde_json::Value::as_str)
+            && t != "axial"
+        {
+            problems.push(format!("vision rope_type `{t}` (only `axial` exists)"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(bad(format!("vision_config: {}", problems.join("; "))))
+        }
+    }
+}
+
+/// One image's patch grid: frames, rows and columns of patches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    /// Frames (1 for an image).
+    pub t: usize,
+    /// Patch rows.
+    pub h: usize,
+    /// Patch columns.
+    pub w: usize,
+}
+
+impl Grid {
+    /// Patches of the grid.
+    pub fn patches(&self) -> usize {
+        self.t * self.h * self.w
+    }
+}
+
+/// The order in which the tower visits the merge units (transformers'
+/// `get_vision_window_index`): per image, windows of `window_units`² units row-major over the
+/// window grid (cut at the bottom and right edges), units row-major inside a window; and the
+/// cumulative patch counts at the window boundaries (starting at 0, no empty windows).
+pub fn window_index(grids: &[Grid], merge: usize, window_units: usize) -> (Vec<usize>, Vec<usize>) {
+    let unit = merge * merge;
+    let mut index = Vec::new();
+    let mut cu = vec![0usize];
+    let mut offset = 0;
+    for g in grids {
+        let (lh, lw) = (g.h / merge, g.w / merge);
+        let nwh = lh / window_units + 1;
+        let nww = lw / window_units + 1;
+        for t in 0..g.t {
+            for wy in 0..nwh {
+                for wx in 0..nww {
+                    let mut count = 0;
+                    for y in wy * window_units..((wy + 1) * window_units).min(lh) {
+                        for x in wx * window_units..((wx + 1) * window_units).min(lw) {
+                            index.push(offset + (t * lh + y) * lw + x);
+                            count += 1;
+                        }
+                    }
+                    let last = *cu.last().unwrap_or(&0);
+                    if count > 0 {
+                        cu.push(last + count * unit);
+                    }
+                }
+            }
+        }
+        offset += g.t * lh * lw;
+    }
+    (index, cu)
+}
+
+/// Each patch's (row, column) in its image's grid, in the processor's patch order (merge
+/// units row-major, the patches of a unit row-major inside it; frames repeat the grid).
+pub fn patch_positions(grids: &[Grid], merge: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for g in grids {
+        for _ in 0..g.t {
+            for bh in 0..g.h / merge {
+                for bw in 0..g.w / merge {
+                    for dy in 0..merge {
+                        for dx in 0..merge {
+                            out.push((bh * merge + dy, bw * merge + dx));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A Linear layer with bias, `x·wᵀ + b`.
+struct Dense {
+    w: Array,
+    b: Array,
+}
+
+impl Dense {
+    fn load(v: &mut Vars<'_>, name: &str, dout: usize, din: usize) -> Self {
+        let (o, i) = (dout as i32, din as i32);
+        Self {
+            w: v.take(
+                &format!("{name}.weight"),
+                &[o, i],
+                Role::Weight { fan_in: din },
+            ),
+            b: v.take(&format!("{name}.bias"), &[o], Role::Bias),
+        }
+    }
+
+    fn forward(&self, x: &Array) -> Result<Array> {
+        Ok(mlx_fastops::linear(x, &self.w, &self.b)?)
+    }
+
+    fn arrays(&self) -> [&Array; 2] {
+        [&self.w, &self.b]
+    }
+}
+
+struct Block {
+    norm1: Array,
+    norm2: Array,
+    qkv: Dense,
+    proj: Dense,
+    gate: Dense,
+    up: Dense,
+    down: Dense,
+}
+
+impl Block {
+    fn load(v: &mut Vars<'_>, cfg: &VisionConfig) -> Self {
+        let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+        Self {
+            norm1: v.take("norm1.weight", &[c as i32], Role::NormWeight),
+            norm2: v.take("norm2.weight", &[c as i32], Role::NormWeight),
+            qkv: Dense::load(v, "attn.qkv", 3 * c, c),
+            proj: Dense::load(v, "attn.proj", c, c),
+            gate: Dense::load(v, "mlp.gate_proj", f, c),
+            up: Dense::load(v, "mlp.up_proj", f, c),
+            down: Dense::load(v, "mlp.down_proj", c, f),
+        }
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        let mut v = vec![&self.norm1, &self.norm2];
+        for d in [&self.qkv, &self.proj, &self.gate, &self.up, &self.down] {
+            v.extend(d.arrays());
+        }
+        v
+    }
+}
+
+/// The tower's weights and settings.
+pub struct VisionTower {
+    cfg: VisionConfig,
+    dtype: Dtype,
+    /// The patch embedding as a matrix, `(hidden, C·T·P·P)`.
+    patch: Array,
+    blocks: Vec<Block>,
+    ln_q: Array,
+    fc1: Dense,
+    fc2: Dense,
+}
+
+/// `q·cos + rotate_half(q)·sin` in f32 (halves, not interleaved pairs), cast back.
+fn rotary(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
+    let dt = x.dtype();
+    let xf = x.as_dtype(Dtype::Float32)?;
+    let half = x.dim(-1) / 2;
+    let parts = ops::split_at_indices(&xf, &[half], -1)?;
+    let rot = ops::concatenate(&[ops::negative(&parts[1])?, parts[0].clone()], -1)?;
+    let out = ops::add(ops::multiply(&xf, cos)?, ops::multiply(&rot, sin)?)?;
+    Ok(out.as_dtype(dt)?)
+}
+
+/// RMSNorm as transformers computes it here: `w · (x·rsqrt(mean(x²) + eps))` (MLX's fast
+/// RMSNorm: f32 accumulation, rounded to x's dtype before the weight).
+fn rms_norm(x: &Array, w: &Array) -> Result<Array> {
+    Ok(mlx_fastops::rms_norm(x, w, NORM_EPS)?)
+}
+
+/// GELU with `erf` (PyTorch `nn.GELU()`): `0.5·x·(1 + erf(x/√2))`, constants in x's dtype.
+fn gelu_erf(x: &Array) -> Result<Array> {
+    let dt = x.dtype();
+    let c = |v: f32| mlx_fastops::scalar(v, dt);
+    let e = ops::erf(ops::multiply(x, c(std::f32::consts::FRAC_1_SQRT_2)?)?)?;
+    Ok(ops::multiply(
+        ops::multiply(x, c(0.5)?)?,
+        ops::add(e, c(1.0)?)?,
+    )?)
+}
+
+/// A boolean (1, 1, N, N) mask letting position i attend to j when both lie in the same
+/// segment of `cu` (cumulative boundaries).
+fn segment_mask(cu: &[usize], n: usize) -> Array {
+    let mut seg = vec![0i32; n];
+    for (s, w) in cu.windows(2).enumerate() {
+        for v in &mut seg[w[0].min(n)..w[1].min(n)] {
+            *v = s as i32;
+        }
+    }
+    let a = Array::from_slice(&seg, &[n as i32, 1]);
+    let b = Array::from_slice(&seg, &[1, n as i32]);
+    // Infallible for these shapes; an error here would be a bug of this function.
+    ops::eq(&a, &b)
+        .and_then(|m| m.reshape(&[1, 1, n as i32, n as i32]))
+        .unwrap_or_else(|_| Array::from_slice(&[true], &[1, 1, 1, 1]))
+}
+
+impl VisionTower {
+    /// Loads the tower of a `text_encoder/` folder: its config's `vision_config` and every
+    /// `visual.*` (or `model.visual.*`) tensor, strictly (missing, unexpected and mis-shaped
+    /// keys listed together), cast to `dtype` and evaluated.
+    pub fn load(dir: &Path, dtype: Dtype) -> Result<Self> {
+        let cfg = VisionConfig::from_file(&dir.join("config.json"))?;
+        let is_visual = |k: &str| k.starts_with("visual.") || k.starts_with("model.visual.");
+        let tensors = mlx_weights::load_component_filtered(dir, &is_visual)?;
+        let prefix = if tensors.keys().any(|k| k.starts_with("model.visual.")) {
+            "model.visual"
+        } else {
+            "visual"
+        };
+        let mut l = StrictLoader::new(tensors, dtype);
+        let tower = {
+            let mut v = Vars::new(&mut l);
+            let mut v = v.pp(prefix);
+            Self::take(&mut v, cfg, dtype)?
+        };
+        l.finish(&[])?;
+        let mut all: Vec<&Array> = vec![&tower.patch, &tower.ln_q];
+        all.extend(tower.fc1.arrays());
+        all.extend(tower.fc2.arrays());
+        for b in &tower.blocks {
+            all.extend(b.arrays());
+        }
+        mlx_rs::transforms::eval(all)?;
+        Ok(tower)
+    }
+
+    fn take(v: &mut Vars<'_>, cfg: VisionConfig, dtype: Dtype) -> Result<Self> {
+        let c = cfg.hidden_size;
+        let (p, t) = (cfg.patch_size as i32, cfg.temporal_patch_size as i32);
+        let conv = v.take(
+            "patch_embed.proj.weight",
+            &[c as i32, cfg.channels() as i32, t, p, p],
+            Role::Weight {
+                fan_in: cfg.patch_width(),
+            },
+        );
+        let patch = conv.reshape(&[c as i32, cfg.patch_width() as i32])?;
+        let blocks = (0..cfg.depth)
+            .map(|i| Block::load(&mut v.pp(format!("blocks.{i}")), &cfg))
+            .collect();
+        let unit = cfg.spatial_merge_size * cfg.spatial_merge_size;
+        let ln_q = v.take("merger.ln_q.weight", &[c as i32], Role::NormWeight);
+        let fc1 = Dense::load(v, "merger.mlp.0", c * unit, c * unit);
+        let fc2 = Dense::load(v, "merger.mlp.2", cfg.out_hidden_size, c * unit);
+        Ok(Self {
+            cfg,
+            dtype,
+            patch,
+            blocks,
+            ln_q,
+            fc1,
+            fc2,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &VisionConfig {
+        &self.cfg
+    }
+
+    /// Image tokens for `pixel_values` (patches × [`VisionConfig::patch_width`], the
+    /// processor's order) of images with patch `grids`: `(Σ t·h·w / merge², out_hidden_size)`,
+    /// each image's tokens row-major over its merge units, images in order. The pixel values
+    /// are cast to the tower's dtype first, as transformers does.
+    pub fn forward(&self, pixel_values: &Array, grids: &[Grid]) -> Result<Array> {
+        let cfg = &self.cfg;
+        let m = cfg.spatial_merge_size;
+        let unit = m * m;
+        let n: usize = grids.iter().map(Grid::patches).sum();
+        if grids.is_empty()
+            || grids
+                .iter()
+                .any(|g| g.t == 0 || g.h % m != 0 || g.w % m != 0 || g.h == 0 || g.w == 0)
+        {
+            return Err(TextEncoderError::InvalidInput(format!(
+                "image grids {grids:?} must be non-empty with rows and columns multiples of {m}"
+            )));
+        }
+        if pixel_values.shape() != [n as i32, cfg.patch_width() as i32] {
+            return Err(TextEncoderError::InvalidInput(format!(
+                "pixel_values {:?} must be ({n}, {}) for grids {grids:?}",
+                pixel_values.shape(),
+                cfg.patch_width()
+            )));
+        }
+        let (c, heads, hd) = (cfg.hidden_size as i32, cfg.num_heads as i32, cfg.head_dim());
+        let ni = n as i32;
+        let x = pixel_values.as_dtype(self.dtype)?;
+        let mut h = ops::matmul(&x, self.patch.t())?;
+
+        // Window order of the patches (each unit's patches stay together).
+        let (units, cu_window) = window_index(grids, m, cfg.window_units());
+        let order: Vec<i32> = units
+            .iter()
+            .flat_map(|&u| (0..unit).map(move |j| (u * unit + j) as i32))
+            .collect();
+        h = h.take_axis(Array::from_slice(&order, &[ni]), 0)?;
+
+        // 2-D rotary tables in that order: [h·f, w·f, h·f, w·f] over the head width.
+        let pos = patch_positions(grids, m);
+        let quarter = hd / 4;
+        let spatial = (hd / 2) as f64;
+        let inv: Vec<f32> = (0..quarter)
+            .map(|i| (1.0 / cfg.rope_theta().powf((2 * i) as f64 / spatial)) as f32)
+            .collect();
+        let mut cos = Vec::with_capacity(n * hd);
+        let mut sin = Vec::with_capacity(n * hd);
+        for &o in &order {
+            let (py, px) = pos[o as usize];
+            for _ in 0..2 {
+                for (p, _) in [(py, 0), (px, 1)] {
+                    for f in &inv {
+                        let a = p as f32 * f;
+                        cos.push(a.cos());
+                        sin.push(a.sin());
+                    }
+                }
+            }
+        }
+        let cos = Array::from_slice(&cos, &[ni, 1, hd as i32]);
+        let sin = Array::from_slice(&sin, &[ni, 1, hd as i32]);
+
+        // Segments: windows, or whole images (frames) in the full-attention blocks.
+        let mut cu_full = vec![0usize];
+        for g in grids {
+            for _ in 0..g.t {
+                let last = *cu_full.last().unwrap_or(&0);
+                cu_full.push(last + g.h * g.w);
+            }
+        }
+        let window_mask = segment_mask(&cu_window, n);
+        let full_mask = segment_mask(&cu_full, n);
+        let scale = 1.0 / (hd as f32).sqrt();
+
+        for (i, b) in self.blocks.iter().enumerate() {
+            let mask = if cfg.fullatt_block_indexes.contains(&i) {
+                &full_mask
+            } else {
+                &window_mask
+            };
+            let qkv = b
+                .qkv
+                .forward(&rms_norm(&h, &b.norm1)?)?
+                .reshape(&[ni, 3, heads, hd as i32])?;
+            let parts = ops::split_equal(&qkv, 3, 1)?;
+            let sq = |a: &Array| ops::squeeze_axes(a, &[1]);
+            let q = rotary(&sq(&parts[0])?, &cos, &sin)?;
+            let k = rotary(&sq(&parts[1])?, &cos, &sin)?;
+            let v = sq(&parts[2])?;
+            let perm = [1, 0, 2];
+            let heads_first =
+                |a: &Array| -> Result<Array> { Ok(a.transpose_axes(&perm)?.expand_dims(0)?) };
+            let o = mlx_fastops::sdpa(
+                &heads_first(&q)?,
+                &heads_first(&k)?,
+                &heads_first(&v)?,
+                scale,
+                Some(mask),
+            )?;
+            let o = o
+                .squeeze_axes(&[0])?
+                .transpose_axes(&perm)?
+                .reshape(&[ni, c])?;
+            h = ops::add(&h, &b.proj.forward(&o)?)?;
+            let n2 = rms_norm(&h, &b.norm2)?;
+            let gated = ops::multiply(
+                &mlx_fastops::silu(&b.gate.forward(&n2)?)?,
+                &b.up.forward(&n2)?,
+            )?;
+            h = ops::add(&h, &b.down.forward(&gated)?)?;
+        }
+
+        let merged = rms_norm(&h, &self.ln_q)?.reshape(&[ni / unit as i32, c * unit as i32])?;
+        let merged = self.fc2.forward(&gelu_erf(&self.fc1.forward(&merged)?)?)?;
+        // Back to row-major units per image.
+        let mut back = vec![0i32; units.len()];
+        for (pos, &u) in units.iter().enumerate() {
+            back[u] = pos as i32;
+        }
+        Ok(merged.take_axis(Array::from_slice(&back, &[units.len() as i32]), 0)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `vision_config` block of the real Qwen-Image `text_encoder/config.json` (saved by
+    /// transformers 4.53: `in_chans` and `in_channels`, no rope keys).
+    #[test]
+    fn the_released_config_parses() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| TextEncoderError::io("tempdir", e))?;
+        let path = dir.path().join("config.json");
+        let json = serde_json::json!({
+            "model_type": "qwen2_5_vl",
+            "vision_config": {
+                "depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
+                "num_heads": 16, "in_chans": 3, "in_channels": 3, "out_hidden_size": 3584,
+                "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14,
+                "temporal_patch_size": 2, "window_size": 112, "tokens_per_second": 2,
+                "fullatt_block_indexes": [7, 15, 23, 31], "model_type": "qwen2_5_vl"
+            }
+        });
+        std::fs::write(&path, json.to_string()).map_err(|e| TextEncoderError::io(&path, e))?;
+        let cfg = VisionConfig::from_file(&path)?;
+        assert_eq!(
+            (cfg.patch_width(), cfg.head_dim(), cfg.window_units()),
+            (1176, 80, 4)
+        );
+        assert_eq!(cfg.rope_theta(), 10000.0);
+        // A 1024² picture becomes a 74×74 patch grid (1036² after the processor's resize):
+        // 37×37 units in 10×10 windows of up to 4×4, 1369 tokens.
+        let (index, cu) = window_index(&[Grid { t: 1, h: 74, w: 74 }], 2, 4);
+        assert_eq!(index.len(), 37 * 37);
+        assert_eq!(cu.len(), 10 * 10 + 1);
+        assert_eq!(*cu.last().unwrap_or(&0), 74 * 74);
+        // A config the tower cannot run is refused, naming the key.
+        let mut broken = json.clone();
+        broken["vision_config"]["hidden_act"] = "gelu".into();
+        std::fs::write(&path, broken.to_string()).map_err(|e| TextEncoderError::io(&path, e))?;
+        let e = VisionConfig::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("hidden_act"), "{e}");
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+#!/bin/bash
+# H200 measurements, part 7: the final side by side of this session, ours then diffusers on
+# one machine in two back-to-back device commands (the 20B model is built once per process;
+# both frameworks cannot hold it at once), from the repository root with .device-mlx
+# (bin/{dit_step-*, pipeline_full-*}) and .whl (diffusers wheels) carried:
+#   WHO=ours:      one true-CFG DiT step at 1024² / 512² / 1328² (pipelined, as the pipeline
+#                  runs it); the whole 1024² Lightning image (8 steps, CFG off) without a
+#                  LoRA and with a random rank-64 LoRA read from a file (merge time, load peak);
+#   WHO=diffusers: diffusers 0.42.1's step with compile_repeated_blocks at the same sizes;
+#                  its Lightning image, eager and compiled.
+set -uo pipefail
+OUT=${OUT:-/tmp/h200-part7}
+mkdir -p "$OUT"
+D=.device-mlx
+bin() { ls "$D"/bin/"$1"-* 2>/dev/null | head -1; }
+t0=$(date +%s)
+stamp() { echo "== [+$(($(date +%s) - t0)) s] $*"; }
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
+} | tee "$OUT/machine.txt"
+if [ "${WHO:-ours}" = ours ]; then
+  source "$D/activate.sh" >/dev/null
+  export MLX_PTX_CACHE_DIR="$OUT/ptx"
+  stamp "ours: DiT step"
+  timeout 200 "$(bin dit_step)" --sizes 1024,512,1328 --iters 5 --pipelined --no-batched \
+    --no-reference --profile 0 --json "$OUT/dit_bf16.json" >"$OUT/dit_bf16.log" 2>&1
+  grep -A10 '^## one true-CFG step' "$OUT/dit_bf16.log" | grep '|'
+  stamp "ours: Lightning"
+  for lora in none rank64; do
+    args=()
+    [ $lora = rank64 ] && args=(--lora-rank 64 --lora-file)
+    timeout 150 "$(bin pipeline_full)" --size 1024 --steps 8 --lightning --runs 2 "${args[@]}" \
+      --json "$OUT/light_$lora.json" >"$OUT/light_$lora.log" 2>&1
+    echo "--- lightning, LoRA: $lora"
+    grep -E "^## run 2|^\| (build transformer|text encode|VAE|denoise|encode \+)|^steps:" \
+      "$OUT/light_$lora.log" | tail -9
+  done
+else
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  stamp "diffusers: compiled step"
+  PYTHONPATH=/tmp/site timeout 330 python3 scripts/bench/diffusers_step.py \
+    --sizes 1024,512,1328 --iters 5 --no-batched --eager-skip --compile \
+    --json "$OUT/diffusers_compiled.json" >"$OUT/diffusers_compiled.log" 2>&1
+  grep -vi warning "$OUT/diffusers_compiled.log" | tail -12
+  stamp "diffusers: Lightning"
+  PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 timeout 220 python3 scripts/bench/diffusers_pipeline.py \
+    --lightning-only --json "$OUT/diffusers_lightning.json" 2>&1 | grep -vi warning \
+    | tee "$OUT/diffusers_lightning.log" | tail -8
+fi
+stamp "done"
