@@ -17,10 +17,19 @@ use mlx_rs::{Array, Dtype, fast, ops};
 
 use crate::config::TextConfig;
 use crate::error::{Result, TextEncoderError};
-use crate::rope::{apply_text_rope, text_rope_periods};
+use crate::rope::{apply_rope, apply_text_rope, mrope_cos_sin, text_rope_periods};
 use crate::weights::{LayerWeights, TextModelWeights};
 
-/// The language model of Qwen2.5-VL, text path only (no vision tower, no LM head).
+/// How the layers rotate q and k.
+enum Rope {
+    /// Text positions 0..T: MLX's fused RoPE with these periods.
+    Periods(Array),
+    /// Per-row M-RoPE tables `(B, 1, T, head_dim)` (cos, sin).
+    Tables(Array, Array),
+}
+
+/// The language model of Qwen2.5-VL (no LM head); images enter as embeddings
+/// ([`QwenTextModel::forward_embeds`]).
 #[derive(Debug)]
 pub struct QwenTextModel {
     cfg: TextConfig,
@@ -103,26 +112,70 @@ impl QwenTextModel {
     /// Runs the model on token ids `(B, T)` (already padded) with an optional additive mask
     /// from [`QwenTextModel::attention_mask`]; returns the last hidden state `(B, T, hidden)`.
     pub fn forward(&self, input_ids: &Array, mask: Option<&Array>) -> Result<Array> {
+        self.forward_embeds(&self.embed(input_ids)?, None, mask)
+    }
+
+    /// The token embeddings of `input_ids` `(B, T)`: `(B, T, hidden)`.
+    pub fn embed(&self, input_ids: &Array) -> Result<Array> {
         let shape = input_ids.shape();
         if shape.len() != 2 {
             return Err(TextEncoderError::InvalidInput(format!(
                 "input_ids must be (B, T), got {shape:?}"
             )));
         }
-        let (b, t) = (shape[0], shape[1]);
-        let c = &self.cfg;
-        // Text-only input: the three M-RoPE components share the position 0..T (transformers'
-        // default position ids, whatever the padding), which reduces to rotate-half RoPE with
-        // the config's θ and head_dim (see `rope`).
-        let periods = text_rope_periods(c.head_dim, c.rope_theta);
         let flat = input_ids.reshape(&[-1])?;
-        let mut h =
-            self.w
-                .embed_tokens
-                .take_axis(&flat, 0)?
-                .reshape(&[b, t, c.hidden_size as i32])?;
+        Ok(self.w.embed_tokens.take_axis(&flat, 0)?.reshape(&[
+            shape[0],
+            shape[1],
+            self.cfg.hidden_size as i32,
+        ])?)
+    }
+
+    /// Runs the decoder on embeddings `(B, T, hidden)` (e.g. with image features in place of
+    /// the image tokens). `positions`: per row, the three M-RoPE position components
+    /// ([`crate::rope::rope_index`]); `None` for text positions `0..T` on all three.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Array,
+        positions: Option<&[[Vec<i64>; 3]]>,
+        mask: Option<&Array>,
+    ) -> Result<Array> {
+        let c = &self.cfg;
+        let (b, t) = (embeds.dim(0), embeds.dim(1));
+        let rope = match positions {
+            // Text positions: the three M-RoPE components share the position 0..T
+            // (transformers' default position ids, whatever the padding), which reduces to
+            // rotate-half RoPE with the config's θ and head_dim (see `rope`): one fused kernel.
+            None => Rope::Periods(text_rope_periods(c.head_dim, c.rope_theta)),
+            Some(rows) => {
+                if rows.len() != b as usize || rows.iter().any(|r| r[0].len() != t as usize) {
+                    return Err(TextEncoderError::InvalidInput(format!(
+                        "position ids for {} rows, embeddings are ({b}, {t})",
+                        rows.len()
+                    )));
+                }
+                let (mut cos, mut sin) = (Vec::new(), Vec::new());
+                for r in rows {
+                    let (cr, sr) = mrope_cos_sin(
+                        [&r[0], &r[1], &r[2]],
+                        c.head_dim,
+                        c.rope_theta,
+                        &c.mrope_section,
+                    )?;
+                    cos.extend(cr);
+                    sin.extend(sr);
+                }
+                // Cast to the activation dtype before use, as transformers does.
+                let shape = [b, 1, t, c.head_dim as i32];
+                Rope::Tables(
+                    Array::from_slice(&cos, &shape).as_dtype(self.dtype)?,
+                    Array::from_slice(&sin, &shape).as_dtype(self.dtype)?,
+                )
+            }
+        };
+        let mut h = embeds.clone();
         for layer in &self.w.layers {
-            h = self.layer(layer, &h, mask, &periods)?;
+            h = self.layer(layer, &h, mask, &rope)?;
         }
         Ok(fast::rms_norm(&h, Some(&self.w.norm), c.rms_norm_eps)?)
     }
@@ -132,7 +185,7 @@ impl QwenTextModel {
         w: &LayerWeights,
         h: &Array,
         mask: Option<&Array>,
-        periods: &Array,
+        rope: &Rope,
     ) -> Result<Array> {
         let c = &self.cfg;
         let (b, t) = (h.shape()[0], h.shape()[1]);
@@ -143,8 +196,14 @@ impl QwenTextModel {
             Ok(y.reshape(&[b, t, n as i32, d])?
                 .transpose_axes(&[0, 2, 1, 3])?)
         };
-        let q = apply_text_rope(&heads(&w.q_proj, c.num_attention_heads)?, periods)?;
-        let k = apply_text_rope(&heads(&w.k_proj, c.num_key_value_heads)?, periods)?;
+        let rotate = |x: Array| -> Result<Array> {
+            match rope {
+                Rope::Periods(p) => apply_text_rope(&x, p),
+                Rope::Tables(cos, sin) => apply_rope(&x, cos, sin),
+            }
+        };
+        let q = rotate(heads(&w.q_proj, c.num_attention_heads)?)?;
+        let k = rotate(heads(&w.k_proj, c.num_key_value_heads)?)?;
         let v = heads(&w.v_proj, c.num_key_value_heads)?;
         let scale = (c.head_dim as f32).powf(-0.5);
         let o = match mask {

@@ -89,6 +89,67 @@ pub fn text_rope_tables(
     Ok((cos, sin))
 }
 
+/// 3-D M-RoPE position ids of one prompt row with images, as transformers' `get_rope_index`
+/// builds them from the processor's `mm_token_type_ids` (here `is_image`): over the valid
+/// tokens, consecutive text tokens count up from the running position on all three axes; a
+/// run of image tokens takes the next grid of `grids` and places its merge units at
+/// `(cur, cur + row, cur + column)`, after which the running position advances by
+/// `max(rows, columns)` in merge units (not by the token count). Padding gets 0.
+pub fn rope_index(
+    is_image: &[bool],
+    valid: &[bool],
+    grids: &mut dyn Iterator<Item = crate::vision::Grid>,
+    merge: usize,
+) -> Result<[Vec<i64>; 3]> {
+    if is_image.len() != valid.len() {
+        return Err(TextEncoderError::InvalidInput(
+            "token types and validity differ in length".to_string(),
+        ));
+    }
+    let n = is_image.len();
+    let mut out = [vec![0i64; n], vec![0i64; n], vec![0i64; n]];
+    let kept: Vec<usize> = (0..n).filter(|&i| valid[i]).collect();
+    let mut cur = 0i64;
+    let mut k = 0;
+    while k < kept.len() {
+        let image = is_image[kept[k]];
+        let mut end = k;
+        while end < kept.len() && is_image[kept[end]] == image {
+            end += 1;
+        }
+        let run = &kept[k..end];
+        if image {
+            let g = grids.next().ok_or_else(|| {
+                TextEncoderError::InvalidInput("more image-token runs than image grids".to_string())
+            })?;
+            let (lt, lh, lw) = (g.t, g.h / merge.max(1), g.w / merge.max(1));
+            if run.len() != lt * lh * lw {
+                return Err(TextEncoderError::InvalidInput(format!(
+                    "a run of {} image tokens for a grid of {} merge units",
+                    run.len(),
+                    lt * lh * lw
+                )));
+            }
+            for (j, &i) in run.iter().enumerate() {
+                let (t, rest) = (j / (lh * lw), j % (lh * lw));
+                out[0][i] = cur + t as i64;
+                out[1][i] = cur + (rest / lw) as i64;
+                out[2][i] = cur + (rest % lw) as i64;
+            }
+            cur += lh.max(lw) as i64;
+        } else {
+            for (j, &i) in run.iter().enumerate() {
+                for axis in &mut out {
+                    axis[i] = cur + j as i64;
+                }
+            }
+            cur += run.len() as i64;
+        }
+        k = end;
+    }
+    Ok(out)
+}
+
 /// Per-pair periods `θ^(2j/d) = 1 / inv_freq[j]` as MLX's fused RoPE takes them (`freqs`).
 ///
 /// For text the three M-RoPE components share one position, so every pair's angle is

@@ -554,6 +554,63 @@ impl VisionTower {
     }
 }
 
+/// `embeds` `(B, T, C)` with the rows of the image tokens (`input_ids[b][t] ==
+/// image_token_id`) replaced by `features` `(N, C)` in row-major order (row by row, then
+/// along each row), as transformers' `masked_scatter` does; the token count must equal N.
+pub fn place_image_tokens(
+    embeds: &Array,
+    input_ids: &[Vec<i32>],
+    image_token_id: i32,
+    features: &Array,
+) -> Result<Array> {
+    let (b, t, c) = (embeds.dim(0), embeds.dim(1), embeds.dim(2));
+    if input_ids.len() != b as usize || input_ids.iter().any(|r| r.len() != t as usize) {
+        return Err(TextEncoderError::InvalidInput(format!(
+            "token ids ({} rows) do not match embeddings ({b}, {t})",
+            input_ids.len()
+        )));
+    }
+    let n = features.dim(0);
+    let slots = input_ids
+        .iter()
+        .flatten()
+        .filter(|&&id| id == image_token_id)
+        .count();
+    if slots != n as usize || features.ndim() != 2 || features.dim(1) != c {
+        return Err(TextEncoderError::InvalidInput(format!(
+            "{slots} image tokens in the prompt for image features {:?} (width {c} expected)",
+            features.shape()
+        )));
+    }
+    // Gather from [embeddings; features]: each position takes its own row or the next image
+    // feature.
+    let total = b * t;
+    let mut next = total;
+    let index: Vec<i32> = input_ids
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(p, &id)| {
+            if id == image_token_id {
+                next += 1;
+                next - 1
+            } else {
+                p as i32
+            }
+        })
+        .collect();
+    let both = ops::concatenate(
+        &[
+            embeds.reshape(&[total, c])?,
+            features.as_dtype(embeds.dtype())?,
+        ],
+        0,
+    )?;
+    Ok(both
+        .take_axis(Array::from_slice(&index, &[total]), 0)?
+        .reshape(&[b, t, c])?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

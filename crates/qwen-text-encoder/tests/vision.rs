@@ -126,3 +126,66 @@ fn bad_inputs_are_refused() -> anyhow::Result<()> {
     assert!(e.contains("visual.blocks.0.attn.qkv.weight"), "{e}");
     Ok(())
 }
+
+/// The language model reading the two images inside a prompt: image features in place of the
+/// image-pad tokens, 3-D M-RoPE positions from the token types, against transformers' last
+/// hidden state with `mm_token_type_ids` (how Qwen-Image-Edit was released, and diffusers
+/// after PR #14189). The same call without the token types (transformers 5.x then silently
+/// uses positions 0..T: diffusers 0.42.1's bug #14194) gives a different state; ours must be
+/// the 3-D one, and with 1-D positions it reproduces the buggy one (so the test tells them
+/// apart).
+#[test]
+fn the_language_model_reads_the_images_with_3d_positions() -> anyhow::Result<()> {
+    use qwen_text_encoder::rope::rope_index;
+    use qwen_text_encoder::vision::place_image_tokens;
+    use qwen_text_encoder::{Qwen2_5_VLConfig, QwenTextModel, load_weights};
+    mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
+    let io = io();
+    let lm = mlx_weights::load_file(&fixture("lm_io.safetensors"))?;
+    let dir = fixture("text_encoder");
+    let cfg = Qwen2_5_VLConfig::from_file(&dir.join("config.json"))?.resolve()?;
+    let model = QwenTextModel::new(
+        cfg.clone(),
+        load_weights(&dir, &cfg, Dtype::Float32)?,
+        Dtype::Float32,
+    )?;
+    let tower = VisionTower::load(&dir, Dtype::Float32)?;
+    let gs = grids(&io);
+    let features = tower.forward(io.get("pixel_values").unwrap(), &gs)?;
+    let ids = lm.get("input_ids").unwrap();
+    let row: Vec<i32> = ints(ids);
+    let embeds = place_image_tokens(
+        &model.embed(ids)?,
+        std::slice::from_ref(&row),
+        60,
+        &features,
+    )?;
+
+    let is_image: Vec<bool> = row.iter().map(|&i| i == 60).collect();
+    let valid = vec![true; row.len()];
+    let pos = rope_index(&is_image, &valid, &mut gs.iter().copied(), 2)?;
+    let want_pos = ints(lm.get("position_ids").unwrap());
+    let got_pos: Vec<i32> = pos.iter().flatten().map(|&p| p as i32).collect();
+    assert_eq!(got_pos, want_pos, "3-D M-RoPE positions");
+
+    let hidden = model.forward_embeds(&embeds, Some(&[pos]), None)?;
+    let want_3d = floats(lm.get("hidden_3d").unwrap());
+    let want_1d = floats(lm.get("hidden_1d").unwrap());
+    let got = floats(&hidden);
+    let err = common::max_rel_err(&got, &want_3d);
+    let off = common::max_rel_err(&got, &want_1d);
+    // Measured 2026-11-30 (CPU, f32): 5.3e-6 against the 3-D reference, 7.3e-1 against the
+    // 1-D one. Injected once, each failed: the running position advanced by the token count
+    // (positions differ), rows and columns swapped (positions differ), image pads left as
+    // token embeddings (9.9e-1).
+    assert!(err <= 1e-4, "3-D positions vs transformers: {err:.3e}");
+    assert!(off > 1e-2, "the 1-D fallback must be told apart: {off:.3e}");
+    // Text positions 0..T everywhere reproduce the fallback (the bug diffusers 0.42.1 has).
+    let flat = floats(&model.forward_embeds(&embeds, None, None)?);
+    let err_1d = common::max_rel_err(&flat, &want_1d);
+    assert!(
+        err_1d <= 1e-4,
+        "1-D positions vs transformers' fallback: {err_1d:.3e}"
+    );
+    Ok(())
+}
