@@ -1,5 +1,7 @@
-//! Pillow's LANCZOS resize of 8-bit images (`Image.resize(size, Image.LANCZOS)`), bit for
-//! bit: what diffusers' `VaeImageProcessor` runs on every input image and mask.
+//! Pillow's LANCZOS and BICUBIC resizes of 8-bit images (`Image.resize(size, Image.LANCZOS)`,
+//! `Image.BICUBIC`), bit for bit: what diffusers' `VaeImageProcessor` runs on every input image
+//! and mask (Lanczos), and what Qwen2-VL's image processor runs on the pictures an edit shows
+//! the text encoder (bicubic, transformers' PIL backend).
 //!
 //! Why not a crate: `fast_image_resize` (the one built to follow Pillow) stores its
 //! coefficients as 15-bit integers and, for 8-bit pixels, always filters vertically first;
@@ -8,10 +10,11 @@
 //! gave 45–70 % of pixels off by 1–2 levels (up to 20 on noisy images) whenever the orders
 //! differ — not "the same image" for a parity test. This port follows
 //! `libImaging/Resample.c` (Pillow 13.0, the version the fixtures pin):
-//! - per axis, `scale = in/out`, the kernel widened by `max(scale, 1)` (support 3), each
+//! - per axis, `scale = in/out`, the kernel widened by `max(scale, 1)` (support 3 for
+//!   Lanczos, 2 for bicubic with Pillow's `a = −0.5`), each
 //!   output sample's window `[trunc(c − support + 0.5), trunc(c + support + 0.5))` around
 //!   `c = (x + 0.5)·scale`, weights `sinc(t)·sinc(t/3)` normalised by their sum, then
-//!   rounded half away from zero to 22-bit fixed point;
+//!   rounded half away from zero to 22-bit fixed point (Lanczos: `sinc(t)·sinc(t/3)`);
 //! - per channel, `clamp((2²¹ + Σ pixel·k) >> 22, 0, 255)`, an 8-bit image between passes;
 //! - both passes when both sizes change: vertical first when the height shrinks by more than
 //!   twice what the width shrinks, horizontal first otherwise (Pillow 13); a pass whose size
@@ -39,11 +42,49 @@ fn lanczos(x: f64) -> f64 {
     }
 }
 
+/// Pillow's bicubic kernel (`a = −0.5`).
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// A Pillow resampling filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// `Image.LANCZOS` (support 3).
+    Lanczos,
+    /// `Image.BICUBIC` (support 2, `a = −0.5`).
+    Bicubic,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Lanczos => 3.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    fn eval(self, x: f64) -> f64 {
+        match self {
+            Filter::Lanczos => lanczos(x),
+            Filter::Bicubic => bicubic(x),
+        }
+    }
+}
+
 /// Per output sample: the first input index and the fixed-point weights.
-fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Vec<(usize, Vec<i32>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = 3.0 * filterscale;
+    let support = filter.support() * filterscale;
     let inv = 1.0 / filterscale;
     (0..out_size)
         .map(|xx| {
@@ -53,7 +94,7 @@ fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
             let n = xmax.saturating_sub(xmin);
             let mut w: Vec<f64> = (0..n)
-                .map(|x| lanczos(((x + xmin) as f64 - center + 0.5) * inv))
+                .map(|x| filter.eval(((x + xmin) as f64 - center + 0.5) * inv))
                 .collect();
             let total: f64 = w.iter().fold(0.0, |a, v| a + v);
             if total != 0.0 {
@@ -84,10 +125,10 @@ struct Planes<'a> {
 }
 
 /// One pass along the width (`horizontal`) or the height.
-fn pass(img: &Planes<'_>, out_len: usize, horizontal: bool) -> Vec<u8> {
+fn pass(img: &Planes<'_>, out_len: usize, horizontal: bool, filter: Filter) -> Vec<u8> {
     let (w, h, c) = (img.width, img.height, img.channels);
     let (in_len, other) = if horizontal { (w, h) } else { (h, w) };
-    let coeffs = coefficients(in_len, out_len);
+    let coeffs = coefficients(in_len, out_len, filter);
     let (ow, oh) = if horizontal {
         (out_len, h)
     } else {
@@ -128,6 +169,42 @@ pub fn lanczos_resize(
     out_width: usize,
     out_height: usize,
 ) -> Vec<u8> {
+    resize(
+        data,
+        (width, height),
+        channels,
+        (out_width, out_height),
+        Filter::Lanczos,
+    )
+}
+
+/// The same with Pillow 13.0's `resize(…, BICUBIC)`.
+pub fn bicubic_resize(
+    data: &[u8],
+    width: usize,
+    height: usize,
+    channels: usize,
+    out_width: usize,
+    out_height: usize,
+) -> Vec<u8> {
+    resize(
+        data,
+        (width, height),
+        channels,
+        (out_width, out_height),
+        Filter::Bicubic,
+    )
+}
+
+/// Resizes an 8-bit image of `channels` interleaved values per pixel from `(width, height)`
+/// to `(out_width, out_height)` with `filter`, as Pillow 13.0 does.
+pub fn resize(
+    data: &[u8],
+    (width, height): (usize, usize),
+    channels: usize,
+    (out_width, out_height): (usize, usize),
+    filter: Filter,
+) -> Vec<u8> {
     if (width, height) == (out_width, out_height) {
         return data.to_vec();
     }
@@ -158,7 +235,7 @@ pub fn lanczos_resize(
             height: h,
             channels,
         };
-        cur = pass(&img, out_len, horizontal);
+        cur = pass(&img, out_len, horizontal, filter);
         if horizontal {
             w = out_len;
         } else {
@@ -174,8 +251,11 @@ mod tests {
 
     #[test]
     fn weights_sum_to_one_in_fixed_point() {
-        for (i, o) in [(7, 3), (3, 7), (1000, 333), (48, 48), (5, 1)] {
-            for (start, k) in coefficients(i, o) {
+        for ((i, o), f) in [(7, 3), (3, 7), (1000, 333), (48, 48), (5, 1)]
+            .into_iter()
+            .flat_map(|io| [(io, Filter::Lanczos), (io, Filter::Bicubic)])
+        {
+            for (start, k) in coefficients(i, o, f) {
                 let s: i64 = k.iter().map(|&v| v as i64).sum();
                 assert!(
                     (s - (1 << PRECISION_BITS)).abs() <= k.len() as i64,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use common::*;
 use qwen_image::image_input::load_image;
-use qwen_image::resample::lanczos_resize;
+use qwen_image::resample::{bicubic_resize, lanczos_resize};
 
 fn dir() -> PathBuf {
     fixtures().join("../img2img")
@@ -34,6 +34,31 @@ fn lanczos_matches_pillow_bit_for_bit() -> anyhow::Result<()> {
         n += 1;
     }
     assert_eq!(n, 7);
+    Ok(())
+}
+
+/// Pillow 13.0's BICUBIC resize (what Qwen2-VL's image processor runs before the vision
+/// tower; `fixtures/gen/vision.py`): three pictures resized up, down and across, every byte
+/// equal.
+#[test]
+fn bicubic_matches_pillow_bit_for_bit() -> anyhow::Result<()> {
+    let t = mlx_weights::load_file(&fixtures().join("../vision/processor.safetensors"))?;
+    for i in 0..3 {
+        let input = t.get(&format!("image{i}")).unwrap();
+        let output = t.get(&format!("resized{i}")).unwrap();
+        let (ih, iw) = (input.shape()[0] as usize, input.shape()[1] as usize);
+        let (oh, ow) = (output.shape()[0] as usize, output.shape()[1] as usize);
+        let got = bicubic_resize(input.as_slice::<u8>(), iw, ih, 3, ow, oh);
+        let diff = got
+            .iter()
+            .zip(output.as_slice::<u8>())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            diff, 0,
+            "picture {i} ({iw}×{ih} → {ow}×{oh}): {diff} bytes differ"
+        );
+    }
     Ok(())
 }
 

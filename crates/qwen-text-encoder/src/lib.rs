@@ -3,8 +3,9 @@
 //! Qwen-Image's text conditioning on MLX: the Qwen2 byte-level BPE tokenizer and the language
 //! model of Qwen2.5-VL-7B (no LM head), used the way diffusers' `QwenImagePipeline` uses
 //! them to turn prompts into the DiT's `encoder_hidden_states`; and Qwen2.5-VL's vision tower
-//! (`vision`: pictures → image tokens, for Qwen-Image-Edit; in parity with transformers, not yet
-//! wired into an edit pipeline).
+//! (`vision`: pictures → image tokens, for Qwen-Image-Edit) with Qwen2-VL's image processor
+//! (`processor`) and the language model reading images (3-D M-RoPE); in parity with transformers,
+//! not yet wired into an edit pipeline.
 //!
 //! Place in the pipeline: **prompt → [this crate] → (B, T, 3584) embeddings + mask → DiT**.
 //! The encoder runs once per generation (prompt and, with true CFG, negative prompt) and can be
@@ -38,6 +39,7 @@ pub mod config;
 pub mod encoder;
 pub mod error;
 pub mod model;
+pub mod processor;
 pub mod rope;
 pub mod tokenizer;
 pub mod vision;
@@ -50,6 +52,7 @@ pub use encoder::{
 };
 pub use error::{Result, TextEncoderError};
 pub use model::QwenTextModel;
+pub use processor::ImageProcessorConfig;
 pub use tokenizer::{Batch, QwenTokenizer, Side};
 pub use vision::{Grid, VisionConfig, VisionTower};
 pub use weights::{IGNORED_PREFIXES, TextModelWeights, check_checkpoint, load_weights};

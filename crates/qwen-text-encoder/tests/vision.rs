@@ -189,3 +189,53 @@ fn the_language_model_reads_the_images_with_3d_positions() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// Qwen2-VL's image processor against transformers (PIL backend): `smart_resize` at the real
+/// factor 28 and bounds for a table of sizes, and the patches of three pictures (within, above
+/// and below the bounds at patch 4) bit for bit from the Pillow-resized pixels.
+#[test]
+fn the_image_processor_matches_transformers() -> anyhow::Result<()> {
+    use qwen_text_encoder::ImageProcessorConfig;
+    let real = ImageProcessorConfig {
+        min_pixels: Some(3136),
+        max_pixels: Some(12_845_056),
+        ..Default::default()
+    };
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("processor.json"))?)?;
+    for case in table.as_array().unwrap() {
+        let (h, w) = (
+            case["height"].as_u64().unwrap(),
+            case["width"].as_u64().unwrap(),
+        );
+        let want = (
+            case["resized"][0].as_u64().unwrap() as usize,
+            case["resized"][1].as_u64().unwrap() as usize,
+        );
+        assert_eq!(real.smart_resize(h as usize, w as usize)?, want, "{h}×{w}");
+    }
+    assert!(
+        real.smart_resize(10, 2001).is_err(),
+        "aspect ratio above 200"
+    );
+    let tiny = ImageProcessorConfig {
+        min_pixels: Some(256),
+        max_pixels: Some(1600),
+        patch_size: 4,
+        ..Default::default()
+    };
+    let t = mlx_weights::load_file(&fixture("processor.safetensors"))?;
+    for i in 0..3 {
+        let image = t.get(&format!("image{i}")).unwrap();
+        let resized = t.get(&format!("resized{i}")).unwrap();
+        let (h, w) = (image.shape()[0] as usize, image.shape()[1] as usize);
+        let (rh, rw) = (resized.shape()[0] as usize, resized.shape()[1] as usize);
+        assert_eq!(tiny.smart_resize(h, w)?, (rh, rw), "picture {i}");
+        let (pv, grid) = tiny.pixel_values(resized.as_slice::<u8>(), rw, rh)?;
+        let want_grid = ints(t.get(&format!("grid{i}")).unwrap());
+        assert_eq!(vec![grid.t as i32, grid.h as i32, grid.w as i32], want_grid);
+        let want = floats(t.get(&format!("pixel_values{i}")).unwrap());
+        assert_eq!(floats(&pv), want, "picture {i}: pixel values");
+    }
+    Ok(())
+}
