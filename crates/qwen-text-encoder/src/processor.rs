@@ -205,7 +205,10 @@ impl ImageProcessorConfig {
     pub fn pixel_values(&self, rgb: &[u8], width: usize, height: usize) -> Result<(Array, Grid)> {
         let (p, m, tp) = (self.patch_size, self.merge_size, self.temporal_patch_size);
         let unit = p * m;
-        if rgb.len() != width * height * 3 || width % unit != 0 || height % unit != 0 {
+        if rgb.len() != width * height * 3
+            || !width.is_multiple_of(unit)
+            || !height.is_multiple_of(unit)
+        {
             return Err(TextEncoderError::InvalidInput(format!(
                 "{} bytes for a {width}×{height} RGB picture whose sides are multiples of {unit}",
                 rgb.len()
