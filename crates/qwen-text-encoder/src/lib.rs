@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod edit;
 pub mod encoder;
 pub mod error;
 pub mod model;
@@ -46,6 +47,7 @@ pub mod vision;
 pub mod weights;
 
 pub use config::{Qwen2_5_VLConfig, Qwen2_5_VLTextConfig, TextConfig};
+pub use edit::{EditEncoder, EditTemplate};
 pub use encoder::{
     DEFAULT_MAX_SEQUENCE_LENGTH, MAX_SEQUENCE_LENGTH_LIMIT, PROMPT_TEMPLATE, PromptEmbeds,
     TOKENIZER_MAX_LENGTH, TextEncoder, template_drop_index,
