@@ -7,16 +7,7 @@
 #   B. one true-CFG DiT step at 512² / 1024² / 1328² as the pipeline runs it, profile at 1024²;
 #   C. the whole 1024² Lightning image (8 steps, CFG off), 2 runs (the second warm).
 set -uo pipefail
-OUT=${OUT:-/tmp/h200-part5}
-mkdir -p "$OUT"
-D=.device-mlx
-bin() { ls "$D"/bin/"$1"-* 2>/dev/null | head -1; }
-t0=$(date +%s)
-stamp() { echo "== [+$(($(date +%s) - t0)) s] $*"; }
-{
-  date -u
-  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
-} | tee "$OUT/machine.txt"
+source "$(dirname "$0")/lib.sh" h200-part5
 source "$D/activate.sh" >/dev/null
 export MLX_PTX_CACHE_DIR="$OUT/ptx"
 mkdir -p "$MLX_PTX_CACHE_DIR"

@@ -8,16 +8,7 @@
 #      rank-64 LoRA read from a file (merge time, load peak), 2 runs each (the second warm).
 # Part 7 runs diffusers on the same machine kind right after (scripts/bench/h200_part7.sh).
 set -uo pipefail
-OUT=${OUT:-/tmp/h200-part6}
-mkdir -p "$OUT"
-D=.device-mlx
-bin() { ls "$D"/bin/"$1"-* 2>/dev/null | head -1; }
-t0=$(date +%s)
-stamp() { echo "== [+$(($(date +%s) - t0)) s] $*"; }
-{
-  date -u
-  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
-} | tee "$OUT/machine.txt"
+source "$(dirname "$0")/lib.sh" h200-part6
 source "$D/activate.sh" >/dev/null
 export MLX_PTX_CACHE_DIR="$OUT/ptx"
 mkdir -p "$MLX_PTX_CACHE_DIR"

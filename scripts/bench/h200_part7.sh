@@ -9,16 +9,7 @@
 #   WHO=diffusers: diffusers 0.42.1's step with compile_repeated_blocks at the same sizes;
 #                  its Lightning image, eager and compiled.
 set -uo pipefail
-OUT=${OUT:-/tmp/h200-part7}
-mkdir -p "$OUT"
-D=.device-mlx
-bin() { ls "$D"/bin/"$1"-* 2>/dev/null | head -1; }
-t0=$(date +%s)
-stamp() { echo "== [+$(($(date +%s) - t0)) s] $*"; }
-{
-  date -u
-  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
-} | tee "$OUT/machine.txt"
+source "$(dirname "$0")/lib.sh" h200-part7
 if [ "${WHO:-ours}" = ours ]; then
   source "$D/activate.sh" >/dev/null
   export MLX_PTX_CACHE_DIR="$OUT/ptx"

@@ -178,24 +178,6 @@ pub fn lanczos_resize(
     )
 }
 
-/// The same with Pillow 13.0's `resize(…, BICUBIC)`.
-pub fn bicubic_resize(
-    data: &[u8],
-    width: usize,
-    height: usize,
-    channels: usize,
-    out_width: usize,
-    out_height: usize,
-) -> Vec<u8> {
-    resize(
-        data,
-        (width, height),
-        channels,
-        (out_width, out_height),
-        Filter::Bicubic,
-    )
-}
-
 /// Resizes an 8-bit image of `channels` interleaved values per pixel from `(width, height)`
 /// to `(out_width, out_height)` with `filter`, as Pillow 13.0 does.
 pub fn resize(

@@ -15,7 +15,7 @@ mod common;
 
 use common::*;
 use mlx_rs::{Array, Dtype};
-use qwen_image::resample::bicubic_resize;
+use qwen_image::resample::{Filter, resize};
 use qwen_text_encoder::{EditEncoder, EditTemplate};
 
 fn floats(a: &Array) -> Vec<f32> {
@@ -50,7 +50,7 @@ fn edit_prompts_encode_as_diffusers() -> anyhow::Result<()> {
             let pic = cases.get(&format!("{kind}_picture{i}")).unwrap();
             let (h, w) = (pic.shape()[0] as usize, pic.shape()[1] as usize);
             let (rh, rw) = enc.processor().smart_resize(h, w)?;
-            let resized = bicubic_resize(pic.as_slice::<u8>(), w, h, 3, rw, rh);
+            let resized = resize(pic.as_slice::<u8>(), (w, h), 3, (rw, rh), Filter::Bicubic);
             let (pv, grid) = enc.processor().pixel_values(&resized, rw, rh)?;
             assert_eq!(
                 [grid.t as i32, grid.h as i32, grid.w as i32],

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use common::*;
 use qwen_image::image_input::load_image;
-use qwen_image::resample::{bicubic_resize, lanczos_resize};
+use qwen_image::resample::{Filter, lanczos_resize, resize};
 
 fn dir() -> PathBuf {
     fixtures().join("../img2img")
@@ -48,7 +48,13 @@ fn bicubic_matches_pillow_bit_for_bit() -> anyhow::Result<()> {
         let output = t.get(&format!("resized{i}")).unwrap();
         let (ih, iw) = (input.shape()[0] as usize, input.shape()[1] as usize);
         let (oh, ow) = (output.shape()[0] as usize, output.shape()[1] as usize);
-        let got = bicubic_resize(input.as_slice::<u8>(), iw, ih, 3, ow, oh);
+        let got = resize(
+            input.as_slice::<u8>(),
+            (iw, ih),
+            3,
+            (ow, oh),
+            Filter::Bicubic,
+        );
         let diff = got
             .iter()
             .zip(output.as_slice::<u8>())

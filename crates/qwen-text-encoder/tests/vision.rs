@@ -15,15 +15,7 @@ use mlx_rs::{Array, Dtype};
 use qwen_text_encoder::vision::{Grid, VisionTower, patch_positions, window_index};
 
 fn fixture(rel: &str) -> PathBuf {
-    let here = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fixtures/data/vision"
-    ))
-    .join(rel);
-    if here.exists() {
-        return here;
-    }
-    PathBuf::from("fixtures/data/vision").join(rel)
+    common::fixture_in("vision", rel)
 }
 
 fn io() -> mlx_weights::Tensors {

@@ -2,19 +2,22 @@
 
 use std::path::PathBuf;
 
-/// `fixtures/data/text_encoder/<rel>`: next to the crate when built here, else relative to the
-/// current directory (test binaries also run from the repository root on the GPU machine).
+/// `fixtures/data/text_encoder/<rel>` (see [`fixture_in`]).
 #[allow(dead_code)] // not every test binary reads the text-encoder fixtures
 pub fn fixture(rel: &str) -> PathBuf {
-    let here = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fixtures/data/text_encoder"
-    ))
-    .join(rel);
+    fixture_in("text_encoder", rel)
+}
+
+/// `fixtures/data/<dir>/<rel>`: next to the crate when built here, else relative to the
+/// current directory (test binaries also run from the repository root on the GPU machine).
+pub fn fixture_in(dir: &str, rel: &str) -> PathBuf {
+    let here = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/data"))
+        .join(dir)
+        .join(rel);
     if here.exists() {
         return here;
     }
-    PathBuf::from("fixtures/data/text_encoder").join(rel)
+    PathBuf::from("fixtures/data").join(dir).join(rel)
 }
 
 /// max |a − b| / max |b|: the error relative to the reference's scale. Element-wise relative
