@@ -19,6 +19,7 @@
 
 use std::path::Path;
 
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype, ops};
 use mlx_weights::{Role, StrictLoader, Vars};
 use serde::Deserialize;
@@ -350,21 +351,78 @@ fn gelu_erf(x: &Array) -> Result<Array> {
     )?)
 }
 
-/// A boolean (1, 1, N, N) mask letting position i attend to j when both lie in the same
-/// segment of `cu` (cumulative boundaries).
-fn segment_mask(cu: &[usize], n: usize) -> Array {
-    let mut seg = vec![0i32; n];
-    for (s, w) in cu.windows(2).enumerate() {
-        for v in &mut seg[w[0].min(n)..w[1].min(n)] {
-            *v = s as i32;
+/// Attention restricted to segments of the sequence (windows, or whole images), computed
+/// segment by segment: the segments are gathered into a batch padded to the longest one
+/// (padding rows read an appended zero row and are masked out as keys), attended in one
+/// batched call, and scattered back — work and memory grow with N·L, not N², for segments of
+/// at most L positions.
+struct Segments {
+    /// `(S·L,)`: each batch slot's position in the sequence, or N for padding.
+    gather: Array,
+    /// `(N,)`: each position's slot in the batch.
+    scatter: Array,
+    /// `(S, 1, 1, L)` valid keys, `None` when no segment is padded.
+    mask: Option<Array>,
+    count: i32,
+    len: i32,
+}
+
+impl Segments {
+    /// From cumulative boundaries `cu` over `n` positions (empty segments skipped).
+    fn new(cu: &[usize], n: usize) -> Self {
+        let spans: Vec<(usize, usize)> = cu
+            .windows(2)
+            .map(|w| (w[0].min(n), w[1].min(n)))
+            .filter(|(a, b)| b > a)
+            .collect();
+        let len = spans.iter().map(|(a, b)| b - a).max().unwrap_or(1);
+        let mut gather = Vec::with_capacity(spans.len() * len);
+        let mut scatter = vec![0i32; n];
+        let mut valid = Vec::with_capacity(spans.len() * len);
+        for (si, &(a, b)) in spans.iter().enumerate() {
+            for j in 0..len {
+                if a + j < b {
+                    gather.push((a + j) as i32);
+                    scatter[a + j] = (si * len + j) as i32;
+                    valid.push(true);
+                } else {
+                    gather.push(n as i32);
+                    valid.push(false);
+                }
+            }
+        }
+        let (count, len) = (spans.len() as i32, len as i32);
+        let padded = valid.iter().any(|v| !v);
+        Self {
+            gather: Array::from_slice(&gather, &[count * len]),
+            scatter: Array::from_slice(&scatter, &[n as i32]),
+            mask: padded.then(|| Array::from_slice(&valid, &[count, 1, 1, len])),
+            count,
+            len,
         }
     }
-    let a = Array::from_slice(&seg, &[n as i32, 1]);
-    let b = Array::from_slice(&seg, &[1, n as i32]);
-    // Infallible for these shapes; an error here would be a bug of this function.
-    ops::eq(&a, &b)
-        .and_then(|m| m.reshape(&[1, 1, n as i32, n as i32]))
-        .unwrap_or_else(|_| Array::from_slice(&[true], &[1, 1, 1, 1]))
+
+    /// Softmax attention of `q`, `k`, `v` `(N, H, D)` within each segment: `(N, H, D)`.
+    fn attend(&self, q: &Array, k: &Array, v: &Array, scale: f32) -> Result<Array> {
+        let (h, d) = (q.dim(1), q.dim(2));
+        let batch = |x: &Array| -> Result<Array> {
+            let padded = ops::concatenate(&[x.clone(), ops::zeros_like(x.index(..1))?], 0)?;
+            Ok(padded
+                .take_axis(&self.gather, 0)?
+                .reshape(&[self.count, self.len, h, d])?
+                .transpose_axes(&[0, 2, 1, 3])?)
+        };
+        let o = mlx_fastops::sdpa(
+            &batch(q)?,
+            &batch(k)?,
+            &batch(v)?,
+            scale,
+            self.mask.as_ref(),
+        )?;
+        Ok(o.transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[self.count * self.len, h, d])?
+            .take_axis(&self.scatter, 0)?)
+    }
 }
 
 impl VisionTower {
@@ -394,6 +452,16 @@ impl VisionTower {
             all.extend(b.arrays());
         }
         mlx_rs::transforms::eval(all)?;
+        Ok(tower)
+    }
+
+    /// A tower with seeded random weights of `cfg`'s shapes (for benchmarks: the work does
+    /// not depend on the values).
+    pub fn random(cfg: VisionConfig, dtype: Dtype, seed: u64) -> Result<Self> {
+        cfg.validate()?;
+        let mut src = mlx_weights::RandomSource::new(seed, dtype)?;
+        let tower = Self::take(&mut Vars::new(&mut src), cfg, dtype)?;
+        src.finish()?;
         Ok(tower)
     }
 
@@ -501,15 +569,15 @@ impl VisionTower {
                 cu_full.push(last + g.h * g.w);
             }
         }
-        let window_mask = segment_mask(&cu_window, n);
-        let full_mask = segment_mask(&cu_full, n);
+        let windows = Segments::new(&cu_window, n);
+        let images = Segments::new(&cu_full, n);
         let scale = 1.0 / (hd as f32).sqrt();
 
         for (i, b) in self.blocks.iter().enumerate() {
-            let mask = if cfg.fullatt_block_indexes.contains(&i) {
-                &full_mask
+            let segments = if cfg.fullatt_block_indexes.contains(&i) {
+                &images
             } else {
-                &window_mask
+                &windows
             };
             let qkv = b
                 .qkv
@@ -520,20 +588,7 @@ impl VisionTower {
             let q = rotary(&sq(&parts[0])?, &cos, &sin)?;
             let k = rotary(&sq(&parts[1])?, &cos, &sin)?;
             let v = sq(&parts[2])?;
-            let perm = [1, 0, 2];
-            let heads_first =
-                |a: &Array| -> Result<Array> { Ok(a.transpose_axes(&perm)?.expand_dims(0)?) };
-            let o = mlx_fastops::sdpa(
-                &heads_first(&q)?,
-                &heads_first(&k)?,
-                &heads_first(&v)?,
-                scale,
-                Some(mask),
-            )?;
-            let o = o
-                .squeeze_axes(&[0])?
-                .transpose_axes(&perm)?
-                .reshape(&[ni, c])?;
+            let o = segments.attend(&q, &k, &v, scale)?.reshape(&[ni, c])?;
             h = ops::add(&h, &b.proj.forward(&o)?)?;
             let n2 = rms_norm(&h, &b.norm2)?;
             let gated = ops::multiply(
