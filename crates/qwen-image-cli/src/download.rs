@@ -3,22 +3,20 @@
 
 use std::path::PathBuf;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use qwen_image::download::{DownloadEvent, download_model, resolve_or_download};
 use qwen_image::hub::HubEnv;
+use qwen_image::settings::LoadSettings;
 
 use crate::eout;
 
-/// Resolves `spec` (a folder, or a hub id from the cache, downloaded into it when missing or
-/// incomplete and not `offline`), showing download progress on stderr.
-pub fn resolve(
-    spec: &str,
-    revision: &str,
-    offline: bool,
-    env: &HubEnv,
-) -> qwen_image::Result<PathBuf> {
+/// Resolves `spec` (a folder, or a hub id from the cache, downloaded into it at `load`'s
+/// revision when missing or incomplete and not offline), showing download progress on
+/// stderr.
+pub fn resolve(spec: &str, load: &LoadSettings, env: &HubEnv) -> qwen_image::Result<PathBuf> {
     let mut bar = Bar::default();
-    let dir = resolve_or_download(spec, revision, offline, env, &mut |e| {
+    let revision = &load.revision;
+    let dir = resolve_or_download(spec, revision, load.offline, env, &mut |e| {
         bar.on_event(spec, revision, e)
     })?;
     bar.finish();
@@ -50,15 +48,11 @@ impl Bar {
                      Hugging Face cache",
                     bytes as f64 / 1e9
                 );
-                let b = ProgressBar::new(bytes);
-                b.set_style(
-                    ProgressStyle::with_template(
-                        "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} \
-                         [{elapsed_precise}<{eta_precise}] {msg}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                self.0 = Some(b);
+                self.0 = Some(crate::progress::bar(
+                    bytes,
+                    "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} \
+                     [{elapsed_precise}<{eta_precise}] {msg}",
+                ));
             }
             DownloadEvent::Progress { done } => {
                 if let Some(b) = &self.0 {

@@ -5,6 +5,16 @@ use qwen_image::{Event, Phase};
 
 use crate::eout;
 
+/// A bar of `len` units drawn with indicatif's `template` (the default style if it does not
+/// parse).
+pub fn bar(len: u64, template: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
+}
+
 /// Turns the pipeline's events into a progress display on stderr.
 pub struct Progress {
     total_steps: u64,
@@ -24,14 +34,10 @@ impl Progress {
     pub fn on_event(&mut self, e: Event) {
         match e {
             Event::PhaseStart(Phase::Denoise) => {
-                let b = ProgressBar::new(self.total_steps);
-                b.set_style(
-                    ProgressStyle::with_template(
-                        "denoising {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                self.bar = Some(b);
+                self.bar = Some(bar(
+                    self.total_steps,
+                    "denoising {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+                ));
             }
             Event::PhaseStart(p) => eout!("{p} …"),
             Event::PhaseEnd(Phase::Denoise, _) => {

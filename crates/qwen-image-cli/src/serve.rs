@@ -13,19 +13,12 @@ use crate::{eout, load_error, out};
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = SocketAddr::new(args.host, args.port);
     let runtime = qwen_image::info::runtime_info()?;
-    let options = args.load.options(runtime.default_is_gpu);
-    let loras = args.load.loras()?;
-    let scheduler_overrides = args
-        .load
-        .scheduler_config
-        .as_deref()
-        .map(qwen_image::SchedulerOverrides::from_file)
-        .transpose()
-        .map_err(load_error)?;
+    let load = args.load.settings();
+    let options = load.options(runtime.default_is_gpu);
+    let loras = load.loras().map_err(load_error)?;
+    let scheduler_overrides = load.scheduler_overrides().map_err(load_error)?;
     let env = qwen_image::hub::HubEnv::from_process();
-    let model_dir =
-        crate::download::resolve(&args.model, &args.load.revision, args.load.offline, &env)
-            .map_err(load_error)?;
+    let model_dir = crate::download::resolve(&args.model, &load, &env).map_err(load_error)?;
     let mut config = ServeConfig::new(model_dir.clone(), args.model.clone());
     config.options = options;
     config.loras = loras;

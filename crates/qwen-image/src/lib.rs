@@ -61,8 +61,10 @@ pub mod memory;
 pub mod metadata;
 pub mod output;
 pub mod pipeline;
+pub mod report;
 pub mod request;
 pub mod resample;
+pub mod settings;
 
 pub use cancel::CancelToken;
 pub use checkpoint::{CheckpointConfigs, ComponentPaths};
