@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use qwen_image::settings::{DEFAULT_SIDE, GenerationSettings, LoadSettings, TilingMode};
+use qwen_image::settings::{GenerationSettings, LoadSettings, TilingMode};
 use qwen_image::{ComputeDtype, Field};
 
 /// Qwen-Image text-to-image inference on MLX (Metal, CUDA or CPU).
@@ -104,10 +104,6 @@ pub enum TilingArg {
     On,
     /// Never tile (memory grows with about the square of the pixel count).
     Off,
-}
-
-fn parse_dtype(s: &str) -> Result<ComputeDtype, String> {
-    s.parse::<ComputeDtype>().map_err(|e| e.to_string())
 }
 
 /// `generate`'s arguments.
@@ -223,7 +219,7 @@ pub struct LoadArgs {
     #[arg(long)]
     pub offline: bool,
     /// Compute dtype: f32, bf16 or f16 [default: bf16 on a GPU, f32 on the CPU].
-    #[arg(long, value_parser = parse_dtype)]
+    #[arg(long)]
     pub dtype: Option<ComputeDtype>,
     /// Quantize the transformer's Linear layers to 4 or 8 bits when loading (MLX affine,
     /// group size 64).
@@ -288,33 +284,20 @@ impl GenerateArgs {
                 TilingArg::Off => TilingMode::Off,
             },
             vae_tile_size: self.vae_tile_size,
+            metadata: !self.no_metadata,
             load: self.load.settings(),
         }
     }
 }
 
-/// The flag (and the value given) a request field came from, for error messages.
+/// The flag (and the value given) a request field came from, for error messages: the
+/// setting it comes from ([`GenerationSettings::origin`]) is the flag's name.
 pub fn flag_for(s: &GenerationSettings, field: Field) -> String {
-    match field {
-        Field::Prompt => "--prompt".into(),
-        Field::NegativePrompt => "--negative-prompt".into(),
-        Field::TrueCfgScale => format!("--true-cfg-scale {}", s.true_cfg_scale),
-        Field::Steps => format!("--steps {}", s.steps),
-        Field::Width => format!("--width {}", s.width.unwrap_or(DEFAULT_SIDE)),
-        Field::Height => format!("--height {}", s.height.unwrap_or(DEFAULT_SIDE)),
-        Field::NumImages => format!("--num-images {}", s.num_images),
-        Field::Noise => "--init-latents".into(),
-        Field::MaxSequenceLength => {
-            format!("--max-sequence-length {}", s.max_sequence_length)
-        }
-        Field::VaeTiling => match s.vae_tile_size {
-            Some(px) => format!("--vae-tile-size {px}"),
-            None => "--vae-tiling".into(),
-        },
-        Field::Quantize => "--quantize".into(),
-        Field::Image => "--image".into(),
-        Field::Mask => "--mask".into(),
-        Field::Strength => format!("--strength {}", s.strength),
-        Field::ImageNoise => "--init-latents (image_noise)".into(),
+    let (name, value) = s.origin(field);
+    let flag = format!("--{}", name.replace('_', "-"));
+    match (field, value) {
+        (Field::ImageNoise, _) => format!("{flag} (image_noise)"),
+        (_, Some(v)) => format!("{flag} {v}"),
+        (_, None) => flag,
     }
 }

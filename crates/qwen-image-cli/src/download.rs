@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use indicatif::ProgressBar;
-use qwen_image::download::{DownloadEvent, download_model, resolve_or_download};
+use qwen_image::download::{DownloadEvent, download_checkpoint, resolve_or_download};
 use qwen_image::hub::HubEnv;
 use qwen_image::settings::LoadSettings;
 
@@ -23,11 +23,11 @@ pub fn resolve(spec: &str, load: &LoadSettings, env: &HubEnv) -> qwen_image::Res
     Ok(dir)
 }
 
-/// Downloads what the engine needs of `repo_id` at `revision` into the cache, showing
-/// progress on stderr; returns the snapshot folder.
+/// Downloads what the engine needs of `repo_id` (a hub id) at `revision` into the cache,
+/// showing progress on stderr; returns the snapshot folder, checked to hold every component.
 pub fn download(repo_id: &str, revision: &str, env: &HubEnv) -> qwen_image::Result<PathBuf> {
     let mut bar = Bar::default();
-    let dir = download_model(repo_id, revision, env, &mut |e| {
+    let dir = download_checkpoint(repo_id, revision, env, &mut |e| {
         bar.on_event(repo_id, revision, e)
     })?;
     bar.finish();

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::ArgMatches;
 use clap::parser::ValueSource;
 use qwen_image::distributed::{Cluster, Watchdog, connect_timeout_from_env, step_timeout_from_env};
-use qwen_image::report::{WallTimes, batch_json, summary_json, summary_text};
+use qwen_image::report::{WallTimes, batch_json, describe_run, summary_json, summary_text};
 use qwen_image::settings::SizeSource;
 use qwen_image::{ComputeDtype, QwenImagePipeline};
 
@@ -71,25 +71,9 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
     let mut pipe = QwenImagePipeline::load(&model_dir, options)
         .map_err(|e| cli_error(e, &job))
         .with_context(|| format!("checkpoint {}", model_dir.display()))?;
-    if let (Some(limit), Some(estimate)) = (
-        runtime.memory_limit.filter(|&l| l > 0),
-        pipe.weight_memory_estimate(),
-    ) {
-        // Only a warning: MLX's limit can be conservative (and memory may be swapped).
-        if let Some(w) = estimate?.warning(limit as u64, dtype, quantized) {
-            let advice: Vec<&str> = [
-                w.suggest_quantize.then_some("--quantize 8 (or 4)"),
-                w.suggest_bf16.then_some("--dtype bf16"),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            let advice = match advice.is_empty() {
-                true => String::new(),
-                false => format!(" (try {})", advice.join(", ")),
-            };
-            eout!("WARNING: {w}{advice}");
-        }
+    if let Some(w) = qwen_image::memory::weights_warning(&pipe, runtime.memory_limit)? {
+        let advice = w.advice("--quantize 8 (or 4)", "--dtype bf16");
+        eout!("WARNING: {w}{advice}");
     }
     let cache = runtime.kernel_cache.as_deref();
     if let Some(n) = qwen_image::kernel_cache::first_use_notice(runtime.backend, quantized, cache) {
@@ -107,6 +91,7 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
             std::process::exit(1)
         })
     });
+    let model_line = runtime.describe_model(&model_dir, dtype);
     let mut runs = Vec::new();
     for ((line, prompt), outputs) in prompts.iter().zip(&outputs) {
         let mut request = base.clone();
@@ -114,21 +99,10 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
         let prepared = pipe.prepare(request).map_err(|e| cli_error(e, &job))?;
         let req = prepared.request();
         // Rank 0 reports and writes; the other ranks only do their share of the work.
-        if let Some(c) = cluster.as_ref().filter(|_| leader) {
-            let plan = c.describe(req.does_true_cfg(), req.num_images);
-            eout!("qwen-image: distributed: {plan}");
-        }
         if leader {
-            eout!(
-                "qwen-image: {} on {} ({}), {}, {}{}",
-                model_dir.display(),
-                runtime.backend,
-                runtime.default_device,
-                dtype,
-                prepared.describe(),
-                line.map(|l| format!(", prompt of line {l}"))
-                    .unwrap_or_default()
-            );
+            for l in describe_run(&model_line, &prepared, *line, cluster.as_ref()) {
+                eout!("qwen-image: {l}");
+            }
         }
         let mut progress = leader.then(|| progress::Progress::new(prepared.total_steps()));
         let result = pipe
@@ -145,30 +119,23 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
             None => anyhow::bail!("rank 0 received no images"),
         };
         let t_write = Instant::now();
-        let metadata = !args.no_metadata;
-        job.write_images(
-            req,
-            dtype,
-            &result.images,
-            outputs,
-            metadata,
-            &mut |path, img| {
-                if !args.json {
-                    out!("wrote {} ({}×{})", path.display(), img.width, img.height);
-                }
-            },
-        )?;
+        job.write_images(req, dtype, &result.images, outputs, &mut |path, img| {
+            if !args.json {
+                out!("wrote {} ({}×{})", path.display(), img.width, img.height);
+            }
+        })?;
         let times = WallTimes {
             open: open_time,
             write: t_write.elapsed(),
             total: t_total.elapsed(),
         };
-        match args.json {
-            true => runs.push(summary_json(req, &result, &times, *line, outputs)),
-            false => out!(
+        if args.json {
+            runs.push(summary_json(req, &result, &times, *line, outputs));
+        } else {
+            out!(
                 "{}",
                 summary_text(&job, req, &result, &times, "--vae-tiling")
-            ),
+            );
         }
     }
     if args.json && leader {

@@ -27,13 +27,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.api_key = args.api_key.clone();
     config.max_queue = args.max_queue as usize;
     config.max_body_bytes = (args.max_body_mb as usize) << 20;
-    eout!(
-        "qwen-image serve: loading {} on {} ({}), {} …",
-        model_dir.display(),
-        runtime.backend,
-        runtime.default_device,
-        config.options.dtype
-    );
+    let model = runtime.describe_model(&model_dir, config.options.dtype);
+    eout!("qwen-image serve: loading {model} …");
     if let Some(n) = qwen_image::kernel_cache::first_use_notice(
         runtime.backend,
         config.options.quantize.is_some(),

@@ -133,6 +133,12 @@ pub enum PipelineError {
         /// The cache searched (`None` when no cache location is known).
         cache: Option<PathBuf>,
     },
+    /// A model to download that is not a Hugging Face id (`owner/name`).
+    #[error("{spec} is not a Hugging Face id of the form owner/name")]
+    NotARepoId {
+        /// What was given.
+        spec: String,
+    },
     /// Downloading from the Hugging Face hub failed.
     #[error("downloading {repo_id}: {msg}")]
     Download {

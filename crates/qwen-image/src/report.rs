@@ -5,9 +5,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::distributed::Cluster;
+#[cfg(doc)]
+use crate::info::RuntimeInfo;
 use crate::info::human_bytes;
 use crate::settings::GenerationSettings;
-use crate::{GenerateRequest, Generation, Noise};
+use crate::{GenerateRequest, Generation, Noise, PreparedRequest};
 
 /// Wall times measured outside the pipeline's run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +109,34 @@ pub fn summary_text(
         human_bytes(t.decode.peak_memory.max(t.load_vae.peak_memory))
     ));
     lines.join("\n")
+}
+
+/// The lines that introduce a run of `job`: with a `cluster`, how the ranks share it
+/// (`distributed: …`), then where it runs (`model`, e.g. [`RuntimeInfo::describe_model`]),
+/// what it asks for ([`PreparedRequest::describe`]) and, from a prompt file, the prompt's
+/// line.
+pub fn describe_run(
+    model: &str,
+    job: &PreparedRequest,
+    prompt_line: Option<usize>,
+    cluster: Option<&Cluster>,
+) -> Vec<String> {
+    let req = job.request();
+    let mut lines: Vec<String> = cluster
+        .map(|c| {
+            let plan = c.describe(req.does_true_cfg(), req.num_images);
+            format!("distributed: {plan}")
+        })
+        .into_iter()
+        .collect();
+    lines.push(format!(
+        "{model}, {}{}",
+        job.describe(),
+        prompt_line
+            .map(|l| format!(", prompt of line {l}"))
+            .unwrap_or_default()
+    ));
+    lines
 }
 
 /// The machine-readable summary of one prompt's run: [`Generation::summary_json`] with the
@@ -209,6 +240,26 @@ mod tests {
         let text = summary_text(&settings, &req, &generation(), &times, "tiling");
         assert!(text.contains("quantized transformer layers: 0\n"), "{text}");
         assert!(text.contains("; tiling off)"), "{text}");
+    }
+
+    #[test]
+    fn run_header_lines() -> anyhow::Result<()> {
+        let dir = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/data/pipeline/tiny"
+        ));
+        let pipe = crate::QwenImagePipeline::load(dir, Default::default())?;
+        let mut req = GenerateRequest::new("p");
+        (req.width, req.height, req.steps) = (64, 64, 2);
+        let job = pipe.prepare(req)?;
+        let lines = describe_run("m on cpu", &job, Some(3), None);
+        assert_eq!(
+            lines,
+            [format!("m on cpu, {}, prompt of line 3", job.describe())]
+        );
+        let lines = describe_run("m on cpu", &job, None, None);
+        assert_eq!(lines, ["m on cpu, 64×64, 2 steps, true CFG off"]);
+        Ok(())
     }
 
     #[test]

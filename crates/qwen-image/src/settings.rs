@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{PipelineError, Result};
+use crate::error::{Field, PipelineError, Result};
 use crate::image_input::{fit_to_area, load_image};
 use crate::latents::{InitLatents, read_init_latents};
 use crate::metadata::{GenerationRecord, read_prompt_file};
@@ -284,13 +284,15 @@ pub struct GenerationSettings {
     pub vae_tiling: TilingMode,
     /// Square tile size in pixels ([`DEFAULT_VAE_TILE_SIZE`] when not set).
     pub vae_tile_size: Option<usize>,
+    /// Whether each PNG gets the record of its generation ([`Self::record`]).
+    pub metadata: bool,
     /// How the model is found and loaded.
     pub load: LoadSettings,
 }
 
 impl Default for GenerationSettings {
     /// [`GenerateRequest::new`]'s numbers, no model or prompt yet, the strength
-    /// [`crate::img2img::DEFAULT_STRENGTH`], output `qwen-image.png`.
+    /// [`crate::img2img::DEFAULT_STRENGTH`], output `qwen-image.png` with its record.
     fn default() -> Self {
         let r = GenerateRequest::new("");
         Self {
@@ -313,6 +315,7 @@ impl Default for GenerationSettings {
             max_sequence_length: r.max_sequence_length,
             vae_tiling: TilingMode::Auto,
             vae_tile_size: None,
+            metadata: true,
             load: LoadSettings::default(),
         }
     }
@@ -565,18 +568,17 @@ impl GenerationSettings {
     }
 
     /// Writes `images` of `req` to `files` in order, each with its record ([`Self::record`])
-    /// when `metadata`, calling `on_written` after each file.
+    /// when `metadata` is set, calling `on_written` after each file.
     pub fn write_images(
         &self,
         req: &GenerateRequest,
         dtype: ComputeDtype,
         images: &[Image],
         files: &[PathBuf],
-        metadata: bool,
         on_written: &mut dyn FnMut(&Path, &Image),
     ) -> Result<()> {
         for (i, (img, path)) in images.iter().zip(files).enumerate() {
-            let text = match metadata {
+            let text = match self.metadata {
                 true => self.record(req, dtype, i).chunks(),
                 false => Vec::new(),
             };
@@ -584,6 +586,35 @@ impl GenerationSettings {
             on_written(path, img);
         }
         Ok(())
+    }
+
+    /// The setting a request field comes from (a field name of these settings) and, for a
+    /// number, the value it has, for messages that point at what to change: `("steps",
+    /// Some("0"))`, `("vae_tile_size", Some("20"))`, `("init_latents", None)` for the noise.
+    pub fn origin(&self, field: Field) -> (&'static str, Option<String>) {
+        let side = |v: Option<usize>| Some(v.unwrap_or(DEFAULT_SIDE).to_string());
+        match field {
+            Field::Prompt => ("prompt", None),
+            Field::NegativePrompt => ("negative_prompt", None),
+            Field::TrueCfgScale => ("true_cfg_scale", Some(self.true_cfg_scale.to_string())),
+            Field::Steps => ("steps", Some(self.steps.to_string())),
+            Field::Width => ("width", side(self.width)),
+            Field::Height => ("height", side(self.height)),
+            Field::NumImages => ("num_images", Some(self.num_images.to_string())),
+            Field::Noise | Field::ImageNoise => ("init_latents", None),
+            Field::MaxSequenceLength => (
+                "max_sequence_length",
+                Some(self.max_sequence_length.to_string()),
+            ),
+            Field::VaeTiling => match self.vae_tile_size {
+                Some(px) => ("vae_tile_size", Some(px.to_string())),
+                None => ("vae_tiling", None),
+            },
+            Field::Quantize => ("quantize", None),
+            Field::Image => ("image", None),
+            Field::Mask => ("mask", None),
+            Field::Strength => ("strength", Some(self.strength.to_string())),
+        }
     }
 }
 
@@ -731,6 +762,65 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn request_fields_point_at_their_settings() {
+        let mut s = GenerationSettings {
+            steps: 0,
+            width: Some(40),
+            ..Default::default()
+        };
+        assert_eq!(s.origin(Field::Steps), ("steps", Some("0".into())));
+        assert_eq!(s.origin(Field::Width), ("width", Some("40".into())));
+        assert_eq!(s.origin(Field::Height), ("height", Some("1024".into())));
+        assert_eq!(
+            s.origin(Field::TrueCfgScale),
+            ("true_cfg_scale", Some("4".into()))
+        );
+        assert_eq!(s.origin(Field::Strength), ("strength", Some("0.6".into())));
+        assert_eq!(s.origin(Field::ImageNoise), ("init_latents", None));
+        assert_eq!(s.origin(Field::VaeTiling), ("vae_tiling", None));
+        s.vae_tile_size = Some(20);
+        assert_eq!(
+            s.origin(Field::VaeTiling),
+            ("vae_tile_size", Some("20".into()))
+        );
+    }
+
+    #[test]
+    fn images_are_written_with_or_without_their_record() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let files = [tmp.path().join("a.png"), tmp.path().join("b.png")];
+        let img = Image {
+            width: 2,
+            height: 1,
+            data: vec![9; 6],
+        };
+        let mut s = GenerationSettings {
+            model: Some("m".into()),
+            ..Default::default()
+        };
+        let mut req = GenerateRequest::new("a fox");
+        req.noise = Noise::Seed(5);
+        let mut written = Vec::new();
+        let images = [img.clone(), img];
+        s.write_images(&req, ComputeDtype::F32, &images, &files, &mut |p, _| {
+            written.push(p.to_path_buf())
+        })?;
+        assert_eq!(written, files);
+        let r = crate::metadata::read_png_record(&files[1])?;
+        assert_eq!((r.model.as_str(), r.seed), ("m", Some(6)));
+        s.metadata = false;
+        s.write_images(
+            &req,
+            ComputeDtype::F32,
+            &images[..1],
+            &files,
+            &mut |_, _| {},
+        )?;
+        assert!(crate::metadata::read_png_record(&files[0]).is_err());
+        Ok(())
     }
 
     #[test]
