@@ -42,14 +42,11 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
     // Input pictures first: the output size may come from them.
     let init = job.load_inputs(&mut |p, n| eout!("warning: {}: {n}", p.display()))?;
     let (size, source) = job.resolve_size(init.as_ref().map(|(img, _)| img));
-    if let (SizeSource::Image, Some((img, _))) = (source, &init) {
+    if let SizeSource::Image { width, height } = source {
+        let (w, h) = size;
         eout!(
-            "size: {}×{} (the {}×{} image's aspect ratio at about 1024² pixels; --width and \
-             --height set it)",
-            size.0,
-            size.1,
-            img.width,
-            img.height
+            "size: {w}×{h} (the {width}×{height} image's aspect ratio at about 1024² pixels; \
+             --width and --height set it)"
         );
     }
     // Cheap checks first, before any path is looked at or anything is allocated from the
@@ -66,8 +63,9 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
     let t_open = Instant::now();
     let env = qwen_image::hub::HubEnv::from_process();
     let model_dir =
-        crate::download::resolve(&model, &job.load, &env).map_err(|e| cli_error(e, &job))?;
-    let (quantized, dtype) = (options.quantize.is_some(), options.dtype);
+        crate::progress::resolve(&model, &job.load, &env).map_err(|e| cli_error(e, &job))?;
+    let quantized = options.quantize.is_some();
+    let dtype = options.dtype;
     let mut pipe = QwenImagePipeline::load(&model_dir, options)
         .map_err(|e| cli_error(e, &job))
         .with_context(|| format!("checkpoint {}", model_dir.display()))?;
@@ -75,8 +73,7 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
         let advice = w.advice("--quantize 8 (or 4)", "--dtype bf16");
         eout!("WARNING: {w}{advice}");
     }
-    let cache = runtime.kernel_cache.as_deref();
-    if let Some(n) = qwen_image::kernel_cache::first_use_notice(runtime.backend, quantized, cache) {
+    if let Some(n) = runtime.first_use_notice(quantized) {
         eout!("{n}");
     }
     let base = job
@@ -104,12 +101,13 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
                 eout!("qwen-image: {l}");
             }
         }
-        let mut progress = leader.then(|| progress::Progress::new(prepared.total_steps()));
+        let total = prepared.total_steps();
+        let mut progress = leader.then(progress::Bar::default);
         let result = pipe
             .run_on(&prepared, cluster.as_ref(), &mut |e| {
                 heartbeat.iter().for_each(Watchdog::beat);
                 if let Some(p) = &mut progress {
-                    p.on_event(e);
+                    p.on_event(e, total);
                 }
             })
             .map_err(|e| cli_error(e, &job))?;
@@ -132,10 +130,8 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
         if args.json {
             runs.push(summary_json(req, &result, &times, *line, outputs));
         } else {
-            out!(
-                "{}",
-                summary_text(&job, req, &result, &times, "--vae-tiling")
-            );
+            let text = summary_text(&job, req, &result, &times, "--vae-tiling");
+            out!("{text}");
         }
     }
     if args.json && leader {

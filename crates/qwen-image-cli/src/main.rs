@@ -1,10 +1,9 @@
 //! `qwen-image`: generate images with Qwen-Image on MLX. A thin program over the `qwen_image`
 //! library: arguments → the library's settings ([`args`]), the library's checks, run and
-//! summary, a progress display ([`progress`]); it maps the library's typed errors onto the
+//! summary, progress displays ([`progress`]); it maps the library's typed errors onto the
 //! flags the user typed.
 
 mod args;
-mod download;
 mod generate;
 mod progress;
 mod serve;
@@ -94,7 +93,7 @@ pub(crate) fn load_error(e: PipelineError) -> anyhow::Error {
 /// `qwen-image download MODEL`: fetches without generating.
 fn download_only(args: &args::DownloadArgs) -> anyhow::Result<()> {
     let env = qwen_image::hub::HubEnv::from_process();
-    let dir = download::download(&args.model, &args.revision, &env)?;
+    let dir = progress::download(&args.model, &args.revision, &env)?;
     out!("{}", dir.display());
     Ok(())
 }

@@ -18,7 +18,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let loras = load.loras().map_err(load_error)?;
     let scheduler_overrides = load.scheduler_overrides().map_err(load_error)?;
     let env = qwen_image::hub::HubEnv::from_process();
-    let model_dir = crate::download::resolve(&args.model, &load, &env).map_err(load_error)?;
+    let model_dir = crate::progress::resolve(&args.model, &load, &env).map_err(load_error)?;
     let mut config = ServeConfig::new(model_dir.clone(), args.model.clone());
     config.options = options;
     config.loras = loras;
@@ -29,11 +29,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_body_bytes = (args.max_body_mb as usize) << 20;
     let model = runtime.describe_model(&model_dir, config.options.dtype);
     eout!("qwen-image serve: loading {model} …");
-    if let Some(n) = qwen_image::kernel_cache::first_use_notice(
-        runtime.backend,
-        config.options.quantize.is_some(),
-        runtime.kernel_cache.as_deref(),
-    ) {
+    if let Some(n) = runtime.first_use_notice(config.options.quantize.is_some()) {
         eout!("{n}");
     }
     let server = Server::start(config).map_err(|e| match e {

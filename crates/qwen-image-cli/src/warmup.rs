@@ -15,7 +15,7 @@ pub fn warmup(args: &WarmupArgs) -> anyhow::Result<()> {
     let runtime = qwen_image::info::runtime_info()?;
     let env = qwen_image::hub::HubEnv::from_process();
     let load = args.load.settings();
-    let dir = crate::download::resolve(&args.model, &load, &env).map_err(load_error)?;
+    let dir = crate::progress::resolve(&args.model, &load, &env).map_err(load_error)?;
     let mut pipe =
         QwenImagePipeline::load(&dir, load.options(runtime.default_is_gpu)).map_err(load_error)?;
     let mut req = qwen_image::kernel_cache::warmup_request();

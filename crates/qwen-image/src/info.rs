@@ -172,6 +172,14 @@ impl RuntimeInfo {
             self.default_device
         )
     }
+
+    /// The notice before a run that will compile kernels first
+    /// ([`crate::kernel_cache::first_use_notice`]) on this runtime's backend and kernel cache;
+    /// `quantized` says whether the transformer runs quantized.
+    pub fn first_use_notice(&self, quantized: bool) -> Option<String> {
+        let cache = self.kernel_cache.as_deref();
+        crate::kernel_cache::first_use_notice(self.backend, quantized, cache)
+    }
 }
 
 impl fmt::Display for RuntimeInfo {
@@ -214,6 +222,7 @@ mod tests {
         }
         let text = info.to_string();
         assert!(text.contains("backend:"));
+        assert_eq!(info.first_use_notice(false), None);
         let model = info.describe_model(std::path::Path::new("/m"), ComputeDtype::Bf16);
         assert_eq!(
             model,

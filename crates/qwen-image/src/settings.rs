@@ -236,7 +236,12 @@ pub enum SizeSource {
     /// The width and height set ([`DEFAULT_SIDE`] for a side not set).
     Sides,
     /// The init image's aspect ratio at about [`IMAGE_FIT_AREA`] pixels.
-    Image,
+    Image {
+        /// The init image's width.
+        width: usize,
+        /// The init image's height.
+        height: usize,
+    },
 }
 
 /// One prompt of a run: its line in the prompt file (`None` for a single prompt) and text.
@@ -431,7 +436,10 @@ impl GenerationSettings {
             (Some(wh), ..) => (wh, SizeSource::Aspect),
             (None, None, None, Some(img)) => (
                 fit_to_area(img.width, img.height, IMAGE_FIT_AREA, 16),
-                SizeSource::Image,
+                SizeSource::Image {
+                    width: img.width,
+                    height: img.height,
+                },
             ),
             (None, w, h, _) => (
                 (w.unwrap_or(DEFAULT_SIDE), h.unwrap_or(DEFAULT_SIDE)),
@@ -710,7 +718,13 @@ mod tests {
             ((1024, 1024), SizeSource::Sides)
         );
         let (size, source) = s.clone().resolve_size(Some(&img));
-        assert_eq!(source, SizeSource::Image);
+        assert_eq!(
+            source,
+            SizeSource::Image {
+                width: 300,
+                height: 200
+            }
+        );
         assert_eq!(size, fit_to_area(300, 200, 1 << 20, 16));
         s.height = Some(512);
         assert_eq!(s.resolve_size(Some(&img)), ((1024, 512), SizeSource::Sides));
