@@ -61,9 +61,7 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
     let cluster = Cluster::from_env(connect_timeout_from_env())?;
     let leader = cluster.as_ref().is_none_or(|c| c.is_leader());
     let t_open = Instant::now();
-    let env = qwen_image::hub::HubEnv::from_process();
-    let model_dir =
-        crate::progress::resolve(&model, &job.load, &env).map_err(|e| cli_error(e, &job))?;
+    let model_dir = crate::progress::resolve(&model, &job.load).map_err(|e| cli_error(e, &job))?;
     let quantized = options.quantize.is_some();
     let dtype = options.dtype;
     let mut pipe = QwenImagePipeline::load(&model_dir, options)

@@ -92,8 +92,7 @@ pub(crate) fn load_error(e: PipelineError) -> anyhow::Error {
 
 /// `qwen-image download MODEL`: fetches without generating.
 fn download_only(args: &args::DownloadArgs) -> anyhow::Result<()> {
-    let env = qwen_image::hub::HubEnv::from_process();
-    let dir = progress::download(&args.model, &args.revision, &env)?;
+    let dir = progress::download(&args.model, &args.revision)?;
     out!("{}", dir.display());
     Ok(())
 }
@@ -118,8 +117,7 @@ fn main() -> std::process::ExitCode {
             })
             .map_err(anyhow::Error::from),
         Command::Generate(args) => {
-            let sub = matches.subcommand_matches("generate");
-            generate::generate(*args, sub)
+            generate::generate(*args, matches.subcommand_matches("generate"))
         }
         Command::Download(args) => download_only(&args),
         Command::Serve(args) => serve::serve(*args),

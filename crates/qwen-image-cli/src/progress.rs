@@ -97,24 +97,27 @@ impl Bar {
     }
 }
 
-/// Resolves `spec` (a folder, or a hub id from the cache, downloaded into it at `load`'s
-/// revision when missing or incomplete and not offline), showing download progress on
-/// stderr.
-pub fn resolve(spec: &str, load: &LoadSettings, env: &HubEnv) -> qwen_image::Result<PathBuf> {
+/// Resolves `spec` (a folder, or a hub id from the cache of the process's environment,
+/// downloaded into it at `load`'s revision when missing or incomplete and not offline),
+/// showing download progress on stderr.
+pub fn resolve(spec: &str, load: &LoadSettings) -> qwen_image::Result<PathBuf> {
+    let env = HubEnv::from_process();
     let mut bar = Bar::default();
     let revision = &load.revision;
-    let dir = resolve_or_download(spec, revision, load.offline, env, &mut |e| {
+    let dir = resolve_or_download(spec, revision, load.offline, &env, &mut |e| {
         bar.on_download(spec, revision, e)
     })?;
     bar.finish();
     Ok(dir)
 }
 
-/// Downloads what the engine needs of `repo_id` (a hub id) at `revision` into the cache,
-/// showing progress on stderr; returns the snapshot folder, checked to hold every component.
-pub fn download(repo_id: &str, revision: &str, env: &HubEnv) -> qwen_image::Result<PathBuf> {
+/// Downloads what the engine needs of `repo_id` (a hub id) at `revision` into the cache of
+/// the process's environment, showing progress on stderr; returns the snapshot folder,
+/// checked to hold every component.
+pub fn download(repo_id: &str, revision: &str) -> qwen_image::Result<PathBuf> {
+    let env = HubEnv::from_process();
     let mut bar = Bar::default();
-    let dir = download_checkpoint(repo_id, revision, env, &mut |e| {
+    let dir = download_checkpoint(repo_id, revision, &env, &mut |e| {
         bar.on_download(repo_id, revision, e)
     })?;
     bar.finish();

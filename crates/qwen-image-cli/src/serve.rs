@@ -17,8 +17,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let options = load.options(runtime.default_is_gpu);
     let loras = load.loras().map_err(load_error)?;
     let scheduler_overrides = load.scheduler_overrides().map_err(load_error)?;
-    let env = qwen_image::hub::HubEnv::from_process();
-    let model_dir = crate::progress::resolve(&args.model, &load, &env).map_err(load_error)?;
+    let model_dir = crate::progress::resolve(&args.model, &load).map_err(load_error)?;
     let mut config = ServeConfig::new(model_dir.clone(), args.model.clone());
     config.options = options;
     config.loras = loras;

@@ -13,9 +13,8 @@ use crate::{eout, load_error, out};
 pub fn warmup(args: &WarmupArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let runtime = qwen_image::info::runtime_info()?;
-    let env = qwen_image::hub::HubEnv::from_process();
     let load = args.load.settings();
-    let dir = crate::progress::resolve(&args.model, &load, &env).map_err(load_error)?;
+    let dir = crate::progress::resolve(&args.model, &load).map_err(load_error)?;
     let mut pipe =
         QwenImagePipeline::load(&dir, load.options(runtime.default_is_gpu)).map_err(load_error)?;
     let mut req = qwen_image::kernel_cache::warmup_request();
