@@ -3,10 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use qwen_image::{
-    ComputeDtype, DEFAULT_VAE_TILE_SIZE, Field, GenerateRequest, InitImage, Lora, Noise,
-    PipelineOptions, QuantizeSpec, Tiles, VaeTiling,
-};
+use qwen_image::settings::{GenerationSettings, LoadSettings, TilingMode};
+use qwen_image::{ComputeDtype, Field};
 
 /// Qwen-Image text-to-image inference on MLX (Metal, CUDA or CPU).
 ///
@@ -108,41 +106,6 @@ pub enum TilingArg {
     Off,
 }
 
-/// The output side without --width/--height and without --image.
-pub const DEFAULT_SIDE: usize = 1024;
-
-/// Qwen-Image's recommended sizes by aspect ratio (model card), floored to multiples of 16.
-pub const ASPECTS: [(&str, (usize, usize)); 7] = [
-    ("1:1", (1328, 1328)),
-    ("16:9", (1664, 928)),
-    ("9:16", (928, 1664)),
-    ("4:3", (1472, 1136)),
-    ("3:4", (1136, 1472)),
-    ("3:2", (1584, 1056)),
-    ("2:3", (1056, 1584)),
-];
-
-fn parse_aspect(s: &str) -> Result<(usize, usize), String> {
-    ASPECTS
-        .iter()
-        .find(|(k, _)| *k == s.trim())
-        .map(|(_, v)| *v)
-        .ok_or_else(|| {
-            format!(
-                "`{s}` is not one of {}",
-                ASPECTS
-                    .iter()
-                    .map(|(k, _)| *k)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
-}
-
-fn parse_dtype(s: &str) -> Result<ComputeDtype, String> {
-    s.parse::<ComputeDtype>().map_err(|e| e.to_string())
-}
-
 /// `generate`'s arguments.
 #[derive(Debug, clap::Args)]
 #[command(allow_negative_numbers = true)]
@@ -170,7 +133,7 @@ pub struct GenerateArgs {
     /// One of Qwen-Image's recommended sizes: 1:1 (1328²), 16:9 (1664×928), 9:16 (928×1664),
     /// 4:3 (1472×1136), 3:4 (1136×1472), 3:2 (1584×1056), 2:3 (1056×1584). The model card's
     /// 1472×1140 is not a multiple of 16: diffusers floors it to 1136, as here.
-    #[arg(long, value_parser = parse_aspect, conflicts_with_all = ["width", "height"])]
+    #[arg(long, value_parser = qwen_image::settings::aspect_size, conflicts_with_all = ["width", "height"])]
     pub aspect: Option<(usize, usize)>,
     /// Do not write the generation parameters into the PNG files.
     #[arg(long)]
@@ -256,7 +219,7 @@ pub struct LoadArgs {
     #[arg(long)]
     pub offline: bool,
     /// Compute dtype: f32, bf16 or f16 [default: bf16 on a GPU, f32 on the CPU].
-    #[arg(long, value_parser = parse_dtype)]
+    #[arg(long)]
     pub dtype: Option<ComputeDtype>,
     /// Quantize the transformer's Linear layers to 4 or 8 bits when loading (MLX affine,
     /// group size 64).
@@ -280,132 +243,61 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
-    /// The LoRAs with their scales (the i-th scale to the i-th LoRA, 1.0 by default); an
-    /// error when more scales than LoRAs are given.
-    pub fn loras(&self) -> anyhow::Result<Vec<Lora>> {
-        anyhow::ensure!(
-            self.lora_scale.len() <= self.lora.len(),
-            "--lora-scale is given {} times for {} --lora: the i-th --lora-scale belongs to \
-             the i-th --lora",
-            self.lora_scale.len(),
-            self.lora.len()
-        );
-        Ok(self
-            .lora
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Lora::file(p, self.lora_scale.get(i).copied().unwrap_or(1.0)))
-            .collect())
-    }
-
-    /// The pipeline options; `gpu` says whether the default device is a GPU (bf16 default).
-    pub fn options(&self, gpu: bool) -> PipelineOptions {
-        PipelineOptions {
-            dtype: self.dtype.unwrap_or(if gpu {
-                ComputeDtype::Bf16
-            } else {
-                ComputeDtype::F32
-            }),
-            quantize: self
-                .quantize
-                .as_deref()
-                .and_then(|b| b.parse::<i32>().ok())
-                .map(QuantizeSpec::new),
-            residency: qwen_image::Residency::Staged,
-            activation_budget: qwen_image::ActivationBudget::Auto,
+    /// The library's settings these flags give.
+    pub fn settings(&self) -> LoadSettings {
+        LoadSettings {
+            revision: self.revision.clone(),
+            offline: self.offline,
+            dtype: self.dtype,
+            quantize: self.quantize.as_deref().and_then(|b| b.parse().ok()),
+            lora: self.lora.clone(),
+            lora_scale: self.lora_scale.clone(),
+            scheduler_config: self.scheduler_config.clone(),
         }
     }
 }
 
 impl GenerateArgs {
-    /// The request these arguments describe: `size` is the output size, `seed` is used when
-    /// --seed is not given, `noise` is the --init-latents content when given, `init` the
-    /// loaded --image (and --mask).
-    pub fn request(
-        &self,
-        size: (usize, usize),
-        seed: u64,
-        noise: Option<qwen_image::latents::InitLatents>,
-        init: Option<(qwen_image::Image, Option<qwen_image::Image>)>,
-    ) -> GenerateRequest {
-        let seed = self.seed.unwrap_or(seed);
-        let (latents, image_noise) = match noise {
-            Some(n) => (Some(n.latents), n.image_noise),
-            None => (None, None),
-        };
-        let tiles = Tiles::Square(self.vae_tile_size.unwrap_or(DEFAULT_VAE_TILE_SIZE));
-        GenerateRequest {
-            prompt: self.prompt.clone().unwrap_or_default(),
+    /// The library's settings these arguments give (before a PNG's record fills the rest).
+    pub fn settings(&self) -> GenerationSettings {
+        GenerationSettings {
+            model: self.model.clone(),
+            prompt: self.prompt.clone(),
+            prompt_file: self.prompt_file.clone(),
             negative_prompt: self.negative_prompt.clone(),
             true_cfg_scale: self.true_cfg_scale,
             steps: self.steps,
-            width: size.0,
-            height: size.1,
+            aspect: self.aspect,
+            width: self.width,
+            height: self.height,
+            image: self.image.clone(),
+            mask: self.mask.clone(),
+            strength: self.strength,
+            seed: self.seed,
+            init_latents: self.init_latents.clone(),
             num_images: self.num_images,
-            noise: match latents {
-                Some(a) => Noise::Latents(a),
-                None => Noise::Seed(seed),
-            },
+            output: self.output.clone(),
             max_sequence_length: self.max_sequence_length,
             vae_tiling: match self.vae_tiling {
-                TilingArg::Auto => VaeTiling::Auto(tiles),
-                TilingArg::On => VaeTiling::On(tiles),
-                TilingArg::Off => VaeTiling::Off,
+                TilingArg::Auto => TilingMode::Auto,
+                TilingArg::On => TilingMode::On,
+                TilingArg::Off => TilingMode::Off,
             },
-            loras: Vec::new(),
-            scheduler_overrides: None,
-            init_image: init.map(|(image, mask)| InitImage {
-                image,
-                mask,
-                strength: self.strength,
-                image_noise,
-                noise_seed: seed,
-            }),
-        }
-    }
-
-    /// The flag (and the value given) a request field came from, for error messages.
-    pub fn flag_for(&self, field: Field) -> String {
-        match field {
-            Field::Prompt => "--prompt".into(),
-            Field::NegativePrompt => "--negative-prompt".into(),
-            Field::TrueCfgScale => format!("--true-cfg-scale {}", self.true_cfg_scale),
-            Field::Steps => format!("--steps {}", self.steps),
-            Field::Width => format!("--width {}", self.width.unwrap_or(DEFAULT_SIDE)),
-            Field::Height => format!("--height {}", self.height.unwrap_or(DEFAULT_SIDE)),
-            Field::NumImages => format!("--num-images {}", self.num_images),
-            Field::Noise => "--init-latents".into(),
-            Field::MaxSequenceLength => {
-                format!("--max-sequence-length {}", self.max_sequence_length)
-            }
-            Field::VaeTiling => match self.vae_tile_size {
-                Some(px) => format!("--vae-tile-size {px}"),
-                None => "--vae-tiling".into(),
-            },
-            Field::Quantize => "--quantize".into(),
-            Field::Image => "--image".into(),
-            Field::Mask => "--mask".into(),
-            Field::Strength => format!("--strength {}", self.strength),
-            Field::ImageNoise => "--init-latents (image_noise)".into(),
+            vae_tile_size: self.vae_tile_size,
+            metadata: !self.no_metadata,
+            load: self.load.settings(),
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The model card's recommended sizes, each a multiple of 16 (4:3 / 3:4 floored as
-    /// diffusers floors 1140).
-    #[test]
-    fn aspect_presets() {
-        // Spot checks against the model card (1472×1140 floored as diffusers floors it).
-        assert_eq!(parse_aspect("16:9"), Ok((1664, 928)));
-        assert_eq!(parse_aspect("4:3"), Ok((1472, 1136)));
-        for (k, (w, h)) in ASPECTS {
-            assert_eq!(parse_aspect(k), Ok((w, h)));
-            assert!(w % 16 == 0 && h % 16 == 0, "{k}");
-        }
-        assert!(parse_aspect("5:4").is_err());
+/// The flag (and the value given) a request field came from, for error messages: the
+/// setting it comes from ([`GenerationSettings::origin`]) is the flag's name.
+pub fn flag_for(s: &GenerationSettings, field: Field) -> String {
+    let (name, value) = s.origin(field);
+    let flag = format!("--{}", name.replace('_', "-"));
+    match (field, value) {
+        (Field::ImageNoise, _) => format!("{flag} (image_noise)"),
+        (_, Some(v)) => format!("{flag} {v}"),
+        (_, None) => flag,
     }
 }

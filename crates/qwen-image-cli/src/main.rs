@@ -1,20 +1,19 @@
 //! `qwen-image`: generate images with Qwen-Image on MLX. A thin program over the `qwen_image`
-//! library: arguments → request ([`args`]), the library's checks and run, a progress display
-//! ([`progress`]) and a summary ([`report`]); it maps the library's typed errors onto the
+//! library: arguments → the library's settings ([`args`]), the library's checks, run and
+//! summary, progress displays ([`progress`]); it maps the library's typed errors onto the
 //! flags the user typed.
 
 mod args;
-mod download;
 mod generate;
 mod progress;
-mod report;
 mod serve;
 mod warmup;
 
 use clap::{CommandFactory, FromArgMatches};
+use qwen_image::settings::GenerationSettings;
 use qwen_image::{NonFiniteAdvice, PipelineError};
 
-use crate::args::{Cli, Command, GenerateArgs};
+use crate::args::{Cli, Command};
 
 /// `println!` that never panics: a closed or full stdout only loses the text.
 #[macro_export]
@@ -35,19 +34,19 @@ macro_rules! eout {
 }
 
 /// The library's error in the words of this program's flags.
-pub(crate) fn cli_error(e: PipelineError, args: &GenerateArgs) -> anyhow::Error {
+pub(crate) fn cli_error(e: PipelineError, s: &GenerationSettings) -> anyhow::Error {
     match &e {
         PipelineError::InvalidRequest { field, .. } => {
-            anyhow::anyhow!("{}: {e}", args.flag_for(*field))
+            anyhow::anyhow!("{}: {e}", args::flag_for(s, *field))
         }
-        PipelineError::InputImage { .. } => match (&args.image, &args.mask) {
+        PipelineError::InputImage { .. } => match (&s.image, &s.mask) {
             (Some(i), _) if e.to_string().contains(&i.display().to_string()) => {
                 anyhow::anyhow!("--image: {e}")
             }
             (_, Some(_)) => anyhow::anyhow!("--mask: {e}"),
             _ => e.into(),
         },
-        PipelineError::InitLatents { path: None, .. } => match &args.init_latents {
+        PipelineError::InitLatents { path: None, .. } => match &s.init_latents {
             Some(p) => anyhow::anyhow!("--init-latents {}: {e}", p.display()),
             None => e.into(),
         },
@@ -60,6 +59,9 @@ pub(crate) fn cli_error(e: PipelineError, args: &GenerateArgs) -> anyhow::Error 
                 NonFiniteAdvice::CheckInputs => " (and --init-latents, when given)",
             }
         ),
+        PipelineError::TileSizeWithTilingOff { .. } => {
+            anyhow::anyhow!("--vae-tile-size has no effect with --vae-tiling off")
+        }
         _ => load_error(e),
     }
 }
@@ -74,6 +76,10 @@ pub(crate) fn load_error(e: PipelineError) -> anyhow::Error {
              while online"
         ),
         PipelineError::Lora { lora, msg } => anyhow::anyhow!("--lora {lora}: {msg}"),
+        PipelineError::LoraScales { scales, loras } => anyhow::anyhow!(
+            "--lora-scale is given {scales} times for {loras} --lora: the i-th --lora-scale \
+             belongs to the i-th --lora"
+        ),
         PipelineError::SchedulerOverride { origin, source } => {
             anyhow::anyhow!("--scheduler-config {origin}: {source}")
         }
@@ -86,33 +92,9 @@ pub(crate) fn load_error(e: PipelineError) -> anyhow::Error {
 
 /// `qwen-image download MODEL`: fetches without generating.
 fn download_only(args: &args::DownloadArgs) -> anyhow::Result<()> {
-    let env = qwen_image::hub::HubEnv::from_process();
-    anyhow::ensure!(
-        qwen_image::hub::looks_like_repo_id(&args.model),
-        "{} is not a Hugging Face id of the form owner/name",
-        args.model
-    );
-    let dir = download::download(&args.model, &args.revision, &env)?;
-    qwen_image::checkpoint::ComponentPaths::from_root(&dir)?;
+    let dir = progress::download(&args.model, &args.revision)?;
     out!("{}", dir.display());
     Ok(())
-}
-
-/// The error and its causes, `: `-separated, skipping causes whose text an outer message
-/// already includes (several stage errors print their source themselves).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        if out.contains(&msg) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&msg);
-    }
-    out
 }
 
 fn main() -> std::process::ExitCode {
@@ -135,8 +117,7 @@ fn main() -> std::process::ExitCode {
             })
             .map_err(anyhow::Error::from),
         Command::Generate(args) => {
-            let sub = matches.subcommand_matches("generate");
-            generate::generate(*args, sub)
+            generate::generate(*args, matches.subcommand_matches("generate"))
         }
         Command::Download(args) => download_only(&args),
         Command::Serve(args) => serve::serve(*args),
@@ -145,7 +126,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eout!("error: {}", error_chain(&e));
+            eout!("error: {}", qwen_image::error::display_chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

@@ -13,19 +13,11 @@ use crate::{eout, load_error, out};
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = SocketAddr::new(args.host, args.port);
     let runtime = qwen_image::info::runtime_info()?;
-    let options = args.load.options(runtime.default_is_gpu);
-    let loras = args.load.loras()?;
-    let scheduler_overrides = args
-        .load
-        .scheduler_config
-        .as_deref()
-        .map(qwen_image::SchedulerOverrides::from_file)
-        .transpose()
-        .map_err(load_error)?;
-    let env = qwen_image::hub::HubEnv::from_process();
-    let model_dir =
-        crate::download::resolve(&args.model, &args.load.revision, args.load.offline, &env)
-            .map_err(load_error)?;
+    let load = args.load.settings();
+    let options = load.options(runtime.default_is_gpu);
+    let loras = load.loras().map_err(load_error)?;
+    let scheduler_overrides = load.scheduler_overrides().map_err(load_error)?;
+    let model_dir = crate::progress::resolve(&args.model, &load).map_err(load_error)?;
     let mut config = ServeConfig::new(model_dir.clone(), args.model.clone());
     config.options = options;
     config.loras = loras;
@@ -34,18 +26,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.api_key = args.api_key.clone();
     config.max_queue = args.max_queue as usize;
     config.max_body_bytes = (args.max_body_mb as usize) << 20;
-    eout!(
-        "qwen-image serve: loading {} on {} ({}), {} …",
-        model_dir.display(),
-        runtime.backend,
-        runtime.default_device,
-        config.options.dtype
-    );
-    if let Some(n) = qwen_image::kernel_cache::first_use_notice(
-        runtime.backend,
-        config.options.quantize.is_some(),
-        runtime.kernel_cache.as_deref(),
-    ) {
+    let model = runtime.describe_model(&model_dir, config.options.dtype);
+    eout!("qwen-image serve: loading {model} …");
+    if let Some(n) = runtime.first_use_notice(config.options.quantize.is_some()) {
         eout!("{n}");
     }
     let server = Server::start(config).map_err(|e| match e {

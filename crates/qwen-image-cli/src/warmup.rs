@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use qwen_image::{GenerateRequest, QwenImagePipeline};
+use qwen_image::QwenImagePipeline;
 
 use crate::args::WarmupArgs;
 use crate::{eout, load_error, out};
@@ -13,29 +13,19 @@ use crate::{eout, load_error, out};
 pub fn warmup(args: &WarmupArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let runtime = qwen_image::info::runtime_info()?;
-    let env = qwen_image::hub::HubEnv::from_process();
-    let dir = crate::download::resolve(&args.model, &args.load.revision, args.load.offline, &env)
-        .map_err(load_error)?;
-    let mut pipe = QwenImagePipeline::load(&dir, args.load.options(runtime.default_is_gpu))
-        .map_err(load_error)?;
-    let mut req = GenerateRequest::new("warm-up");
-    req.negative_prompt = Some(" ".into());
-    (req.width, req.height, req.steps) = (256, 256, 2);
-    req.loras = args.load.loras()?;
+    let load = args.load.settings();
+    let dir = crate::progress::resolve(&args.model, &load).map_err(load_error)?;
+    let mut pipe =
+        QwenImagePipeline::load(&dir, load.options(runtime.default_is_gpu)).map_err(load_error)?;
+    let mut req = qwen_image::kernel_cache::warmup_request();
+    req.loras = load.loras().map_err(load_error)?;
     eout!(
         "qwen-image warmup: {} on {} …",
         dir.display(),
         runtime.backend
     );
     pipe.generate(&req).map_err(load_error)?;
-    let cache = match &runtime.kernel_cache {
-        Some(d) => format!(
-            "{} ({} files)",
-            d.display(),
-            qwen_image::kernel_cache::cached_kernels(d)
-        ),
-        None => "MLX's default place".into(),
-    };
+    let cache = qwen_image::kernel_cache::describe_cache(runtime.kernel_cache.as_deref());
     out!(
         "warm: kernels compiled and cached in {cache}, {:.1} s",
         t.elapsed().as_secs_f64()

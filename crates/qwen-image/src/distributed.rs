@@ -253,6 +253,110 @@ impl Plan {
     }
 }
 
+/// The environment variable that sets [`connect_timeout_from_env`], in seconds.
+pub const CONNECT_TIMEOUT_ENV: &str = "QWEN_IMAGE_CONNECT_TIMEOUT";
+
+/// The environment variable that sets [`step_timeout_from_env`], in seconds.
+pub const STEP_TIMEOUT_ENV: &str = "QWEN_IMAGE_STEP_TIMEOUT";
+
+/// How long a distributed run may go without progress by default (see [`Watchdog`]): 900 s,
+/// as a first quantized step on CUDA may compile kernels for minutes.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Whole seconds from an environment value, else `default`.
+fn secs_or(value: Option<String>, default: Duration) -> Duration {
+    value
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(default, Duration::from_secs)
+}
+
+/// How long the ranks may take to connect ([`Cluster::from_env`]): [`CONNECT_TIMEOUT_ENV`]
+/// seconds, else [`DEFAULT_CONNECT_TIMEOUT`].
+pub fn connect_timeout_from_env() -> Duration {
+    secs_or(
+        std::env::var(CONNECT_TIMEOUT_ENV).ok(),
+        DEFAULT_CONNECT_TIMEOUT,
+    )
+}
+
+/// How long a run may make no progress ([`Watchdog`]): [`STEP_TIMEOUT_ENV`] seconds, else
+/// [`DEFAULT_STEP_TIMEOUT`].
+pub fn step_timeout_from_env() -> Duration {
+    secs_or(std::env::var(STEP_TIMEOUT_ENV).ok(), DEFAULT_STEP_TIMEOUT)
+}
+
+/// Watches a distributed run for progress. MLX's collectives wait forever on a rank that
+/// stalls (ring) or dies (NCCL): a watchdog thread calls its `on_stall` (once) when
+/// [`Watchdog::beat`] has not been called for the limit; a program typically reports the
+/// error and exits, as the thread blocked in MLX cannot be stopped.
+#[derive(Debug)]
+pub struct Watchdog {
+    start: std::time::Instant,
+    /// Seconds since `start` at the last sign of progress.
+    last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Watchdog {
+    /// Starts watching rank `rank` (counted from now): after `limit` (whole seconds) without
+    /// a beat, `on_stall` gets a [`PipelineError::Distributed`] saying so. The thread is
+    /// checked every 200 ms; a watchdog whose thread cannot start watches nothing.
+    pub fn start(
+        rank: usize,
+        limit: Duration,
+        on_stall: impl FnOnce(PipelineError) + Send + 'static,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        let dog = Self {
+            start: std::time::Instant::now(),
+            last: Default::default(),
+        };
+        let (start, last, limit) = (dog.start, dog.last.clone(), limit.as_secs());
+        let _ = std::thread::Builder::new()
+            .name("distributed-watchdog".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_millis(200));
+                    let idle = start
+                        .elapsed()
+                        .as_secs()
+                        .saturating_sub(last.load(Ordering::Relaxed));
+                    if idle >= limit {
+                        on_stall(dist_err(format!(
+                            "rank {rank} made no progress for {idle} s (another rank stopped or \
+                             hangs; {STEP_TIMEOUT_ENV} sets the limit)"
+                        )));
+                        return;
+                    }
+                }
+            });
+        dog
+    }
+
+    /// Progress was made.
+    pub fn beat(&self) {
+        self.last.store(
+            self.start.elapsed().as_secs(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+impl crate::QwenImagePipeline {
+    /// Runs a prepared request alone ([`Self::run`]) or, with a `cluster`, as one of its ranks
+    /// ([`Self::run_distributed`], not cancellable): `None` on the ranks other than 0.
+    pub fn run_on(
+        &mut self,
+        job: &crate::PreparedRequest,
+        cluster: Option<&Cluster>,
+        on_event: &mut dyn FnMut(crate::Event),
+    ) -> Result<Option<crate::Generation>> {
+        match cluster {
+            Some(c) => self.run_distributed(job, on_event, &Default::default(), c),
+            None => self.run(job, on_event).map(Some),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +387,30 @@ mod tests {
         let p = Plan::new(None, true);
         assert_eq!((p.slots, p.slot, p.role), (1, 0, Role::Both));
         assert_eq!(p.rounds(3), 3);
+    }
+
+    #[test]
+    fn timeouts_from_the_environment_values() {
+        let d = Duration::from_secs(60);
+        assert_eq!(secs_or(Some(" 5 ".into()), d), Duration::from_secs(5));
+        assert_eq!(secs_or(Some("soon".into()), d), d);
+        assert_eq!(secs_or(None, d), d);
+    }
+
+    #[test]
+    fn the_watchdog_reports_a_stall() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dog = Watchdog::start(3, Duration::ZERO, move |e| {
+            let _ = tx.send(e.to_string());
+        });
+        dog.beat();
+        let msg = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+        assert!(
+            msg.starts_with("distributed run: rank 3 made no progress for 0 s")
+                && msg.contains(STEP_TIMEOUT_ENV),
+            "{msg}"
+        );
+        // Once: the thread has ended.
+        assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
     }
 }

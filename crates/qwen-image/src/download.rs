@@ -259,6 +259,25 @@ fn snapshot_of(file: &Path, wanted: &[String]) -> Option<PathBuf> {
     Some(dir)
 }
 
+/// [`download_model`] for a checkpoint the pipeline can open: `repo_id` must look like a
+/// hub id ([`PipelineError::NotARepoId`] otherwise, before anything is fetched), and the
+/// snapshot must hold every component ([`crate::ComponentPaths::from_root`]).
+pub fn download_checkpoint(
+    repo_id: &str,
+    revision: &str,
+    env: &HubEnv,
+    on_event: &mut dyn FnMut(DownloadEvent),
+) -> Result<PathBuf> {
+    if !crate::hub::looks_like_repo_id(repo_id) {
+        return Err(PipelineError::NotARepoId {
+            spec: repo_id.to_string(),
+        });
+    }
+    let dir = download_model(repo_id, revision, env, on_event)?;
+    crate::ComponentPaths::from_root(&dir)?;
+    Ok(dir)
+}
+
 /// A model folder for `spec` (see [`crate::hub::resolve_model_at`]): a directory as is; a hub
 /// id from the cache when its snapshot is complete ([`crate::checkpoint::is_complete`]),
 /// otherwise downloaded with [`download_model`] — unless `offline` (or `HF_HUB_OFFLINE`), when
@@ -284,6 +303,22 @@ pub fn resolve_or_download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_hub_ids_are_downloaded() {
+        let env = HubEnv {
+            offline: true,
+            ..Default::default()
+        };
+        let e = download_checkpoint("/some/folder", "main", &env, &mut |_| {});
+        assert_eq!(
+            e.err().map(|e| e.to_string()).as_deref(),
+            Some("/some/folder is not a Hugging Face id of the form owner/name")
+        );
+        // A hub id goes on to the download (refused here: offline).
+        let e = download_checkpoint("Qwen/Qwen-Image", "main", &env, &mut |_| {});
+        assert!(matches!(e, Err(PipelineError::Download { .. })), "{e:?}");
+    }
 
     #[test]
     fn only_the_files_the_engine_reads() {

@@ -133,6 +133,12 @@ pub enum PipelineError {
         /// The cache searched (`None` when no cache location is known).
         cache: Option<PathBuf>,
     },
+    /// A model to download that is not a Hugging Face id (`owner/name`).
+    #[error("{spec} is not a Hugging Face id of the form owner/name")]
+    NotARepoId {
+        /// What was given.
+        spec: String,
+    },
     /// Downloading from the Hugging Face hub failed.
     #[error("downloading {repo_id}: {msg}")]
     Download {
@@ -176,6 +182,28 @@ pub enum PipelineError {
         field: Field,
         /// What is wrong with it.
         msg: String,
+    },
+    /// A name that is not one of the aspect presets ([`crate::settings::ASPECTS`]).
+    #[error("`{name}` is not one of {}", crate::settings::aspect_names())]
+    UnknownAspect {
+        /// The name given.
+        name: String,
+    },
+    /// More LoRA scales than LoRAs in [`crate::settings::LoadSettings`] (the i-th scale
+    /// belongs to the i-th LoRA).
+    #[error("{scales} LoRA scales for {loras} LoRAs: the i-th scale belongs to the i-th LoRA")]
+    LoraScales {
+        /// Scales given.
+        scales: usize,
+        /// LoRAs given.
+        loras: usize,
+    },
+    /// A VAE tile size in [`crate::settings::GenerationSettings`] whose tiling mode is
+    /// [`crate::settings::TilingMode::Off`]: the size would be ignored.
+    #[error("a VAE tile size ({tile_size} px) has no effect with VAE tiling off")]
+    TileSizeWithTilingOff {
+        /// The tile size given.
+        tile_size: usize,
     },
     /// The initial latents (a file, or given arrays) are missing, unreadable or do not fit
     /// the request.
@@ -285,5 +313,59 @@ pub(crate) fn invalid(field: Field, msg: impl Into<String>) -> PipelineError {
     PipelineError::InvalidRequest {
         field,
         msg: msg.into(),
+    }
+}
+
+/// An error and its causes (`source()` chain), `: `-separated, skipping a cause whose text an
+/// outer message already holds: several variants ([`PipelineError::SchedulerOverride`],
+/// wrapped stage errors) print their source themselves, so a plain walk would repeat it.
+pub fn display_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let msg = c.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with a message and an optional cause.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn chain_skips_causes_already_printed() {
+        let inner = Layer("key `x` unknown", None);
+        let middle = Layer("override f.json: key `x` unknown", Some(Box::new(inner)));
+        let outer = Layer("checkpoint /m", Some(Box::new(middle)));
+        assert_eq!(
+            display_chain(&outer),
+            "checkpoint /m: override f.json: key `x` unknown"
+        );
+        let two = Layer("a", Some(Box::new(Layer("b", None))));
+        assert_eq!(display_chain(&two), "a: b");
+        assert_eq!(display_chain(&Layer("alone", None)), "alone");
     }
 }

@@ -6,6 +6,7 @@ use std::fmt;
 
 pub use mlx_fastops::Backend;
 
+use crate::ComputeDtype;
 use crate::error::{PipelineError, Result};
 
 /// A description of the MLX runtime and its default device.
@@ -161,6 +162,26 @@ pub fn human_bytes(n: usize) -> String {
     }
 }
 
+impl RuntimeInfo {
+    /// `DIR on BACKEND (DEVICE), DTYPE`: where a model runs, for messages.
+    pub fn describe_model(&self, model_dir: &std::path::Path, dtype: ComputeDtype) -> String {
+        format!(
+            "{} on {} ({}), {dtype}",
+            model_dir.display(),
+            self.backend,
+            self.default_device
+        )
+    }
+
+    /// The notice before a run that will compile kernels first
+    /// ([`crate::kernel_cache::first_use_notice`]) on this runtime's backend and kernel cache;
+    /// `quantized` says whether the transformer runs quantized.
+    pub fn first_use_notice(&self, quantized: bool) -> Option<String> {
+        let cache = self.kernel_cache.as_deref();
+        crate::kernel_cache::first_use_notice(self.backend, quantized, cache)
+    }
+}
+
 impl fmt::Display for RuntimeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "qwen-image {}", env!("CARGO_PKG_VERSION"))?;
@@ -201,6 +222,12 @@ mod tests {
         }
         let text = info.to_string();
         assert!(text.contains("backend:"));
+        assert_eq!(info.first_use_notice(false), None);
+        let model = info.describe_model(std::path::Path::new("/m"), ComputeDtype::Bf16);
+        assert_eq!(
+            model,
+            format!("/m on {} ({}), bf16", info.backend, info.default_device)
+        );
         Ok(())
     }
 

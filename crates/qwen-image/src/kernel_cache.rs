@@ -70,6 +70,25 @@ pub fn first_use_notice(backend: Backend, quantized: bool, cache: Option<&Path>)
     ))
 }
 
+/// Where the kernels are cached, for messages: `DIR (N files)`, or `MLX's default place`
+/// when no folder is set.
+pub fn describe_cache(cache: Option<&Path>) -> String {
+    match cache {
+        Some(d) => format!("{} ({} files)", d.display(), cached_kernels(d)),
+        None => "MLX's default place".into(),
+    }
+}
+
+/// A small request that makes MLX compile every run-time kernel a real run of the same model
+/// uses (true CFG, so both passes run): 256², 2 steps, the prompt `warm-up` against a
+/// negative prompt of one space. Add the run's LoRAs (they change the transformer's layers).
+pub fn warmup_request() -> crate::GenerateRequest {
+    let mut req = crate::GenerateRequest::new("warm-up");
+    req.negative_prompt = Some(" ".into());
+    (req.width, req.height, req.steps) = (256, 256, 2);
+    req
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +108,13 @@ mod tests {
         std::fs::write(dir.join("kernel.ptx"), b"x")?;
         assert_eq!(cached_kernels(dir), 1);
         assert!(first_use_notice(Backend::Cuda, true, Some(dir)).is_none());
+        assert_eq!(
+            describe_cache(Some(dir)),
+            format!("{} (1 files)", dir.display())
+        );
+        assert_eq!(describe_cache(None), "MLX's default place");
+        let req = warmup_request();
+        assert!(req.does_true_cfg() && (req.width, req.height, req.steps) == (256, 256, 2));
         Ok(())
     }
 

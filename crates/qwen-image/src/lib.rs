@@ -17,7 +17,9 @@
 //! Files by concern: [`request`] (what a generation asks for, its limits and its one
 //! validation), [`guidance`], [`events`] (progress and timings), [`pipeline`] (staging) around
 //! the one denoising loop, [`checkpoint`], [`hub`] (cache lookup), [`memory`] (weight
-//! estimate), [`latents`], [`output`] (PNG writing), [`info`] (the MLX runtime).
+//! estimate), [`latents`], [`output`] (PNG writing), [`info`] (the MLX runtime),
+//! [`settings`] (a generation as a user describes it: a PNG's record merged in, prompt files,
+//! sizes, output names, the checks before loading) and [`report`] (the summary of a run).
 //!
 //! Memory is staged: the text encoder is loaded, used and freed before the transformer is
 //! loaded; the VAE is loaded after denoising. The same staging applies to components made in
@@ -61,8 +63,10 @@ pub mod memory;
 pub mod metadata;
 pub mod output;
 pub mod pipeline;
+pub mod report;
 pub mod request;
 pub mod resample;
+pub mod settings;
 
 pub use cancel::CancelToken;
 pub use checkpoint::{CheckpointConfigs, ComponentPaths};

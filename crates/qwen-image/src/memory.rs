@@ -91,6 +91,41 @@ impl std::fmt::Display for MemoryWarning {
     }
 }
 
+impl MemoryWarning {
+    /// The fixes that apply, in a program's words: ` (try QUANTIZE, BF16)` with `quantize`
+    /// (the words for quantizing the transformer) when it would help and `bf16` (computing in
+    /// bf16) when it would; empty when neither would.
+    pub fn advice(&self, quantize: &str, bf16: &str) -> String {
+        let fixes: Vec<&str> = [
+            self.suggest_quantize.then_some(quantize),
+            self.suggest_bf16.then_some(bf16),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match fixes.is_empty() {
+            true => String::new(),
+            false => format!(" (try {})", fixes.join(", ")),
+        }
+    }
+}
+
+/// The warning for the weights `pipe` loads, in its dtype and quantization, against MLX's
+/// memory limit `limit` (bytes): `None` when they fit, when no limit is known (`None` or 0) or
+/// when the pipeline has no checkpoint folder to estimate from. Only a warning: MLX's limit
+/// can be conservative (and memory may be swapped).
+pub fn weights_warning(
+    pipe: &crate::QwenImagePipeline,
+    limit: Option<usize>,
+) -> Result<Option<MemoryWarning>> {
+    let (Some(limit), Some(estimate)) = (limit.filter(|&l| l > 0), pipe.weight_memory_estimate())
+    else {
+        return Ok(None);
+    };
+    let options = pipe.options();
+    Ok(estimate?.warning(limit as u64, options.dtype, options.quantize.is_some()))
+}
+
 /// Estimates each stage's weight bytes for a checkpoint folder (headers and configs only).
 pub fn estimate(
     paths: &ComponentPaths,
@@ -200,7 +235,22 @@ mod tests {
         for n in ["transformer", "40.0 GiB", "24.0 GiB", "f32"] {
             assert!(text.contains(n), "{n:?} not in {text}");
         }
+        assert_eq!(w.advice("quantize", "bf16"), " (try quantize, bf16)");
         let w = s.warning(24 << 30, ComputeDtype::Bf16, true).unwrap();
         assert!(!w.suggest_quantize && !w.suggest_bf16, "{w:?}");
+        assert_eq!(w.advice("quantize", "bf16"), "");
+        let w = s.warning(24 << 30, ComputeDtype::Bf16, false).unwrap();
+        assert_eq!(w.advice("quantize", "bf16"), " (try quantize)");
+    }
+
+    #[test]
+    fn weights_warning_only_with_a_limit_exceeded() -> anyhow::Result<()> {
+        let pipe = crate::QwenImagePipeline::load(&tiny(), Default::default())?;
+        assert!(weights_warning(&pipe, None)?.is_none());
+        assert!(weights_warning(&pipe, Some(0))?.is_none());
+        assert!(weights_warning(&pipe, Some(1 << 40))?.is_none());
+        let w = weights_warning(&pipe, Some(1)).ok().flatten();
+        assert!(w.is_some_and(|w| w.limit == 1 && w.dtype == pipe.options().dtype));
+        Ok(())
     }
 }
