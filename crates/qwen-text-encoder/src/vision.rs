@@ -404,11 +404,21 @@ impl Segments {
 
     /// Softmax attention of `q`, `k`, `v` `(N, H, D)` within each segment: `(N, H, D)`.
     fn attend(&self, q: &Array, k: &Array, v: &Array, scale: f32) -> Result<Array> {
-        let (h, d) = (q.dim(1), q.dim(2));
+        let (n, h, d) = (q.dim(0), q.dim(1), q.dim(2));
+        // One segment holding the whole sequence (a full-attention block over one image):
+        // the gather and the scatter would be identities.
+        let whole = self.count == 1 && self.len == n;
         let batch = |x: &Array| -> Result<Array> {
-            let padded = ops::concatenate(&[x.clone(), ops::zeros_like(x.index(..1))?], 0)?;
-            Ok(padded
-                .take_axis(&self.gather, 0)?
+            let rows = if whole {
+                x.clone()
+            } else if self.mask.is_some() {
+                // Padding slots read the appended zero row.
+                ops::concatenate(&[x.clone(), ops::zeros_like(x.index(..1))?], 0)?
+                    .take_axis(&self.gather, 0)?
+            } else {
+                x.take_axis(&self.gather, 0)?
+            };
+            Ok(rows
                 .reshape(&[self.count, self.len, h, d])?
                 .transpose_axes(&[0, 2, 1, 3])?)
         };
@@ -419,9 +429,14 @@ impl Segments {
             scale,
             self.mask.as_ref(),
         )?;
-        Ok(o.transpose_axes(&[0, 2, 1, 3])?
-            .reshape(&[self.count * self.len, h, d])?
-            .take_axis(&self.scatter, 0)?)
+        let o = o
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[self.count * self.len, h, d])?;
+        Ok(if whole {
+            o
+        } else {
+            o.take_axis(&self.scatter, 0)?
+        })
     }
 }
 
@@ -669,6 +684,49 @@ pub fn place_image_tokens(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Segment attention (batched, padded or not, or the whole sequence) equals attending each
+    /// segment on its own.
+    #[test]
+    fn segments_attend_each_segment_alone() -> Result<()> {
+        let (h, d) = (2, 8);
+        for (cu, n) in [
+            (vec![0, 16, 32, 48], 48),     // equal segments: no padding
+            (vec![0, 16, 20, 36, 40], 40), // unequal: padded
+            (vec![0, 24], 24),             // one segment: the whole sequence
+        ] {
+            let key = mlx_rs::random::key(n as u64)?;
+            let qkv = mlx_rs::random::normal::<f32>(&[3, n as i32, h, d], None, None, &key)?;
+            let parts = ops::split_equal(&qkv, 3, 0)?;
+            let sq = |a: &Array| ops::squeeze_axes(a, &[0]);
+            let (q, k, v) = (sq(&parts[0])?, sq(&parts[1])?, sq(&parts[2])?);
+            let got = Segments::new(&cu, n).attend(&q, &k, &v, 0.3)?;
+            let mut want = Vec::new();
+            for w in cu.windows(2) {
+                let idx = Array::from_slice(
+                    &(w[0] as i32..w[1] as i32).collect::<Vec<_>>(),
+                    &[(w[1] - w[0]) as i32],
+                );
+                let hf = |a: &Array| -> Result<Array> {
+                    Ok(a.take_axis(&idx, 0)?
+                        .transpose_axes(&[1, 0, 2])?
+                        .expand_dims(0)?)
+                };
+                let o = mlx_fastops::sdpa(&hf(&q)?, &hf(&k)?, &hf(&v)?, 0.3, None)?;
+                want.push(o.squeeze_axes(&[0])?.transpose_axes(&[1, 0, 2])?);
+            }
+            let want = ops::concatenate(&want, 0)?;
+            let diff = ops::max(&ops::abs(&ops::subtract(&got, &want)?)?, None)?;
+            diff.eval()?;
+            // f32, the same softmax over the same keys (padding masked): rounding only.
+            assert!(
+                diff.item_exact::<f32>() < 1e-5,
+                "{cu:?}: {}",
+                diff.item_exact::<f32>()
+            );
+        }
+        Ok(())
+    }
 
     /// The `vision_config` block of the real Qwen-Image `text_encoder/config.json` (saved by
     /// transformers 4.53: `in_chans` and `in_channels`, no rope keys).
