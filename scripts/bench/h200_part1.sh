@@ -9,16 +9,7 @@
 #      Lightning recipe (8 steps, CFG off) with a random rank-64 LoRA merged at load.
 # Logs and JSON go to $OUT; MLX's compiled-kernel cache too ($OUT/ptx, to carry onwards).
 set -uo pipefail
-OUT=${OUT:-/tmp/h200-part1}
-mkdir -p "$OUT"
-D=.device-mlx
-bin() { ls "$D"/bin/"$1"-* 2>/dev/null | head -1; }
-t0=$(date +%s)
-stamp() { echo "== [+$(($(date +%s) - t0)) s] $*"; }
-{
-  date -u
-  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
-} | tee "$OUT/machine.txt"
+source "$(dirname "$0")/lib.sh" h200-part1
 source "$D/activate.sh" >/dev/null
 export MLX_PTX_CACHE_DIR="$OUT/ptx"
 mkdir -p "$MLX_PTX_CACHE_DIR"

@@ -11,12 +11,7 @@
 #      fixture on the GPU, 1024², 8 steps, CFG off: what the server saves is the load);
 #   E. diffusers 0.42.1 at 1024²: eager and compile_repeated_blocks, same machine, same run.
 set -uo pipefail
-OUT=${OUT:-/tmp/h200-part2}
-mkdir -p "$OUT"
-D=.device-mlx
-bin() { ls "$D"/bin/"$1"-* 2>/dev/null | head -1; }
-t0=$(date +%s)
-stamp() { echo "== [+$(($(date +%s) - t0)) s] $*"; }
+source "$(dirname "$0")/lib.sh" h200-part2
 source "$D/activate.sh" >/dev/null
 export MLX_PTX_CACHE_DIR=${PTX:-$OUT/ptx}
 mkdir -p "$MLX_PTX_CACHE_DIR"

@@ -24,13 +24,5 @@ grep -A18 '^## one true-CFG step' "$OUT/dit_bf16.log" | grep '|'
 grep -E "img_mod|joint_qkv|Q/K/V as one|out proj|measured forward" "$OUT/dit_bf16.log"
 
 stamp "C. Lightning"
-for lora in none rank64; do
-  args=()
-  [ $lora = rank64 ] && args=(--lora-rank 64 --lora-file)
-  timeout 150 "$(bin pipeline_full)" --size 1024 --steps 8 --lightning --runs 2 "${args[@]}" \
-    --json "$OUT/light_$lora.json" >"$OUT/light_$lora.log" 2>&1
-  echo "--- lightning, LoRA: $lora"
-  grep -E "^## run 2|^\| (build transformer|text encode|VAE|denoise|encode \+)|^steps:" \
-    "$OUT/light_$lora.log" | tail -9
-done
+lightning_runs
 stamp "done"

@@ -18,15 +18,7 @@ if [ "${WHO:-ours}" = ours ]; then
     --no-reference --profile 0 --json "$OUT/dit_bf16.json" >"$OUT/dit_bf16.log" 2>&1
   grep -A10 '^## one true-CFG step' "$OUT/dit_bf16.log" | grep '|'
   stamp "ours: Lightning"
-  for lora in none rank64; do
-    args=()
-    [ $lora = rank64 ] && args=(--lora-rank 64 --lora-file)
-    timeout 150 "$(bin pipeline_full)" --size 1024 --steps 8 --lightning --runs 2 "${args[@]}" \
-      --json "$OUT/light_$lora.json" >"$OUT/light_$lora.log" 2>&1
-    echo "--- lightning, LoRA: $lora"
-    grep -E "^## run 2|^\| (build transformer|text encode|VAE|denoise|encode \+)|^steps:" \
-      "$OUT/light_$lora.log" | tail -9
-  done
+  lightning_runs
 else
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
