@@ -76,6 +76,15 @@ fn rank(hosts: &Path, r: usize, args: &[String], env: &[(&str, &str)]) -> Child 
     c.spawn().expect("rank starts")
 }
 
+/// A true-CFG run long enough to interfere with (1000 steps at 256²) writing `out`.
+fn long_run_args(out: &Path) -> Vec<String> {
+    let mut args = generate_args(out, &["--negative-prompt", "x"]);
+    for (flag, value) in [("--steps", "1000"), ("--width", "256"), ("--height", "256")] {
+        set(&mut args, flag, value);
+    }
+    args
+}
+
 /// Waits for `child` (at most `limit`); exit code and stderr.
 fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String) {
     let t = Instant::now();
@@ -199,10 +208,7 @@ fn a_peer_killed_mid_run_stops_the_other_at_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let hosts = hostfile(tmp.path(), 2);
     let out = tmp.path().join("never.png");
-    let mut args = generate_args(&out, &["--negative-prompt", "x"]);
-    for (flag, value) in [("--steps", "1000"), ("--width", "256"), ("--height", "256")] {
-        set(&mut args, flag, value);
-    }
+    let args = long_run_args(&out);
     let r0 = rank(&hosts, 0, &args, &[]);
     let mut r1 = rank(&hosts, 1, &args, &[]);
     std::thread::sleep(Duration::from_secs(4));
@@ -222,10 +228,7 @@ fn a_stalled_peer_is_caught_by_the_watchdog() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let hosts = hostfile(tmp.path(), 2);
     let out = tmp.path().join("never.png");
-    let mut args = generate_args(&out, &["--negative-prompt", "x"]);
-    for (flag, value) in [("--steps", "1000"), ("--width", "256"), ("--height", "256")] {
-        set(&mut args, flag, value);
-    }
+    let args = long_run_args(&out);
     let env = [("QWEN_IMAGE_STEP_TIMEOUT", "3")];
     let r0 = rank(&hosts, 0, &args, &env);
     let mut r1 = rank(&hosts, 1, &args, &env);
