@@ -109,14 +109,12 @@ fn fuse_group(q: &mut Linear, k: &mut Linear, v: &mut Linear) -> Result<()> {
 }
 
 /// The inverse of [`fuse_group`].
-fn unfuse_group(q: &mut Linear, k: &mut Linear, v: &mut Linear) -> Result<()> {
+fn unfuse_group(q: &mut Linear, k: &mut Linear, v: &mut Linear) {
     if !matches!(k, Linear::Absorbed { .. }) {
-        return Ok(());
+        return;
     }
     let d = q.out_features() / 3;
-    let (nq, nk, nv) = (q.rows(0, d)?, q.rows(d, 2 * d)?, q.rows(2 * d, 3 * d)?);
-    (*q, *k, *v) = (nq, nk, nv);
-    Ok(())
+    (*q, *k, *v) = (q.rows(0, d), q.rows(d, 2 * d), q.rows(2 * d, 3 * d));
 }
 
 /// `x` through `q`, `k`, `v`, packed side by side on the last axis: one GEMM when they are
@@ -144,13 +142,13 @@ impl Attention {
     }
 
     /// Separate Q/K/V layers again.
-    pub(crate) fn unfuse_projections(&mut self) -> Result<()> {
-        unfuse_group(&mut self.to_q, &mut self.to_k, &mut self.to_v)?;
+    pub(crate) fn unfuse_projections(&mut self) {
+        unfuse_group(&mut self.to_q, &mut self.to_k, &mut self.to_v);
         unfuse_group(
             &mut self.add_q_proj,
             &mut self.add_k_proj,
             &mut self.add_v_proj,
-        )
+        );
     }
 
     /// Joint attention over `[text, image]`; returns (image output, text output).

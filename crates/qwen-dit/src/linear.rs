@@ -243,10 +243,11 @@ impl Linear {
     }
 
     /// Rows `[start, end)` of the outputs: the layer of a group that [`Self::concat_rows`]
-    /// stacked (the inverse of it).
-    pub(crate) fn rows(&self, start: i32, end: i32) -> Result<Linear> {
+    /// stacked (the inverse of it; views, nothing is copied). A fused-away layer has no rows
+    /// of its own and stays as it is.
+    pub(crate) fn rows(&self, start: i32, end: i32) -> Linear {
         use mlx_rs::ops::indexing::IndexOp;
-        Ok(match self {
+        match self {
             Linear::Float { weight, bias } => Linear::Float {
                 weight: weight.index(start..end),
                 bias: bias.index(start..end),
@@ -266,12 +267,10 @@ impl Linear {
                 group_size: *group_size,
                 bits: *bits,
             },
-            Linear::Absorbed { .. } => {
-                return Err(DitError::InvalidInput(
-                    "a fused-away layer has no rows".into(),
-                ));
-            }
-        })
+            Linear::Absorbed { quantized } => Linear::Absorbed {
+                quantized: *quantized,
+            },
+        }
     }
 
     /// Output width.

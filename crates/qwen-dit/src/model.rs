@@ -241,7 +241,7 @@ impl QwenImageTransformer {
             return Ok(0);
         }
         let refuse = self.fused;
-        self.unfuse_projections()?;
+        self.unfuse_projections();
         let merged = self.merge_lora_unfused(lora);
         if refuse {
             self.fuse_projections()?;
@@ -298,7 +298,7 @@ impl QwenImageTransformer {
     pub fn quantize(&mut self, spec: &QuantizeSpec) -> Result<()> {
         spec.validate()?;
         let refuse = self.fused;
-        self.unfuse_projections()?;
+        self.unfuse_projections();
         self.for_each_linear_mut(&mut |path, l| {
             if l.is_quantized() || !spec.quantizes(path, l.in_features() as usize) {
                 return Ok(());
@@ -334,31 +334,30 @@ impl QwenImageTransformer {
     }
 
     /// Splits fused projections back into their layers (see [`Self::fuse_projections`]).
-    fn unfuse_projections(&mut self) -> Result<()> {
+    fn unfuse_projections(&mut self) {
         if !self.fused {
-            return Ok(());
+            return;
         }
         for block in &mut self.parts.blocks {
-            block.attn.unfuse_projections()?;
+            block.attn.unfuse_projections();
         }
         self.fused = false;
-        Ok(())
     }
 
-    /// This model with separate projections (a copy when they are fused).
-    fn unfused(&self) -> Result<std::borrow::Cow<'_, Self>> {
+    /// This model with separate projections (a copy, of views, when they are fused).
+    fn unfused(&self) -> std::borrow::Cow<'_, Self> {
         if !self.fused {
-            return Ok(std::borrow::Cow::Borrowed(self));
+            return std::borrow::Cow::Borrowed(self);
         }
         let mut m = self.clone();
-        m.unfuse_projections()?;
-        Ok(std::borrow::Cow::Owned(m))
+        m.unfuse_projections();
+        std::borrow::Cow::Owned(m)
     }
 
     /// A copy of the model with every quantized layer replaced by its dequantized float
     /// weights (same numbers the quantized matmul uses; for tests and comparisons).
     pub fn dequantized(&self) -> Result<Self> {
-        let mut m = self.unfused()?.into_owned();
+        let mut m = self.unfused().into_owned();
         let dt = self.dtype;
         m.for_each_linear_mut(&mut |_, l| {
             if let Linear::Quantized { bias, .. } = &*l {
@@ -376,10 +375,8 @@ impl QwenImageTransformer {
     /// Every parameter under its diffusers key, quantized layers as MLX stores them
     /// (`weight` packed u32, `scales`, `biases`, `bias`).
     pub fn weights(&self) -> BTreeMap<String, Array> {
-        if self.fused
-            && let Ok(separate) = self.unfused()
-        {
-            return separate.weights();
+        if self.fused {
+            return self.unfused().weights();
         }
         let mut out = BTreeMap::new();
         self.parts.visit("", &mut |path, param| match param {
