@@ -89,6 +89,23 @@ impl EditEncoder {
         let processor =
             ImageProcessorConfig::from_file(&processor_dir.join("preprocessor_config.json"))?;
         let tower = VisionTower::load(text_encoder_dir, dtype)?;
+        let weights = load_weights(text_encoder_dir, &cfg, dtype)?;
+        let model = QwenTextModel::new(cfg, weights, dtype)?;
+        Self::from_parts(tokenizer, model, tower, processor, template)
+    }
+
+    /// An encoder from parts made in memory (e.g. random full-size weights for benchmarks);
+    /// the tokenizer's `<|image_pad|>` is the image token.
+    pub fn from_parts(
+        tokenizer: QwenTokenizer,
+        model: QwenTextModel,
+        tower: VisionTower,
+        processor: ImageProcessorConfig,
+        template: EditTemplate,
+    ) -> Result<Self> {
+        let image_token_id = tokenizer.token_to_id(IMAGE_PAD).ok_or_else(|| {
+            TextEncoderError::InvalidConfig(format!("the tokenizer has no {IMAGE_PAD} token"))
+        })?;
         let merge = tower.config().spatial_merge_size;
         if processor.merge_size != merge || processor.patch_size != tower.config().patch_size {
             return Err(TextEncoderError::InvalidConfig(format!(
@@ -100,8 +117,6 @@ impl EditEncoder {
                 m = merge
             )));
         }
-        let weights = load_weights(text_encoder_dir, &cfg, dtype)?;
-        let model = QwenTextModel::new(cfg, weights, dtype)?;
         let drop_idx = tokenizer.encode(EDIT_PREFIX)?.len();
         Ok(Self {
             tokenizer,
@@ -112,6 +127,11 @@ impl EditEncoder {
             drop_idx,
             image_token_id,
         })
+    }
+
+    /// The template (which pipeline's prompt format).
+    pub fn template(&self) -> EditTemplate {
+        self.template
     }
 
     /// The image processor's settings (the size to resize each picture to, the patches).

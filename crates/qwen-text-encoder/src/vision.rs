@@ -311,6 +311,47 @@ impl Block {
     }
 }
 
+/// Whether a checkpoint key belongs to the vision tower.
+fn is_visual(key: &str) -> bool {
+    key.starts_with("visual.") || key.starts_with("model.visual.")
+}
+
+/// The tower's key prefix in a checkpoint holding `keys`: `model.visual` (transformers 5.x's
+/// in-memory layout) or `visual` (what it saves, and what Qwen-Image-Edit ships).
+fn visual_prefix<'a>(mut keys: impl Iterator<Item = &'a str>) -> &'static str {
+    if keys.any(|k| k.starts_with("model.visual.")) {
+        "model.visual"
+    } else {
+        "visual"
+    }
+}
+
+/// Checks the vision tower of a `text_encoder/` folder from its config and the safetensors
+/// headers alone, before anything is loaded: one error lists every missing, unexpected,
+/// mis-shaped or non-float `visual.*` tensor (an edit checkpoint without the tower's
+/// weights fails here, naming the keys).
+pub fn check_checkpoint(dir: &Path) -> Result<()> {
+    let cfg = VisionConfig::from_file(&dir.join("config.json"))?;
+    cfg.validate()?;
+    let visual: std::collections::BTreeMap<_, _> = mlx_weights::inventory(dir)?
+        .into_iter()
+        .filter(|(k, _)| is_visual(k))
+        .collect();
+    let prefix = visual_prefix(visual.keys().map(String::as_str));
+    let mut rec = mlx_weights::ShapeRecorder::new(Dtype::Float32);
+    VisionTower::declare(&mut Vars::new(&mut rec).pp(prefix), cfg, Dtype::Float32);
+    let expected: Vec<mlx_weights::Expected> = rec
+        .params
+        .into_iter()
+        .map(|s| mlx_weights::Expected {
+            key: s.key,
+            shape: s.shape.iter().map(|&d| d.max(0) as usize).collect(),
+            floating: true,
+        })
+        .collect();
+    Ok(mlx_weights::check_inventory(dir, &expected, &visual, &[])?)
+}
+
 /// The tower's weights and settings.
 pub struct VisionTower {
     cfg: VisionConfig,
@@ -446,13 +487,8 @@ impl VisionTower {
     /// keys listed together), cast to `dtype` and evaluated.
     pub fn load(dir: &Path, dtype: Dtype) -> Result<Self> {
         let cfg = VisionConfig::from_file(&dir.join("config.json"))?;
-        let is_visual = |k: &str| k.starts_with("visual.") || k.starts_with("model.visual.");
         let tensors = mlx_weights::load_component_filtered(dir, &is_visual)?;
-        let prefix = if tensors.keys().any(|k| k.starts_with("model.visual.")) {
-            "model.visual"
-        } else {
-            "visual"
-        };
+        let prefix = visual_prefix(tensors.keys().map(|k| k.as_ref()));
         let mut l = StrictLoader::new(tensors, dtype);
         let tower = {
             let mut v = Vars::new(&mut l);
@@ -481,16 +517,24 @@ impl VisionTower {
     }
 
     fn take(v: &mut Vars<'_>, cfg: VisionConfig, dtype: Dtype) -> Result<Self> {
+        let mut tower = Self::declare(v, cfg, dtype);
+        let (c, w) = (tower.cfg.hidden_size as i32, tower.cfg.patch_width() as i32);
+        tower.patch = tower.patch.reshape(&[c, w])?;
+        Ok(tower)
+    }
+
+    /// Takes every tensor from `v` as the checkpoint stores it (the patch embedding still the
+    /// Conv3d kernel).
+    fn declare(v: &mut Vars<'_>, cfg: VisionConfig, dtype: Dtype) -> Self {
         let c = cfg.hidden_size;
         let (p, t) = (cfg.patch_size as i32, cfg.temporal_patch_size as i32);
-        let conv = v.take(
+        let patch = v.take(
             "patch_embed.proj.weight",
             &[c as i32, cfg.channels() as i32, t, p, p],
             Role::Weight {
                 fan_in: cfg.patch_width(),
             },
         );
-        let patch = conv.reshape(&[c as i32, cfg.patch_width() as i32])?;
         let blocks = (0..cfg.depth)
             .map(|i| Block::load(&mut v.pp(format!("blocks.{i}")), &cfg))
             .collect();
@@ -498,7 +542,7 @@ impl VisionTower {
         let ln_q = v.take("merger.ln_q.weight", &[c as i32], Role::NormWeight);
         let fc1 = Dense::load(v, "merger.mlp.0", c * unit, c * unit);
         let fc2 = Dense::load(v, "merger.mlp.2", cfg.out_hidden_size, c * unit);
-        Ok(Self {
+        Self {
             cfg,
             dtype,
             patch,
@@ -506,7 +550,7 @@ impl VisionTower {
             ln_q,
             fc1,
             fc2,
-        })
+        }
     }
 
     /// The settings.
