@@ -72,11 +72,15 @@ def build_model(cfg: dict):
 
 
 class Inputs:
-    def __init__(self, size: int, txt: int, cfg: dict, gen: torch.Generator):
+    def __init__(self, size: int, txt: int, cfg: dict, gen: torch.Generator, pictures: int = 0):
         self.h = self.w = size // (VAE_SCALE * PATCH)
         self.n = self.h * self.w
         dev, bf = DEV, torch.bfloat16
         self.x = torch.randn(1, self.n, cfg["in_channels"], generator=gen, device=dev, dtype=bf)
+        # An edit step (QwenImageEditPipeline): reference pictures' tokens after the latents.
+        self.pictures = pictures
+        self.ref = (torch.randn(1, pictures * self.n, cfg["in_channels"], generator=gen, device=dev, dtype=bf)
+                    if pictures else None)
         self.ctx_c = torch.randn(1, txt, cfg["joint_attention_dim"], generator=gen, device=dev, dtype=bf)
         self.ctx_u = torch.randn(1, txt, cfg["joint_attention_dim"], generator=gen, device=dev, dtype=bf)
         self.t = torch.full((1,), 0.6, device=dev, dtype=torch.float32)
@@ -86,12 +90,21 @@ class Inputs:
 
 
 def step(model, inp: Inputs, batched: bool, scale: float = 4.0) -> torch.Tensor:
-    shapes = [(1, inp.h, inp.w)]
-    if batched:
+    shapes = [(1, inp.h, inp.w)] * (1 + inp.pictures)
+    if inp.pictures:
+        # As QwenImageEditPipeline: cat([latents, image_latents], dim=1), [:, :latents.size(1)].
+        x = torch.cat([inp.x, inp.ref], dim=1)
+        n = inp.x.size(1)
+        cond = model(hidden_states=x, encoder_hidden_states=inp.ctx_c, encoder_hidden_states_mask=None,
+                     timestep=inp.t, img_shapes=[shapes], return_dict=False)[0][:, :n]
+        uncond = model(hidden_states=x, encoder_hidden_states=inp.ctx_u, encoder_hidden_states_mask=None,
+                       timestep=inp.t, img_shapes=[shapes], return_dict=False)[0][:, :n]
+    elif batched:
         v = model(hidden_states=inp.x2, encoder_hidden_states=inp.ctx2, encoder_hidden_states_mask=None,
                   timestep=inp.t2, img_shapes=shapes * 2, return_dict=False)[0]
         cond, uncond = v.chunk(2)
     else:
+        shapes = [(1, inp.h, inp.w)]
         cond = model(hidden_states=inp.x, encoder_hidden_states=inp.ctx_c, encoder_hidden_states_mask=None,
                      timestep=inp.t, img_shapes=shapes, return_dict=False)[0]
         uncond = model(hidden_states=inp.x, encoder_hidden_states=inp.ctx_u, encoder_hidden_states_mask=None,
@@ -219,6 +232,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="512,1024,1328")
     ap.add_argument("--txt", type=int, default=32)
+    ap.add_argument("--edit-pictures", type=int, default=0,
+                    help="an edit step: this many same-size reference pictures after the latents")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--layers", type=int, default=60)
@@ -249,13 +264,13 @@ def main() -> int:
           f"allocated {(torch.cuda.memory_allocated() if DEV == 'cuda' else 0) / GIB:.2f} GiB", flush=True)
 
     gen = torch.Generator(device=DEV).manual_seed(1)
-    inputs = {s: Inputs(s, a.txt, cfg, gen) for s in sorted(set(sizes) | set(csizes) | ({a.profile} - {0}))}
+    inputs = {s: Inputs(s, a.txt, cfg, gen, a.edit_pictures) for s in sorted(set(sizes) | set(csizes) | ({a.profile} - {0}))}
     rows = []
 
     def run(mode: str, batched: bool, size: int):
         inp = inputs[size]
         times, peak = measure(model, inp, batched, a.warmup, a.iters)
-        fl = 2 * forward_flops(cfg, 1, inp.n, a.txt)
+        fl = 2 * forward_flops(cfg, 1, inp.n * (1 + inp.pictures), a.txt)
         row = dict(impl="diffusers", size=size, mode=mode, median_ms=statistics.median(times), min_ms=min(times),
                    tflops=fl / (statistics.median(times) * 1e-3) / 1e12, flops_per_step=fl, peak_bytes=peak,
                    times_ms=times)

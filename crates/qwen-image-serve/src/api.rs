@@ -117,7 +117,7 @@ pub fn param_of(field: Field) -> &'static str {
         Field::Width | Field::Height => "size",
         Field::NumImages => "n",
         Field::Noise => "seed",
-        Field::Image | Field::ImageNoise => "image",
+        Field::Image | Field::ImageNoise | Field::EditImages => "image",
         Field::Mask => "mask",
         Field::Strength => "strength",
         // Not settable through the API: the server's own configuration.

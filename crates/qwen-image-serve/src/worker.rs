@@ -54,6 +54,15 @@ pub fn spawn(
             let dtype = options.dtype;
             let quantize = options.quantize.as_ref().map(|q| q.bits);
             let loaded = QwenImagePipeline::load(&setup.model_dir, options).and_then(|mut p| {
+                let kind = p.configs().kind;
+                if kind.is_edit() {
+                    return Err(qwen_image::PipelineError::WrongPipeline {
+                        class: kind.class_name().into(),
+                        msg: "the server generates from text; edit pictures with \
+                              `qwen-image edit`"
+                            .into(),
+                    });
+                }
                 p.preload(&setup.loras)?;
                 Ok(p)
             });

@@ -1,8 +1,9 @@
 //! A Qwen-Image checkpoint folder in the diffusers layout: which component lives where, the
 //! cheap checks run before anything heavy is loaded, and the configs that fix every size.
 //!
-//! `model_index.json` names the components (`transformer`, `vae`, `text_encoder`,
-//! `tokenizer`, `scheduler`); each is a sub-folder of that name. Before any weights are read
+//! `model_index.json` names the pipeline ([`PipelineKind`]) and the components
+//! (`transformer`, `vae`, `text_encoder`, `tokenizer`, `scheduler`, and for the edit pipelines
+//! `processor`); each is a sub-folder of that name. Before any weights are read
 //! this module checks that every config parses, that the components fit together (latent
 //! channels, text width, patch size) and that every safetensors file is complete (its header
 //! parses and its data extends to the end the header promises) — so a truncated shard is
@@ -36,6 +37,52 @@ pub struct ComponentPaths {
     pub tokenizer: PathBuf,
     /// `scheduler/`.
     pub scheduler: PathBuf,
+    /// `processor/` (tokenizer and image processor of the edit pipelines; `None` for
+    /// text-to-image checkpoints).
+    pub processor: Option<PathBuf>,
+}
+
+/// What a checkpoint's pipeline does, from `model_index.json`'s `_class_name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelineKind {
+    /// `QwenImagePipeline` (and the img2img / inpainting pipelines, which share its
+    /// components): a prompt, optionally a picture to start from.
+    TextToImage,
+    /// `QwenImageEditPipeline` (Qwen-Image-Edit): exactly one picture to edit.
+    Edit,
+    /// `QwenImageEditPlusPipeline` (Qwen-Image-Edit-2509, -2511): one or more pictures.
+    EditPlus,
+}
+
+/// The pipeline classes `qwen-image edit` serves.
+pub const EDIT_PIPELINE_CLASSES: [&str; 2] = ["QwenImageEditPipeline", "QwenImageEditPlusPipeline"];
+
+impl PipelineKind {
+    /// The kind of a `_class_name` ([`PIPELINE_CLASSES`]); `None` for any other class.
+    pub fn from_class(class: &str) -> Option<Self> {
+        match class {
+            "QwenImagePipeline" | "QwenImageImg2ImgPipeline" | "QwenImageInpaintPipeline" => {
+                Some(Self::TextToImage)
+            }
+            "QwenImageEditPipeline" => Some(Self::Edit),
+            "QwenImageEditPlusPipeline" => Some(Self::EditPlus),
+            _ => None,
+        }
+    }
+
+    /// Whether the pipeline edits pictures (needs the vision tower and `processor/`).
+    pub fn is_edit(self) -> bool {
+        self != Self::TextToImage
+    }
+
+    /// The diffusers class this kind stands for.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Self::TextToImage => "QwenImagePipeline",
+            Self::Edit => "QwenImageEditPipeline",
+            Self::EditPlus => "QwenImageEditPlusPipeline",
+        }
+    }
 }
 
 /// The parsed configs of all components, and the sizes derived from them.
@@ -49,6 +96,8 @@ pub struct CheckpointConfigs {
     pub text: TextConfig,
     /// `scheduler/scheduler_config.json`.
     pub scheduler: SchedulerConfig,
+    /// The pipeline (`model_index.json`'s `_class_name`).
+    pub kind: PipelineKind,
 }
 
 impl CheckpointConfigs {
@@ -134,6 +183,7 @@ fn component_classes(name: &str) -> &'static [&'static str] {
         "text_encoder" => &["Qwen2_5_VLForConditionalGeneration"],
         "tokenizer" => &["Qwen2Tokenizer", "Qwen2TokenizerFast"],
         "scheduler" => &["FlowMatchEulerDiscreteScheduler"],
+        "processor" => &["Qwen2VLProcessor", "Qwen2_5_VLProcessor"],
         _ => &[],
     }
 }
@@ -204,7 +254,9 @@ impl ComponentPaths {
                 ),
             ));
         }
-        for name in COMPONENTS {
+        let kind = PipelineKind::from_class(class).unwrap_or(PipelineKind::TextToImage);
+        let wanted: &[&str] = if kind.is_edit() { &["processor"] } else { &[] };
+        for &name in COMPONENTS.iter().chain(wanted) {
             // Each entry is ["library", "Class"]; `null` entries mean "not part of it".
             match obj.get(name) {
                 Some(serde_json::Value::Array(v)) if v.len() == 2 && !v[1].is_null() => {
@@ -238,6 +290,7 @@ impl ComponentPaths {
                 format!("incomplete checkpoint: missing {}", missing.join(", ")),
             ));
         }
+        let processor = dirs.remove("processor");
         let mut take = |n: &str| dirs.remove(n).unwrap_or_default();
         Ok(Self {
             pipeline_class: class.to_string(),
@@ -247,7 +300,13 @@ impl ComponentPaths {
             text_encoder: take("text_encoder"),
             tokenizer: take("tokenizer"),
             scheduler: take("scheduler"),
+            processor,
         })
+    }
+
+    /// The pipeline kind `model_index.json` names.
+    pub fn kind(&self) -> PipelineKind {
+        PipelineKind::from_class(&self.pipeline_class).unwrap_or(PipelineKind::TextToImage)
     }
 
     /// Parses every component config and checks that the components fit together.
@@ -271,6 +330,7 @@ impl ComponentPaths {
             vae,
             text,
             scheduler,
+            kind: self.kind(),
         };
         configs.check_fit(&tpath)?;
         Ok(configs)
@@ -292,6 +352,20 @@ impl ComponentPaths {
             ));
         }
         qwen_text_encoder::check_checkpoint(&self.text_encoder, &configs.text)?;
+        if let Some(proc) = &self.processor {
+            // The edit pipelines read the tokenizer and the image processor from here, and
+            // the vision tower's weights from the text encoder.
+            let has_json = proc.join("tokenizer.json").is_file();
+            let has_bpe = proc.join("vocab.json").is_file() && proc.join("merges.txt").is_file();
+            if !(has_json || has_bpe) {
+                return Err(checkpoint(
+                    proc,
+                    "no tokenizer: expected tokenizer.json, or vocab.json and merges.txt",
+                ));
+            }
+            require_file(&proc.join("preprocessor_config.json"))?;
+            qwen_text_encoder::vision::check_checkpoint(&self.text_encoder)?;
+        }
         qwen_dit::check_checkpoint(&self.transformer, &configs.transformer)?;
         qwen_vae::check_checkpoint(&self.vae, &configs.vae)?;
         Ok(())

@@ -59,6 +59,9 @@ pub(crate) struct Denoise<'a> {
     pub(crate) sigmas: &'a [Array],
     /// The first step to run (img2img starts inside the schedule).
     pub(crate) first_step: usize,
+    /// The pictures' tokens of an edit, `(1, M, C)`: appended after the latents' tokens for
+    /// every transformer pass, their prediction dropped.
+    pub(crate) pictures: Option<&'a Array>,
     /// The pass this process runs: the prompt's (or, for the second rank of a CFG pair, the
     /// negative prompt's).
     pub(crate) cond: &'a Conditioning,
@@ -69,6 +72,22 @@ pub(crate) struct Denoise<'a> {
 }
 
 impl Denoise<'_> {
+    /// The transformer's input: the latents' tokens, then the pictures' (an edit).
+    fn with_pictures(&self, x: &Array) -> Result<Array> {
+        Ok(match self.pictures {
+            Some(p) => ops::concatenate(&[x.clone(), p.clone()], 1)?,
+            None => x.clone(),
+        })
+    }
+
+    /// The prediction for the latents' tokens only (`noise_pred[:, :latents.size(1)]`).
+    fn latents_part(&self, out: Array, x: &Array) -> Array {
+        match self.pictures {
+            Some(_) => out.index((.., ..x.dim(1))),
+            None => out,
+        }
+    }
+
     /// Runs the steps from `first_step` on the packed latents `x`; `on_step(step, latents)`
     /// is called once each step's latents are evaluated. Returns the final latents. `idle`:
     /// this rank has no image in this round and only takes part in the exchanges.
@@ -98,14 +117,15 @@ impl Denoise<'_> {
             let own = if idle {
                 ops::zeros_like(&x)?
             } else {
-                self.dit.forward_modulated(
-                    &x,
+                let out = self.dit.forward_modulated(
+                    &self.with_pictures(&x)?,
                     &self.cond.embeds,
                     None,
                     sigma,
                     &self.cond.rope,
                     shared.as_ref(),
-                )?
+                )?;
+                self.latents_part(out, &x)
             };
             let mut v = match &self.exchange {
                 Some(ex) => {
@@ -123,13 +143,14 @@ impl Denoise<'_> {
                         .pop()
                         .ok_or_else(|| PipelineError::Runtime("depends returned nothing".into()))?;
                 let vn = self.dit.forward_modulated(
-                    &x_neg,
+                    &self.with_pictures(&x_neg)?,
                     &neg.embeds,
                     None,
                     sigma,
                     &neg.rope,
                     shared.as_ref(),
                 )?;
+                let vn = self.latents_part(vn, &x);
                 v = true_cfg_combine(&v, &vn, scale)?;
             }
             let next = hook.after_step(i, self.sched.step(&v, i, &x)?)?;

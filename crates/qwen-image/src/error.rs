@@ -41,6 +41,8 @@ pub enum Field {
     Strength,
     /// The posterior noise of the init image (`InitImage::image_noise`).
     ImageNoise,
+    /// The pictures of an edit (`GenerateRequest::edit_images`).
+    EditImages,
 }
 
 impl Field {
@@ -62,6 +64,7 @@ impl Field {
             Field::Mask => "mask",
             Field::Strength => "strength",
             Field::ImageNoise => "image noise",
+            Field::EditImages => "pictures to edit",
         }
     }
 }
@@ -230,6 +233,15 @@ pub enum PipelineError {
         /// The scheduler's error (naming the key).
         #[source]
         source: flow_scheduler::SchedulerError,
+    },
+    /// The request's mode does not fit the checkpoint's pipeline: an edit on a text-to-image
+    /// checkpoint, or a generation from text alone on an edit checkpoint.
+    #[error("checkpoint pipeline {class}: {msg}")]
+    WrongPipeline {
+        /// `model_index.json`'s `_class_name`.
+        class: String,
+        /// What to do instead.
+        msg: String,
     },
     /// An input image or mask cannot be read.
     #[error("image {path}: {msg}")]

@@ -49,6 +49,7 @@ pub mod checkpoint;
 mod denoise;
 pub mod distributed;
 pub mod download;
+pub mod edit;
 pub mod error;
 pub mod events;
 pub mod guidance;
@@ -69,7 +70,7 @@ pub mod resample;
 pub mod settings;
 
 pub use cancel::CancelToken;
-pub use checkpoint::{CheckpointConfigs, ComponentPaths};
+pub use checkpoint::{CheckpointConfigs, ComponentPaths, PipelineKind};
 pub use error::{Field, NonFiniteAdvice, PipelineError, Result};
 pub use events::{Event, Phase, PhaseStats, Timings};
 pub use img2img::InitImage;

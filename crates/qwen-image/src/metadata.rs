@@ -65,6 +65,9 @@ pub struct GenerationRecord {
     /// The mask's file, with inpainting.
     #[serde(default)]
     pub mask: Option<String>,
+    /// The files of the pictures edited, in order (an edit pipeline's run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edit_images: Vec<String>,
 }
 
 impl GenerationRecord {
@@ -102,6 +105,7 @@ impl GenerationRecord {
             strength: req.init_image.as_ref().map(|i| i.strength),
             init_image: init_image.map(|p| p.display().to_string()),
             mask: mask.map(|p| p.display().to_string()),
+            edit_images: Vec::new(),
         }
     }
 
@@ -123,6 +127,9 @@ impl GenerationRecord {
         kv.push(format!("Model: {}", self.model));
         if let Some(st) = self.strength {
             kv.push(format!("Denoising strength: {st}"));
+        }
+        if !self.edit_images.is_empty() {
+            kv.push(format!("Edit images: {}", self.edit_images.join(", ")));
         }
         for (name, scale) in &self.loras {
             kv.push(format!("Lora: {name}:{scale}"));

@@ -15,7 +15,7 @@ use mlx_fastops::ComputeDtype;
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype, ops};
 use qwen_dit::{QuantizeSpec, QwenImageTransformer, RopeTables};
-use qwen_text_encoder::TextEncoder;
+use qwen_text_encoder::{EditEncoder, TextEncoder};
 use qwen_vae::{QwenImageVae, TilingConfig};
 
 use crate::cancel::CancelToken;
@@ -225,6 +225,9 @@ pub struct ComponentBuilders {
     /// The VAE; built after denoising and freed after decoding (kept under
     /// [`Residency::KeepAll`]).
     pub vae: Builder<QwenImageVae>,
+    /// The edit pipelines' encoder (language model, vision tower, image processor), for
+    /// configs whose [`CheckpointConfigs::kind`] edits; `None` otherwise.
+    pub edit_encoder: Option<Builder<EditEncoder>>,
 }
 
 impl std::fmt::Debug for ComponentBuilders {
@@ -324,8 +327,10 @@ pub struct QwenImagePipeline {
     options: PipelineOptions,
     /// The loaded transformer and the LoRAs (name, scale bits) merged into it.
     transformer: Option<(Vec<(String, u32)>, QwenImageTransformer)>,
-    /// The text encoder and the VAE, kept under [`Residency::KeepAll`].
+    /// The text encoder (or, for an edit checkpoint, the edit encoder) and the VAE, kept
+    /// under [`Residency::KeepAll`].
     text_encoder: Option<TextEncoder>,
+    edit_encoder: Option<EditEncoder>,
     vae: Option<QwenImageVae>,
 }
 
@@ -412,14 +417,22 @@ impl QwenImagePipeline {
         let paths = ComponentPaths::from_root(model_dir)?;
         let configs = paths.read_configs()?;
         paths.check_files(&configs)?;
-        // The tokenizer is small: load it now so that a broken one fails before heavy work.
+        // The tokenizer is small: load it now so that a broken one fails before heavy work
+        // (an edit pipeline's is in processor/, with the image processor's settings).
         qwen_text_encoder::QwenTokenizer::from_dir(&paths.tokenizer)?;
+        if let Some(proc) = &paths.processor {
+            qwen_text_encoder::QwenTokenizer::from_dir(proc)?;
+            qwen_text_encoder::ImageProcessorConfig::from_file(
+                &proc.join("preprocessor_config.json"),
+            )?;
+        }
         Ok(Self {
             source: Source::Disk(paths),
             configs,
             options,
             transformer: None,
             text_encoder: None,
+            edit_encoder: None,
             vae: None,
         })
     }
@@ -443,6 +456,7 @@ impl QwenImagePipeline {
             options,
             transformer: None,
             text_encoder: None,
+            edit_encoder: None,
             vae: None,
         })
     }
@@ -461,6 +475,37 @@ impl QwenImagePipeline {
             Source::Disk(p) => Ok(TextEncoder::load(&p.text_encoder, &p.tokenizer, dt)?),
             Source::Memory(b) => (b.text_encoder)(dt),
         }
+    }
+
+    /// The edit pipelines' encoder: language model, vision tower, `processor/`.
+    fn load_edit_encoder(&mut self) -> Result<EditEncoder> {
+        let dt = self.options.dtype.dtype();
+        let template = crate::edit::template(self.configs.kind)?;
+        match &mut self.source {
+            Source::Disk(p) => {
+                let proc = p.processor.as_ref().ok_or_else(|| {
+                    PipelineError::Runtime("an edit checkpoint without processor/".into())
+                })?;
+                Ok(EditEncoder::load(&p.text_encoder, proc, template, dt)?)
+            }
+            Source::Memory(b) => match &mut b.edit_encoder {
+                Some(build) => build(dt),
+                None => Err(PipelineError::Runtime(
+                    "an edit pipeline made in memory needs an edit_encoder builder".into(),
+                )),
+            },
+        }
+    }
+
+    /// Keeps an encoder in its slot under [`Residency::KeepAll`], frees it otherwise.
+    fn keep_or_free<T>(&mut self, it: T, slot: fn(&mut Self) -> &mut Option<T>) -> Result<()> {
+        if self.options.residency == Residency::KeepAll {
+            *slot(self) = Some(it);
+        } else {
+            drop(it);
+            mlx_rs::memory::clear_cache()?;
+        }
+        Ok(())
     }
 
     /// Builds the transformer with `loras` merged (before quantization).
@@ -532,7 +577,11 @@ impl QwenImagePipeline {
             self.transformer = Some((keys, model));
         }
         if self.options.residency == Residency::KeepAll {
-            if self.text_encoder.is_none() {
+            if self.configs.kind.is_edit() {
+                if self.edit_encoder.is_none() {
+                    self.edit_encoder = Some(self.load_edit_encoder()?);
+                }
+            } else if self.text_encoder.is_none() {
                 self.text_encoder = Some(self.load_text_encoder()?);
             }
             if self.vae.is_none() {
@@ -749,42 +798,73 @@ impl QwenImagePipeline {
             );
         }
 
-        // 1. Text: load (unless kept), encode, free (unless kept).
-        let encoder = kept_or_loaded!(
-            self.text_encoder,
-            self.load_text_encoder(),
-            Phase::LoadTextEncoder,
-            timings.load_text_encoder,
-            on_event
-        );
-        let t = PhaseTimer::start(Phase::Encode, on_event);
-        // Each rank encodes the prompt(s) of the pass(es) it runs.
+        // The pictures of an edit, resized for the text encoder and the VAE.
+        let pictures = match req.edit_images.is_empty() {
+            true => Vec::new(),
+            false => crate::edit::prepare_pictures(self.configs.kind, &req.edit_images)?,
+        };
+        // 1. Text: load (unless kept), encode, free (unless kept). Each rank encodes the
+        // prompt(s) of the pass(es) it runs.
         let plan = Plan::new(cluster, cfg);
-        let cond = match plan.runs_prompt() {
-            true => Some(encoder.encode_prompts(&[req.prompt.as_str()], req.max_sequence_length)?),
-            false => None,
-        };
-        let neg = match (&req.negative_prompt, cfg && plan.runs_negative()) {
-            (Some(n), true) => {
-                Some(encoder.encode_prompts(&[n.as_str()], req.max_sequence_length)?)
-            }
-            _ => None,
-        };
-        let to_eval: Vec<&Array> = cond.iter().chain(&neg).map(|e| &e.embeds).collect();
-        mlx_rs::transforms::eval(to_eval)?;
-        if self.options.residency == Residency::KeepAll {
-            self.text_encoder = Some(encoder);
+        let prompts = (
+            plan.runs_prompt().then_some(req.prompt.as_str()),
+            req.negative_prompt
+                .as_deref()
+                .filter(|_| cfg && plan.runs_negative()),
+        );
+        let (cond, neg) = if pictures.is_empty() {
+            let encoder = kept_or_loaded!(
+                self.text_encoder,
+                self.load_text_encoder(),
+                Phase::LoadTextEncoder,
+                timings.load_text_encoder,
+                on_event
+            );
+            let t = PhaseTimer::start(Phase::Encode, on_event);
+            let encode = |p: &str| encoder.encode_prompts(&[p], req.max_sequence_length);
+            let cond = prompts.0.map(encode).transpose()?;
+            let neg = prompts.1.map(encode).transpose()?;
+            let to_eval: Vec<&Array> = cond.iter().chain(&neg).map(|e| &e.embeds).collect();
+            mlx_rs::transforms::eval(to_eval)?;
+            self.keep_or_free(encoder, |s| &mut s.text_encoder)?;
+            timings.encode = t.end(Phase::Encode, on_event);
+            (cond, neg)
         } else {
-            drop(encoder);
-            mlx_rs::memory::clear_cache()?;
-        }
-        timings.encode = t.end(Phase::Encode, on_event);
+            let encoder = kept_or_loaded!(
+                self.edit_encoder,
+                self.load_edit_encoder(),
+                Phase::LoadTextEncoder,
+                timings.load_text_encoder,
+                on_event
+            );
+            let t = PhaseTimer::start(Phase::Encode, on_event);
+            let (cond, neg) = crate::edit::encode_prompts(&encoder, prompts, &pictures)?;
+            self.keep_or_free(encoder, |s| &mut s.edit_encoder)?;
+            timings.encode = t.end(Phase::Encode, on_event);
+            (cond, neg)
+        };
         cancel.check()?;
         for w in cond.iter().chain(&neg).flat_map(|e| e.warnings.iter()) {
             warn(w.clone(), on_event);
         }
 
-        // 2. The init image, through the VAE (loaded for this and freed).
+        // 2. The init image or the pictures to edit, through the VAE (loaded for this and
+        // freed).
+        let picture_tokens = match pictures.is_empty() {
+            true => None,
+            false => {
+                let t = PhaseTimer::start(Phase::EncodeImage, on_event);
+                let vae = self.take_vae()?;
+                let tokens =
+                    crate::edit::encode_pictures(&vae, &pictures, self.configs.patch_size());
+                self.put_back_vae(vae)?;
+                let tokens = tokens?;
+                timings.encode_image = t.end(Phase::EncodeImage, on_event);
+                cancel.check()?;
+                Some(tokens)
+            }
+        };
+        drop(pictures);
         let clean = match &req.init_image {
             Some(init) => {
                 let t = PhaseTimer::start(Phase::EncodeImage, on_event);
@@ -822,7 +902,7 @@ impl QwenImagePipeline {
                 cond.as_ref().map(|e| e.embeds.clone()),
                 neg.as_ref().map(|e| e.embeds.clone()),
             ),
-            clean.as_deref(),
+            (clean.as_deref(), picture_tokens.as_ref()),
             &mut timings,
             (on_event, cancel),
             (&plan, cluster),
@@ -925,7 +1005,7 @@ impl QwenImagePipeline {
         &self,
         job: &PreparedRequest,
         (cond, neg): (Option<Array>, Option<Array>),
-        clean: Option<&[Array]>,
+        (clean, pictures): (Option<&[Array]>, Option<&crate::edit::PictureTokens>),
         timings: &mut Timings,
         (on_event, cancel): (&mut dyn FnMut(Event), &CancelToken),
         (plan, cluster): (&Plan, Option<&Cluster>),
@@ -939,7 +1019,11 @@ impl QwenImagePipeline {
         let dt = self.options.dtype.dtype();
         let p = self.configs.patch_size();
         let (h, w) = self.latent_size(req.width, req.height);
-        let grid = [(1usize, h / p, w / p)];
+        // The noise tokens' grid, then each picture's (an edit).
+        let mut grid = vec![(1usize, h / p, w / p)];
+        if let Some(pics) = pictures {
+            grid.extend(&pics.grids);
+        }
         let conditioning = |embeds: Array| -> Result<Conditioning> {
             let rope = RopeTables::new(dit.config(), &grid, embeds.shape()[1] as usize)?;
             Ok(Conditioning { embeds, rope })
@@ -976,6 +1060,7 @@ impl QwenImagePipeline {
             sched: &job.sched,
             sigmas: &sigmas,
             first_step: job.first_step,
+            pictures: pictures.map(|p| &p.tokens),
             cond: own,
             neg: local_neg.map(|n| (n, req.true_cfg_scale)),
             exchange: match (plan.cfg_parallel, cluster) {
@@ -1009,7 +1094,7 @@ impl QwenImagePipeline {
         let _limit = match self
             .options
             .activation_budget
-            .bytes_for(grid[0].1 * grid[0].2)
+            .bytes_for(grid.iter().map(|g| g.0 * g.1 * g.2).sum())
         {
             Some(budget) => Some(MemoryLimit::set(
                 mlx_rs::memory::active_memory()?.saturating_add(budget),

@@ -10,6 +10,7 @@ use crate::error::{Field, PipelineError, Result, invalid};
 use crate::image_input::check_image;
 use crate::img2img::{InitImage, first_step};
 use crate::lora::Lora;
+use crate::output::Image;
 
 /// Largest image width or height accepted, in pixels.
 ///
@@ -184,6 +185,10 @@ pub struct GenerateRequest {
     pub scheduler_overrides: Option<SchedulerOverrides>,
     /// A picture to start from (img2img; with a mask, inpainting).
     pub init_image: Option<InitImage>,
+    /// The pictures to edit (8-bit RGB, any size), for a checkpoint of an edit pipeline
+    /// ([`crate::edit`]); empty for text-to-image. `QwenImageEditPipeline` takes exactly one,
+    /// `QwenImageEditPlusPipeline` one or more (the prompt calls them "picture 1", …).
+    pub edit_images: Vec<Image>,
 }
 
 /// Keys of diffusers' `FlowMatchEulerDiscreteScheduler` config that replace the checkpoint's
@@ -238,6 +243,7 @@ impl GenerateRequest {
             loras: Vec::new(),
             scheduler_overrides: None,
             init_image: None,
+            edit_images: Vec::new(),
         }
     }
 
@@ -357,6 +363,27 @@ pub fn check_limits(req: &GenerateRequest) -> Result<()> {
             check_image(m, Field::Mask)?;
         }
     }
+    if !req.edit_images.is_empty() {
+        if req.init_image.is_some() {
+            return Err(invalid(
+                Field::Image,
+                "an edit does not start from an init image: give the pictures to edit only",
+            ));
+        }
+        if req.edit_images.len() > crate::edit::MAX_EDIT_PICTURES {
+            return Err(invalid(
+                Field::EditImages,
+                format!(
+                    "{} pictures given; at most {}",
+                    req.edit_images.len(),
+                    crate::edit::MAX_EDIT_PICTURES
+                ),
+            ));
+        }
+        for p in &req.edit_images {
+            check_image(p, Field::EditImages)?;
+        }
+    }
     if let Some(t) = req.vae_tiling.tiles()
         && t.largest_side() > MAX_IMAGE_SIDE
     {
@@ -377,6 +404,19 @@ pub fn check_limits(req: &GenerateRequest) -> Result<()> {
 /// latents and the tiles against the checkpoint). The error names the field at fault.
 pub fn validate(req: &GenerateRequest, configs: &CheckpointConfigs) -> Result<()> {
     check_limits(req)?;
+    match (configs.kind.is_edit(), req.edit_images.is_empty()) {
+        (true, true) => {
+            return Err(PipelineError::WrongPipeline {
+                class: configs.kind.class_name().into(),
+                msg: "this checkpoint edits pictures and cannot generate from text alone: \
+                      use `qwen-image edit --image FILE` (the library: \
+                      GenerateRequest::edit_images)"
+                    .into(),
+            });
+        }
+        (_, false) => crate::edit::check_pictures(configs.kind, &req.edit_images)?,
+        (false, true) => {}
+    }
     let m = configs.size_multiple();
     for (field, v) in [(Field::Width, req.width), (Field::Height, req.height)] {
         if v == 0 || v % m != 0 {

@@ -235,6 +235,9 @@ pub enum SizeSource {
     Aspect,
     /// The width and height set ([`DEFAULT_SIDE`] for a side not set).
     Sides,
+    /// Picture `n` (1-based) of an edit ([`crate::edit::default_size`]), for the sides not
+    /// set.
+    EditPicture(usize),
     /// The init image's aspect ratio at about [`IMAGE_FIT_AREA`] pixels.
     Image {
         /// The init image's width.
@@ -273,6 +276,8 @@ pub struct GenerationSettings {
     pub image: Option<PathBuf>,
     /// With `image`: the inpainting mask.
     pub mask: Option<PathBuf>,
+    /// The pictures to edit (`qwen-image edit --image`), in order.
+    pub edit_images: Vec<PathBuf>,
     /// With `image`: how much to change the picture, in (0, 1].
     pub strength: f64,
     /// Seed of the initial noise (random when not set).
@@ -312,6 +317,7 @@ impl Default for GenerationSettings {
             height: None,
             image: None,
             mask: None,
+            edit_images: Vec::new(),
             strength: crate::img2img::DEFAULT_STRENGTH,
             seed: None,
             init_latents: None,
@@ -427,6 +433,48 @@ impl GenerationSettings {
         Ok(Some((image, mask)))
     }
 
+    /// The pictures to edit, loaded in order (`on_note(file, note)` hears each file's
+    /// conversion remarks).
+    pub fn load_edit_images(&self, on_note: &mut dyn FnMut(&Path, &str)) -> Result<Vec<Image>> {
+        self.edit_images
+            .iter()
+            .map(|path| {
+                let loaded = load_image(path)?;
+                for n in &loaded.notes {
+                    on_note(path, n);
+                }
+                Ok(loaded.image)
+            })
+            .collect()
+    }
+
+    /// Fixes the output size of an edit on a `kind` checkpoint whose sizes are multiples of
+    /// `multiple` and sets `width` and `height` to it: a side set stays, a side not set comes
+    /// from the pictures ([`crate::edit::default_size`]: the first picture for Edit, the last
+    /// for Edit-Plus, at about 1024² pixels).
+    pub fn resolve_edit_size(
+        &mut self,
+        kind: crate::PipelineKind,
+        pictures: &[Image],
+        multiple: usize,
+    ) -> Result<((usize, usize), SizeSource)> {
+        let dims: Vec<(usize, usize)> = pictures.iter().map(|p| (p.width, p.height)).collect();
+        let (w, h) = match (self.width, self.height) {
+            (Some(w), Some(h)) => (w, h),
+            (w, h) => {
+                let (cw, ch) = crate::edit::default_size(kind, &dims, multiple)?;
+                (w.unwrap_or(cw), h.unwrap_or(ch))
+            }
+        };
+        let source = match (self.width, self.height, kind) {
+            (Some(_), Some(_), _) => SizeSource::Sides,
+            (.., crate::PipelineKind::EditPlus) => SizeSource::EditPicture(dims.len()),
+            _ => SizeSource::EditPicture(1),
+        };
+        (self.width, self.height) = (Some(w), Some(h));
+        Ok(((w, h), source))
+    }
+
     /// Fixes the output size and sets `width` and `height` to it: the aspect preset, else the
     /// sides set ([`DEFAULT_SIDE`] for a missing one), else, with neither side set and an
     /// init `image`, the image's aspect ratio at about [`IMAGE_FIT_AREA`] pixels (sides
@@ -493,6 +541,7 @@ impl GenerationSettings {
             vae_tiling: self.vae_tiling(),
             loras: Vec::new(),
             scheduler_overrides: None,
+            edit_images: Vec::new(),
             init_image: init.map(|(image, mask)| InitImage {
                 image,
                 mask,
@@ -564,7 +613,7 @@ impl GenerationSettings {
         dtype: ComputeDtype,
         index: usize,
     ) -> GenerationRecord {
-        GenerationRecord::for_request(
+        let mut r = GenerationRecord::for_request(
             req,
             self.model.as_deref().unwrap_or_default(),
             dtype,
@@ -572,7 +621,13 @@ impl GenerationSettings {
             index,
             self.image.as_deref(),
             self.mask.as_deref(),
-        )
+        );
+        r.edit_images = self
+            .edit_images
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        r
     }
 
     /// Writes `images` of `req` to `files` in order, each with its record ([`Self::record`])
@@ -619,7 +674,7 @@ impl GenerationSettings {
                 None => ("vae_tiling", None),
             },
             Field::Quantize => ("quantize", None),
-            Field::Image => ("image", None),
+            Field::Image | Field::EditImages => ("image", None),
             Field::Mask => ("mask", None),
             Field::Strength => ("strength", Some(self.strength.to_string())),
         }

@@ -65,6 +65,7 @@ fn builders_reject_components_that_do_not_fit() -> anyhow::Result<()> {
             text_encoder: Box::new(|_| unreachable!()),
             transformer: Box::new(|_| unreachable!()),
             vae: Box::new(|_| unreachable!()),
+            edit_encoder: None,
         }
     };
     let err = QwenImagePipeline::from_builders(configs, PipelineOptions::default(), never())

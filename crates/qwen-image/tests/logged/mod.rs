@@ -33,6 +33,7 @@ pub fn logged_builders(
             l3.borrow_mut().push("vae");
             Ok(qwen_vae::QwenImageVae::load(&p3.vae, dt)?)
         }),
+        edit_encoder: None,
     }
 }
 
