@@ -14,8 +14,12 @@ use flow_scheduler::SchedulerConfig;
 use mlx_rs::{Array, Dtype, random};
 use qwen_dit::{QwenImageTransformer, QwenImageTransformerConfig};
 use qwen_image::{CheckpointConfigs, ComponentBuilders, Result};
+use qwen_text_encoder::vision::{VisionConfig, VisionTower};
 use qwen_text_encoder::weights::LayerWeights;
-use qwen_text_encoder::{QwenTextModel, QwenTokenizer, TextConfig, TextEncoder, TextModelWeights};
+use qwen_text_encoder::{
+    EditEncoder, ImageProcessorConfig, QwenTextModel, QwenTokenizer, TextConfig, TextEncoder,
+    TextModelWeights,
+};
 use qwen_vae::{QwenImageVae, VaeConfig};
 
 /// The Qwen-Image checkpoint's configs: the DiT of diffusers' defaults (60 layers, 24 heads ×
@@ -40,6 +44,7 @@ pub fn full_size_configs() -> CheckpointConfigs {
             mrope_section: vec![16, 24, 24],
         },
         scheduler: SchedulerConfig::qwen_image(),
+        kind: qwen_image::PipelineKind::TextToImage,
     }
 }
 
@@ -73,6 +78,7 @@ pub fn tiny_configs() -> CheckpointConfigs {
             mrope_section: vec![2, 3, 3],
         },
         scheduler: SchedulerConfig::qwen_image(),
+        kind: qwen_image::PipelineKind::TextToImage,
     }
 }
 
@@ -218,7 +224,59 @@ pub fn random_builders(
             )?)
         }),
         vae: Box::new(move |dt| random_vae(&vae, dt, seed.wrapping_add(2))),
+        edit_encoder: None,
     }
+}
+
+/// Qwen2.5-VL-7B's `vision_config` (what Qwen-Image's text encoder ships), or a 2-block,
+/// 32-wide tower whose windows still partition the grid (`tiny`), projecting to
+/// `out_hidden` (the text model's width).
+pub fn vision_config(tiny: bool, out_hidden: usize) -> Result<VisionConfig> {
+    let v = if tiny {
+        serde_json::json!({
+            "depth": 2, "hidden_size": 32, "intermediate_size": 48, "num_heads": 2,
+            "out_hidden_size": out_hidden, "patch_size": 14, "window_size": 112,
+            "fullatt_block_indexes": [1]
+        })
+    } else {
+        serde_json::json!({
+            "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+            "in_chans": 3, "out_hidden_size": out_hidden, "patch_size": 14,
+            "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+            "fullatt_block_indexes": [7, 15, 23, 31], "hidden_act": "silu"
+        })
+    };
+    serde_json::from_value(v).map_err(|e| qwen_image::PipelineError::Runtime(e.to_string()))
+}
+
+/// Turns `builders` into those of an edit pipeline of `kind`: a random edit encoder (the
+/// text model of `text`, the vision tower of [`vision_config`], the fixture tokenizer, the
+/// image processor of Qwen-Image-Edit's `processor/`: 3136 to 12845056 pixels).
+pub fn with_edit_encoder(
+    mut builders: ComponentBuilders,
+    text: &TextConfig,
+    kind: qwen_image::PipelineKind,
+    tiny: bool,
+    tokenizer_dir: PathBuf,
+    seed: u64,
+) -> Result<ComponentBuilders> {
+    let text = text.clone();
+    let vision = vision_config(tiny, text.hidden_size)?;
+    let template = qwen_image::edit::template(kind)?;
+    builders.edit_encoder = Some(Box::new(move |dt| {
+        let tokenizer = QwenTokenizer::from_dir(&tokenizer_dir)?;
+        let model = random_text_model(&text, dt, seed)?;
+        let tower = VisionTower::random(vision.clone(), dt, seed.wrapping_add(3))?;
+        let processor = ImageProcessorConfig {
+            min_pixels: Some(3136),
+            max_pixels: Some(12_845_056),
+            ..Default::default()
+        };
+        Ok(EditEncoder::from_parts(
+            tokenizer, model, tower, processor, template,
+        )?)
+    }));
+    Ok(builders)
 }
 
 /// Parameters of the text language model (embeddings, attention with q/k/v biases, SwiGLU,

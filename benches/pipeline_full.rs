@@ -22,7 +22,9 @@
 //! host-bound one (`--tiny` on a CPU) the first step carries two graph builds and the last
 //! almost none. Their sum is the loop's wall time.
 //!
-//! `--tiny`: 2-layer components at 128², f32, for a CPU smoke run.
+//! `--tiny`: 2-layer components at 128², f32, for a CPU smoke run. `--edit`: a
+//! Qwen-Image-Edit run (one random picture of the output's size; the vision tower and the
+//! VAE encode are timed in "encode" and "VAE encode").
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -36,6 +38,7 @@ use qwen_image::{
 };
 use qwen_image_benches::components::{
     fixture_tokenizer_dir, full_size_configs, random_builders, text_param_count, tiny_configs,
+    with_edit_encoder,
 };
 use qwen_image_benches::median;
 use qwen_text_encoder::{PROMPT_TEMPLATE, QwenTokenizer, template_drop_index};
@@ -97,6 +100,11 @@ struct Opts {
     /// img2img from a random picture at this strength (the VAE encode is timed).
     #[arg(long, value_name = "STRENGTH")]
     img2img: Option<f64>,
+    /// A Qwen-Image-Edit run (QwenImageEditPipeline) of one random picture of the output's
+    /// size: the vision tower reads it, the VAE encodes it, the DiT sees its tokens after the
+    /// noise's.
+    #[arg(long, conflicts_with = "img2img")]
+    edit: bool,
     /// The Qwen-Image-Lightning recipe: the Lightning scheduler overrides and no CFG (pass
     /// `--steps 8` or 4).
     #[arg(long)]
@@ -163,7 +171,10 @@ fn phase_rows(t: &Timings) -> Vec<(&'static str, f64, f64)> {
     [
         ("build text encoder (random)", t.load_text_encoder),
         ("text encode (prompt + negative)", t.encode),
-        ("VAE encode of the init image (img2img)", t.encode_image),
+        (
+            "VAE encode of the init image / edit pictures",
+            t.encode_image,
+        ),
         ("build transformer (random)", t.load_transformer),
         ("denoise", t.denoise),
         ("build VAE (random)", t.load_vae),
@@ -256,7 +267,19 @@ fn main() -> Result<()> {
         o.runs
     );
 
-    let builders = random_builders(&configs, tok_dir, o.seed);
+    let mut configs = configs;
+    let mut builders = random_builders(&configs, tok_dir.clone(), o.seed);
+    if o.edit {
+        configs.kind = qwen_image::PipelineKind::Edit;
+        builders = with_edit_encoder(
+            builders,
+            &configs.text,
+            configs.kind,
+            o.tiny,
+            tok_dir,
+            o.seed,
+        )?;
+    }
     let options = PipelineOptions {
         dtype,
         quantize: None,
@@ -312,17 +335,20 @@ fn main() -> Result<()> {
             t0.elapsed().as_secs_f64()
         );
     }
-    if let Some(strength) = o.img2img {
-        let n = width * height * 3;
-        let data: Vec<u8> = (0..n)
+    let n = width * height * 3;
+    let picture = qwen_image::Image {
+        width,
+        height,
+        data: (0..n)
             .map(|i| ((i as u64).wrapping_mul(2654435761).wrapping_add(o.seed) >> 7) as u8)
-            .collect();
+            .collect(),
+    };
+    if o.edit {
+        req.edit_images = vec![picture.clone()];
+    }
+    if let Some(strength) = o.img2img {
         req.init_image = Some(qwen_image::InitImage {
-            image: qwen_image::Image {
-                width,
-                height,
-                data,
-            },
+            image: picture,
             mask: None,
             strength,
             image_noise: None,

@@ -11,8 +11,9 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Parser;
 use mlx_rs::{Array, Dtype};
+use qwen_image_benches::components::vision_config;
 use qwen_image_benches::median;
-use qwen_text_encoder::vision::{Grid, VisionConfig, VisionTower};
+use qwen_text_encoder::vision::{Grid, VisionTower};
 
 /// Command-line options.
 #[derive(Parser, Debug)]
@@ -35,31 +36,13 @@ struct Opts {
     filter: Vec<String>,
 }
 
-/// Qwen2.5-VL-7B's `vision_config` (what Qwen-Image's text encoder ships).
-fn full_config() -> Result<VisionConfig> {
-    Ok(serde_json::from_value(serde_json::json!({
-        "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
-        "in_chans": 3, "out_hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2,
-        "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
-        "hidden_act": "silu"
-    }))?)
-}
-
-fn tiny_config() -> Result<VisionConfig> {
-    Ok(serde_json::from_value(serde_json::json!({
-        "depth": 2, "hidden_size": 32, "intermediate_size": 48, "num_heads": 2,
-        "out_hidden_size": 40, "patch_size": 14, "window_size": 112,
-        "fullatt_block_indexes": [1]
-    }))?)
-}
-
 fn main() -> Result<()> {
     let o = Opts::parse();
     let (cfg, dtype) = if o.tiny {
         mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
-        (tiny_config()?, Dtype::Float32)
+        (vision_config(true, 40)?, Dtype::Float32)
     } else {
-        (full_config()?, Dtype::Bfloat16)
+        (vision_config(false, 3584)?, Dtype::Bfloat16)
     };
     let t0 = Instant::now();
     let tower = VisionTower::random(cfg.clone(), dtype, 0)?;

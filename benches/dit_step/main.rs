@@ -10,7 +10,7 @@
 //! ```text
 //! dit_step [--sizes 512,1024,1328] [--warmup 2] [--iters 5] [--txt 32] [--layers N]
 //!          [--no-batched] [--no-reference] [--pipelined] [--profile 1024 | --profile 0] [--tiny]
-//!          [--json PATH]
+//!          [--edit-pictures N] [--json PATH]
 //! ```
 //! `--tiny` runs a 2-layer, 32-wide model at 64² and 128² (a CPU smoke test). Prints one
 //! table row per (size, mode): median / min ms per step, achieved TFLOP/s (FLOPs counted from
@@ -50,6 +50,11 @@ pub(crate) struct Opts {
     /// Text tokens per prompt.
     #[arg(long, default_value_t = 32)]
     txt: usize,
+    /// An edit step: this many reference pictures of the output's size appended after the
+    /// noise tokens (each its own RoPE grid entry), their prediction dropped, as the
+    /// Qwen-Image-Edit pipelines call the transformer (the batched mode is skipped).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) edit_pictures: usize,
     /// Blocks of the model [default: the config's 60].
     #[arg(long)]
     layers: Option<usize>,
@@ -237,8 +242,8 @@ fn main() -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut fwd_ms_at_profile = None;
     for size in o.sizes() {
-        let inp = inputs(&cfg, size, o.txt, &mut rng)?;
-        let fl = forward_flops(&cfg, 1, inp.img_tokens, o.txt)
+        let inp = inputs(&cfg, size, o.txt, o.edit_pictures, &mut rng)?;
+        let fl = forward_flops(&cfg, 1, inp.img_tokens * (1 + o.edit_pictures), o.txt)
             .scaled(2.0)
             .total();
         for &(mode, batched, reference, pipelined, interleaved, off) in &modes {

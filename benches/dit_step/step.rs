@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use mlx_fastops::scalar;
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::transforms::async_eval;
 use mlx_rs::{Array, Dtype, memory, ops, random};
 use qwen_dit::{QwenImageTransformer, QwenImageTransformerConfig, RopeTables};
@@ -37,6 +38,8 @@ pub(crate) struct Inputs {
     ctx2: Array,
     sigma2: Array,
     rope: RopeTables,
+    /// Reference pictures' tokens appended after the latents (an edit step).
+    pictures: Option<Array>,
     pub(crate) img_tokens: usize,
 }
 
@@ -44,6 +47,7 @@ pub(crate) fn inputs(
     cfg: &QwenImageTransformerConfig,
     size: usize,
     txt: usize,
+    edit_pictures: usize,
     rng: &mut Rng,
 ) -> Result<Inputs> {
     let (h, w) = image_tokens(cfg, size, size);
@@ -56,7 +60,12 @@ pub(crate) fn inputs(
     let sigma = Array::from_slice(&[0.6f32], &[1]);
     let ctx2 = ops::concatenate(&[&ctx_cond, &ctx_uncond], 0)?;
     let sigma2 = Array::from_slice(&[0.6f32, 0.6], &[2]);
-    let rope = RopeTables::new(cfg, &[(1, h, w)], txt)?;
+    let grids = vec![(1, h, w); 1 + edit_pictures];
+    let rope = RopeTables::new(cfg, &grids, txt)?;
+    let pictures = match edit_pictures {
+        0 => None,
+        k => Some(rng.normal(&[1, (k * n) as i32, cfg.in_channels as i32], 1.0, dt)?),
+    };
     mlx_rs::transforms::eval([&ctx2, &sigma, &sigma2, rope.cos(), rope.sin()])?;
     Ok(Inputs {
         x,
@@ -66,6 +75,7 @@ pub(crate) fn inputs(
         ctx2,
         sigma2,
         rope,
+        pictures,
         img_tokens: n,
     })
 }
@@ -94,6 +104,22 @@ fn step(
     interleaved: bool,
     scale: f32,
 ) -> Result<Array> {
+    // An edit step: the pictures' tokens after the latents, their prediction dropped.
+    let n = x.dim(1);
+    let input = |x: &Array| -> Result<Array> {
+        Ok(match &inp.pictures {
+            Some(p) => ops::concatenate(&[x, p], 1)?,
+            None => x.clone(),
+        })
+    };
+    let noise_part = |v: Array| match &inp.pictures {
+        Some(_) => v.index((.., ..n)),
+        None => v,
+    };
+    ensure!(
+        !(batched && inp.pictures.is_some()),
+        "the batched mode does not run edit steps"
+    );
     let (cond, uncond) = if batched {
         let x2 = ops::concatenate(&[x, x], 0)?;
         let v = model.forward(&x2, &inp.ctx2, None, &inp.sigma2, &inp.rope)?;
@@ -104,13 +130,14 @@ fn step(
         // As the pipeline: the timestep modulation computed once for both passes.
         let shared = model.modulation(&inp.sigma)?;
         let cond = model.forward_modulated(
-            x,
+            &input(x)?,
             &inp.ctx_cond,
             None,
             &inp.sigma,
             &inp.rope,
             Some(&shared),
         )?;
+        let cond = noise_part(cond);
         // As the pipeline: the negative pass ordered after the positive one (one pass's
         // activations at a time), unless the interleaved variant is measured.
         let x_u = if interleaved {
@@ -121,14 +148,14 @@ fn step(
                 .context("depends")?
         };
         let uncond = model.forward_modulated(
-            &x_u,
+            &input(&x_u)?,
             &inp.ctx_uncond,
             None,
             &inp.sigma,
             &inp.rope,
             Some(&shared),
         )?;
-        (cond, uncond)
+        (cond, noise_part(uncond))
     };
     // The bf16 trap: a strong f32 constant anywhere would turn the whole graph to f32.
     ensure!(
