@@ -28,6 +28,12 @@ pub enum Command {
     /// Example: qwen-image generate --model Qwen/Qwen-Image --prompt "a red fox in the snow,
     /// watercolor" --negative-prompt " " --seed 42 --output fox.png
     Generate(Box<GenerateArgs>),
+    /// Edit pictures with a Qwen-Image-Edit checkpoint (QwenImageEditPipeline: Qwen-Image-Edit,
+    /// one picture; QwenImageEditPlusPipeline: Edit-2509 and Edit-2511, one or more).
+    ///
+    /// Example: qwen-image edit --model Qwen/Qwen-Image-Edit-2509 --image cat.png --prompt
+    /// "make the cat wear a red scarf" --negative-prompt " " --seed 42 --output scarf.png
+    Edit(Box<EditArgs>),
     /// Download a checkpoint from the Hugging Face hub into the local cache (only the files
     /// the engine reads), without generating; prints the snapshot folder.
     Download(DownloadArgs),
@@ -209,6 +215,106 @@ pub struct GenerateArgs {
     pub load: LoadArgs,
 }
 
+/// `edit`'s arguments.
+#[derive(Debug, clap::Args)]
+#[command(allow_negative_numbers = true)]
+pub struct EditArgs {
+    /// Checkpoint of an edit pipeline (model_index.json's _class_name QwenImageEditPipeline
+    /// or QwenImageEditPlusPipeline, with processor/): a directory in the diffusers layout or
+    /// a Hugging Face id such as Qwen/Qwen-Image-Edit-2509 (found and downloaded as for
+    /// `generate`).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: String,
+    /// A picture to edit (PNG, JPEG or WebP; EXIF orientation applied). Repeatable for
+    /// QwenImageEditPlusPipeline checkpoints (at most 8; the prompt can call them "picture
+    /// 1", "picture 2", … in this order); QwenImageEditPipeline takes exactly one.
+    #[arg(long, value_name = "FILE", required = true)]
+    pub image: Vec<PathBuf>,
+    /// The edit instruction.
+    #[arg(long)]
+    pub prompt: String,
+    /// Negative prompt. True CFG (two transformer passes per step) runs only with a negative
+    /// prompt and --true-cfg-scale > 1; it sees the same pictures.
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// True classifier-free guidance scale.
+    #[arg(long, default_value_t = 4.0)]
+    pub true_cfg_scale: f32,
+    /// Denoising steps (1..=1000).
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Output width in pixels (a multiple of 16, at most 8192) [default: from the first
+    /// picture (Edit) or the last (Edit-Plus): its aspect ratio at about 1024² pixels, sides
+    /// multiples of 32, as diffusers].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Output height in pixels (a multiple of 16, at most 8192) [default: as --width].
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Seed of the initial noise (MLX's generator); image i of --num-images uses seed + i.
+    /// Random (and printed) when absent.
+    #[arg(long, conflicts_with = "init_latents")]
+    pub seed: Option<u64>,
+    /// Initial noise from a safetensors file: a float32 tensor `latents` of shape
+    /// (N, 1, 16, H/8, W/8) (diffusers' unpacked noise layout; N = --num-images).
+    #[arg(long, value_name = "FILE")]
+    pub init_latents: Option<PathBuf>,
+    /// Number of images (1..=64). With N > 1 the files are FILE-0.png, FILE-1.png, … next to --output.
+    #[arg(long, default_value_t = 1)]
+    pub num_images: usize,
+    /// Output PNG (written atomically: nothing appears under this name unless the run
+    /// succeeds).
+    #[arg(long, value_name = "FILE.png", default_value = "qwen-image-edit.png")]
+    pub output: PathBuf,
+    /// Do not write the edit's parameters into the PNG files.
+    #[arg(long)]
+    pub no_metadata: bool,
+    /// Print a machine-readable JSON summary on stdout instead of the human one.
+    #[arg(long)]
+    pub json: bool,
+    /// When the VAE decodes tile by tile (as for `generate`).
+    #[arg(long, value_enum, default_value_t = TilingArg::Auto)]
+    pub vae_tiling: TilingArg,
+    /// How the model is found and loaded.
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+impl EditArgs {
+    /// The library's settings these arguments give.
+    pub fn settings(&self) -> GenerationSettings {
+        GenerationSettings {
+            model: Some(self.model.clone()),
+            prompt: Some(self.prompt.clone()),
+            negative_prompt: self.negative_prompt.clone(),
+            true_cfg_scale: self.true_cfg_scale,
+            steps: self.steps,
+            width: self.width,
+            height: self.height,
+            edit_images: self.image.clone(),
+            seed: self.seed,
+            init_latents: self.init_latents.clone(),
+            num_images: self.num_images,
+            output: self.output.clone(),
+            vae_tiling: self.vae_tiling.mode(),
+            metadata: !self.no_metadata,
+            load: self.load.settings(),
+            ..GenerationSettings::default()
+        }
+    }
+}
+
+impl TilingArg {
+    /// The library's tiling mode.
+    pub fn mode(self) -> TilingMode {
+        match self {
+            TilingArg::Auto => TilingMode::Auto,
+            TilingArg::On => TilingMode::On,
+            TilingArg::Off => TilingMode::Off,
+        }
+    }
+}
+
 /// The flags that find and load a model, shared by `generate` and `serve`.
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
@@ -272,17 +378,14 @@ impl GenerateArgs {
             height: self.height,
             image: self.image.clone(),
             mask: self.mask.clone(),
+            edit_images: Vec::new(),
             strength: self.strength,
             seed: self.seed,
             init_latents: self.init_latents.clone(),
             num_images: self.num_images,
             output: self.output.clone(),
             max_sequence_length: self.max_sequence_length,
-            vae_tiling: match self.vae_tiling {
-                TilingArg::Auto => TilingMode::Auto,
-                TilingArg::On => TilingMode::On,
-                TilingArg::Off => TilingMode::Off,
-            },
+            vae_tiling: self.vae_tiling.mode(),
             vae_tile_size: self.vae_tile_size,
             metadata: !self.no_metadata,
             load: self.load.settings(),

@@ -9,10 +9,10 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 use qwen_image::distributed::{Cluster, Watchdog, connect_timeout_from_env, step_timeout_from_env};
 use qwen_image::report::{WallTimes, batch_json, describe_run, summary_json, summary_text};
-use qwen_image::settings::SizeSource;
+use qwen_image::settings::{GenerationSettings, SizeSource};
 use qwen_image::{ComputeDtype, QwenImagePipeline};
 
-use crate::args::GenerateArgs;
+use crate::args::{EditArgs, GenerateArgs};
 use crate::{cli_error, eout, out, progress};
 
 /// Whether `id` was typed on the command line (then it wins over a PNG's record).
@@ -28,6 +28,17 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
         let r = qwen_image::metadata::read_png_record(p).context("--from-png")?;
         job.apply_record(&r, |s| given(matches, s.name()));
     }
+    run(job, args.json, t_total)
+}
+
+/// Runs `edit`: the same run, its pictures given to an edit pipeline.
+pub fn edit(args: &EditArgs) -> anyhow::Result<()> {
+    run(args.settings(), args.json, Instant::now())
+}
+
+/// A run of `generate` (the settings' `edit_images` empty) or of `edit`.
+fn run(mut job: GenerationSettings, json: bool, t_total: Instant) -> anyhow::Result<()> {
+    let editing = !job.edit_images.is_empty();
     let model = job.model.clone().context("--model is required")?;
     let runtime = qwen_image::info::runtime_info()?;
     if job.load.dtype == Some(ComputeDtype::F16) {
@@ -40,8 +51,14 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
     // Several prompts share one loaded transformer.
     let options = job.options(runtime.default_is_gpu, prompts.len());
     // Input pictures first: the output size may come from them.
-    let init = job.load_inputs(&mut |p, n| eout!("warning: {}: {n}", p.display()))?;
-    let (size, source) = job.resolve_size(init.as_ref().map(|(img, _)| img));
+    let mut note = |p: &std::path::Path, n: &str| eout!("warning: {}: {n}", p.display());
+    let init = job.load_inputs(&mut note)?;
+    let pictures = job.load_edit_images(&mut note)?;
+    // An edit's size depends on its pipeline: fixed once the checkpoint is open.
+    let (size, source) = match editing {
+        true => ((0, 0), SizeSource::Sides),
+        false => job.resolve_size(init.as_ref().map(|(img, _)| img)),
+    };
     if let SizeSource::Image { width, height } = source {
         let (w, h) = size;
         eout!(
@@ -74,9 +91,23 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
     if let Some(n) = runtime.first_use_notice(quantized) {
         eout!("{n}");
     }
-    let base = job
+    if editing {
+        let c = pipe.configs();
+        let ((w, h), source) = job
+            .resolve_edit_size(c.kind, &pictures, c.size_multiple())
+            .map_err(|e| cli_error(e, &job))?;
+        if let SizeSource::EditPicture(n) = source {
+            eout!(
+                "size: {w}×{h} (picture {n}'s aspect ratio at about 1024² pixels, as {}; \
+                 --width and --height set it)",
+                c.kind.class_name()
+            );
+        }
+    }
+    let mut base = job
         .base_request(seed, init, loras)
         .map_err(|e| cli_error(e, &job))?;
+    base.edit_images = pictures;
     let open_time = t_open.elapsed();
     // A rank that stalls (or a backend that waits forever on a dead peer) must not hang the
     // others: every rank exits when its run makes no progress for too long.
@@ -116,7 +147,7 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
         };
         let t_write = Instant::now();
         job.write_images(req, dtype, &result.images, outputs, &mut |path, img| {
-            if !args.json {
+            if !json {
                 out!("wrote {} ({}×{})", path.display(), img.width, img.height);
             }
         })?;
@@ -125,14 +156,14 @@ pub fn generate(args: GenerateArgs, matches: Option<&ArgMatches>) -> anyhow::Res
             write: t_write.elapsed(),
             total: t_total.elapsed(),
         };
-        if args.json {
+        if json {
             runs.push(summary_json(req, &result, &times, *line, outputs));
         } else {
             let text = summary_text(&job, req, &result, &times, "--vae-tiling");
             out!("{text}");
         }
     }
-    if args.json && leader {
+    if json && leader {
         let doc = batch_json(&outputs, runs, t_total.elapsed());
         out!("{}", serde_json::to_string_pretty(&doc)?);
     }

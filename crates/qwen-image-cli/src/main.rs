@@ -119,6 +119,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => {
             generate::generate(*args, matches.subcommand_matches("generate"))
         }
+        Command::Edit(args) => generate::edit(&args),
         Command::Download(args) => download_only(&args),
         Command::Serve(args) => serve::serve(*args),
         Command::Warmup(args) => warmup::warmup(&args),
