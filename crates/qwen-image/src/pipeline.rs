@@ -77,16 +77,18 @@ pub enum ActivationBudget {
     Unlimited,
     /// At most this many bytes.
     Bytes(usize),
-    /// [`AUTO_ACTIVATION_BUDGET`] for images of at least [`AUTO_BUDGET_MIN_TOKENS`] packed
-    /// tokens (1024² and up, where the backlog is largest and bounding it costs ~1%); none
-    /// below (at 512² bounding the backlog stalls the GPU: 40% slower, for a peak that is
-    /// small anyway).
+    /// [`AUTO_ACTIVATION_BUDGET`] per [`AUTO_BUDGET_MIN_TOKENS`] packed image tokens, for
+    /// images of at least that many (1024² and up, where the backlog is largest and bounding
+    /// it costs ~1%; an edit's picture tokens count too: one op's temporaries grow with the
+    /// sequence); none below (at 512² bounding the backlog stalls the GPU: 40% slower, for a
+    /// peak that is small anyway).
     #[default]
     Auto,
 }
 
-/// The budget of [`ActivationBudget::Auto`]: 1.5 GiB (the peak lands a little above the
-/// limit, by part of one op; measured 1.56 GiB above the weights at 1024² on an H200).
+/// The budget of [`ActivationBudget::Auto`] for a 1024² image: 1.5 GiB (the peak lands a
+/// little above the limit, by part of one op; measured 1.56 GiB above the weights at 1024² on
+/// an H200); larger token counts get proportionally more.
 pub const AUTO_ACTIVATION_BUDGET: usize = 3 << 29;
 /// The image size (packed tokens per image) from which [`ActivationBudget::Auto`] applies:
 /// 64² tokens, a 1024² image.
@@ -98,9 +100,11 @@ impl ActivationBudget {
         match self {
             ActivationBudget::Unlimited => None,
             ActivationBudget::Bytes(b) => Some(b),
-            ActivationBudget::Auto => {
-                (tokens >= AUTO_BUDGET_MIN_TOKENS).then_some(AUTO_ACTIVATION_BUDGET)
-            }
+            ActivationBudget::Auto => (tokens >= AUTO_BUDGET_MIN_TOKENS).then(|| {
+                let scaled = AUTO_ACTIVATION_BUDGET as u128 * tokens as u128
+                    / AUTO_BUDGET_MIN_TOKENS as u128;
+                usize::try_from(scaled).unwrap_or(usize::MAX)
+            }),
         }
     }
 }

@@ -51,9 +51,11 @@ fn the_budget_sets_mlx_memory_limit_while_denoising_and_restores_it() -> anyhow:
             .iter()
             .all(|&l| l == before)
     );
-    // Auto: nothing below 1024² (64² packed tokens), 1.5 GiB from there.
+    // Auto: nothing below 1024² (64² packed tokens), 1.5 GiB per 64² tokens from there.
     assert_eq!(ActivationBudget::Auto.bytes_for(4095), None);
     assert_eq!(ActivationBudget::Auto.bytes_for(4096), Some(3 << 29));
+    // An edit at 1024² with one 1024² picture: twice the tokens, twice the budget.
+    assert_eq!(ActivationBudget::Auto.bytes_for(8192), Some(3 << 30));
     assert!(
         limits_during(ActivationBudget::Auto, 128)?
             .iter()
