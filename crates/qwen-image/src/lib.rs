@@ -14,12 +14,22 @@
 //! called with `t / 1000`, and the VAE decode with `latents_mean` / `latents_std`
 //! ([`pipeline`]). Every size comes from the checkpoint's configs ([`checkpoint`]).
 //!
+//! **Editing** ([`edit`]): a checkpoint whose `model_index.json` names
+//! `QwenImageEditPipeline` (Qwen-Image-Edit: exactly one picture) or
+//! `QwenImageEditPlusPipeline` (Qwen-Image-Edit-2509 and -2511: one or more; Edit-2511's
+//! `zero_cond_t` honoured) runs requests that carry pictures ([`GenerateRequest::edit_images`]),
+//! as diffusers' edit pipelines do: the vision tower reads each picture in the prompt, the VAE
+//! encodes it, its tokens follow the noise tokens. A request without pictures on such a
+//! checkpoint, and one with pictures on a text-to-image checkpoint, are refused
+//! ([`PipelineError::WrongPipeline`]). [`PipelineKind`] says which pipeline a checkpoint is.
+//!
 //! Files by concern: [`request`] (what a generation asks for, its limits and its one
 //! validation), [`guidance`], [`events`] (progress and timings), [`pipeline`] (staging) around
 //! the one denoising loop, [`checkpoint`], [`hub`] (cache lookup), [`memory`] (weight
 //! estimate), [`latents`], [`output`] (PNG writing), [`info`] (the MLX runtime),
 //! [`settings`] (a generation as a user describes it: a PNG's record merged in, prompt files,
-//! sizes, output names, the checks before loading) and [`report`] (the summary of a run).
+//! sizes, output names, the checks before loading), [`report`] (the summary of a run) and the
+//! modes beside the one loop: [`img2img`] (img2img and inpainting) and [`edit`].
 //!
 //! Memory is staged: the text encoder is loaded, used and freed before the transformer is
 //! loaded; the VAE is loaded after denoising. The same staging applies to components made in

@@ -32,7 +32,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The summary of `generation`, run for `req` made from `settings`, one line per item:
-/// `seed:`, `load:`, `encode:`, `denoise:`, `decode:`, each LoRA, the quantized layers (with
+/// `seed:`, `load:`, `encode:`, `picture:` (img2img, inpainting, edit), `denoise:`, `decode:`,
+/// each LoRA, the quantized layers (with
 /// quantization set, or any), `write:`, `total:`, `peak memory:`. `tiling_name` is how the
 /// program names the tiling setting, written before its mode on the `decode:` line.
 pub fn summary_text(
@@ -66,6 +67,12 @@ pub fn summary_text(
         secs(t.load_vae.time)
     ));
     lines.push(format!("encode:   {}", secs(t.encode.time)));
+    if req.init_image.is_some() || !req.edit_images.is_empty() {
+        lines.push(format!(
+            "picture:  {} (VAE encode)",
+            secs(t.encode_image.time)
+        ));
+    }
     lines.push(format!(
         "denoise:  {} ({} steps, {:.1} ms/step{})",
         secs(t.denoise.time),

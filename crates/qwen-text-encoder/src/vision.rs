@@ -488,7 +488,7 @@ impl VisionTower {
     pub fn load(dir: &Path, dtype: Dtype) -> Result<Self> {
         let cfg = VisionConfig::from_file(&dir.join("config.json"))?;
         let tensors = mlx_weights::load_component_filtered(dir, &is_visual)?;
-        let prefix = visual_prefix(tensors.keys().map(|k| k.as_ref()));
+        let prefix = visual_prefix(tensors.keys());
         let mut l = StrictLoader::new(tensors, dtype);
         let tower = {
             let mut v = Vars::new(&mut l);
