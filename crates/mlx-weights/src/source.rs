@@ -190,6 +190,19 @@ impl ShapeRecorder {
             params: Vec::new(),
         }
     }
+
+    /// What was asked for, as [`crate::check_inventory`] expects it: every parameter a
+    /// floating tensor of its shape.
+    pub fn into_expected(self) -> Vec<crate::Expected> {
+        self.params
+            .into_iter()
+            .map(|s| crate::Expected {
+                key: s.key,
+                shape: s.shape.iter().map(|&d| d.max(0) as usize).collect(),
+                floating: true,
+            })
+            .collect()
+    }
 }
 
 impl TensorSource for ShapeRecorder {

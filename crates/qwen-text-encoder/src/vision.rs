@@ -340,15 +340,7 @@ pub fn check_checkpoint(dir: &Path) -> Result<()> {
     let prefix = visual_prefix(visual.keys().map(String::as_str));
     let mut rec = mlx_weights::ShapeRecorder::new(Dtype::Float32);
     VisionTower::declare(&mut Vars::new(&mut rec).pp(prefix), cfg, Dtype::Float32);
-    let expected: Vec<mlx_weights::Expected> = rec
-        .params
-        .into_iter()
-        .map(|s| mlx_weights::Expected {
-            key: s.key,
-            shape: s.shape.iter().map(|&d| d.max(0) as usize).collect(),
-            floating: true,
-        })
-        .collect();
+    let expected = rec.into_expected();
     Ok(mlx_weights::check_inventory(dir, &expected, &visual, &[])?)
 }
 

@@ -201,15 +201,7 @@ pub fn check_checkpoint(dir: &Path, cfg: &TextConfig) -> Result<()> {
     let p = language_model_prefix(inv.keys().map(String::as_str));
     let mut rec = mlx_weights::ShapeRecorder::new(Dtype::Float32);
     TextModelWeights::load(&mut Vars::new(&mut rec).pp(p.trim_end_matches('.')), cfg);
-    let expected: Vec<mlx_weights::Expected> = rec
-        .params
-        .into_iter()
-        .map(|s| mlx_weights::Expected {
-            key: s.key,
-            shape: s.shape.iter().map(|&d| d.max(0) as usize).collect(),
-            floating: true,
-        })
-        .collect();
+    let expected = rec.into_expected();
     Ok(mlx_weights::check_inventory(
         dir,
         &expected,
