@@ -5,9 +5,9 @@ fn arange(n: usize, shape: &[i32]) -> Array {
     Array::from_slice(&v, shape)
 }
 
-#[test]
-fn round_trip_f32_bf16_f16_u32() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+/// `arange(12)` as (3, 4) and the tensors `a.f32`, `b.bf16`, `c.f16` made from it, plus
+/// `d.u32` holding `u32s`.
+fn mixed_dtypes(u32s: &[u32]) -> anyhow::Result<(Array, BTreeMap<String, Array>)> {
     let base = arange(12, &[3, 4]);
     let mut map = BTreeMap::new();
     map.insert("a.f32".to_string(), base.clone());
@@ -15,8 +15,15 @@ fn round_trip_f32_bf16_f16_u32() -> anyhow::Result<()> {
     map.insert("c.f16".to_string(), base.as_dtype(Dtype::Float16)?);
     map.insert(
         "d.u32".to_string(),
-        Array::from_slice(&[1u32, 0xdead_beef, 7], &[3]),
+        Array::from_slice(u32s, &[u32s.len() as i32]),
     );
+    Ok((base, map))
+}
+
+#[test]
+fn round_trip_f32_bf16_f16_u32() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (base, map) = mixed_dtypes(&[1, 0xdead_beef, 7])?;
     let path = dir.path().join("x.safetensors");
     save_file(&path, &map)?;
     let back = load_file(&path)?;
@@ -388,12 +395,7 @@ fn inventories_are_checked_against_expectations() -> anyhow::Result<()> {
 #[test]
 fn lazy_loading_reads_the_same_tensors_when_evaluated() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let base = arange(12, &[3, 4]);
-    let mut map = BTreeMap::new();
-    map.insert("a.f32".to_string(), base.clone());
-    map.insert("b.bf16".to_string(), base.as_dtype(Dtype::Bfloat16)?);
-    map.insert("c.f16".to_string(), base.as_dtype(Dtype::Float16)?);
-    map.insert("d.u32".to_string(), Array::from_slice(&[1u32, 9, 7], &[3]));
+    let (base, map) = mixed_dtypes(&[1, 9, 7])?;
     let path = dir.path().join("x.safetensors");
     save_file(&path, &map)?;
     // The same bytes under another name: MLX's lazy loader needs the extension, so this one

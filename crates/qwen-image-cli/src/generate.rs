@@ -55,12 +55,10 @@ fn run(mut job: GenerationSettings, json: bool, t_total: Instant) -> anyhow::Res
     let init = job.load_inputs(&mut note)?;
     let pictures = job.load_edit_images(&mut note)?;
     // An edit's size depends on its pipeline: fixed once the checkpoint is open.
-    let (size, source) = match editing {
-        true => ((0, 0), SizeSource::Sides),
-        false => job.resolve_size(init.as_ref().map(|(img, _)| img)),
-    };
-    if let SizeSource::Image { width, height } = source {
-        let (w, h) = size;
+    if !editing
+        && let ((w, h), SizeSource::Image { width, height }) =
+            job.resolve_size(init.as_ref().map(|(img, _)| img))
+    {
         eout!(
             "size: {w}×{h} (the {width}×{height} image's aspect ratio at about 1024² pixels; \
              --width and --height set it)"

@@ -501,7 +501,7 @@ impl QwenImagePipeline {
         }
     }
 
-    /// Keeps an encoder in its slot under [`Residency::KeepAll`], frees it otherwise.
+    /// Keeps a component in its slot under [`Residency::KeepAll`], frees it otherwise.
     fn keep_or_free<T>(&mut self, it: T, slot: fn(&mut Self) -> &mut Option<T>) -> Result<()> {
         if self.options.residency == Residency::KeepAll {
             *slot(self) = Some(it);
@@ -553,13 +553,7 @@ impl QwenImagePipeline {
 
     /// Keeps the VAE under [`Residency::KeepAll`], frees it otherwise.
     fn put_back_vae(&mut self, vae: QwenImageVae) -> Result<()> {
-        if self.options.residency == Residency::KeepAll {
-            self.vae = Some(vae);
-        } else {
-            drop(vae);
-            mlx_rs::memory::clear_cache()?;
-        }
-        Ok(())
+        self.keep_or_free(vae, |s| &mut s.vae)
     }
 
     /// Loads now what [`PipelineOptions::residency`] keeps (the transformer with `loras`

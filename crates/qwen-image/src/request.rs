@@ -370,16 +370,6 @@ pub fn check_limits(req: &GenerateRequest) -> Result<()> {
                 "an edit does not start from an init image: give the pictures to edit only",
             ));
         }
-        if req.edit_images.len() > crate::edit::MAX_EDIT_PICTURES {
-            return Err(invalid(
-                Field::EditImages,
-                format!(
-                    "{} pictures given; at most {}",
-                    req.edit_images.len(),
-                    crate::edit::MAX_EDIT_PICTURES
-                ),
-            ));
-        }
         for p in &req.edit_images {
             check_image(p, Field::EditImages)?;
         }

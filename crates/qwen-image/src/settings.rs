@@ -228,6 +228,16 @@ impl LoadSettings {
     }
 }
 
+/// A picture loaded as diffusers' `load_image` does, `on_note(file, note)` hearing its
+/// conversion remarks.
+fn load_noted(path: &Path, on_note: &mut dyn FnMut(&Path, &str)) -> Result<Image> {
+    let loaded = load_image(path)?;
+    for n in &loaded.notes {
+        on_note(path, n);
+    }
+    Ok(loaded.image)
+}
+
 /// Where [`GenerationSettings::resolve_size`] took the output size from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SizeSource {
@@ -418,18 +428,15 @@ impl GenerationSettings {
         &self,
         on_note: &mut dyn FnMut(&Path, &str),
     ) -> Result<Option<(Image, Option<Image>)>> {
-        let mut load = |path: &Path| -> Result<Image> {
-            let loaded = load_image(path)?;
-            for n in &loaded.notes {
-                on_note(path, n);
-            }
-            Ok(loaded.image)
-        };
         let Some(image) = &self.image else {
             return Ok(None);
         };
-        let image = load(image)?;
-        let mask = self.mask.as_deref().map(&mut load).transpose()?;
+        let image = load_noted(image, on_note)?;
+        let mask = self
+            .mask
+            .as_deref()
+            .map(|m| load_noted(m, on_note))
+            .transpose()?;
         Ok(Some((image, mask)))
     }
 
@@ -438,13 +445,7 @@ impl GenerationSettings {
     pub fn load_edit_images(&self, on_note: &mut dyn FnMut(&Path, &str)) -> Result<Vec<Image>> {
         self.edit_images
             .iter()
-            .map(|path| {
-                let loaded = load_image(path)?;
-                for n in &loaded.notes {
-                    on_note(path, n);
-                }
-                Ok(loaded.image)
-            })
+            .map(|path| load_noted(path, on_note))
             .collect()
     }
 
