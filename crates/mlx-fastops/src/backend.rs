@@ -118,6 +118,31 @@ pub fn gpu_backend() -> Backend {
     })
 }
 
+static CUDA_CC_MAJOR: OnceLock<Option<usize>> = OnceLock::new();
+
+/// The major compute capability of the default CUDA GPU (9 on an H100/H200), from MLX's
+/// device info; `None` without CUDA or when MLX does not report it. Asked once.
+pub fn cuda_compute_capability_major() -> Option<usize> {
+    *CUDA_CC_MAJOR.get_or_init(|| {
+        if !cuda_available() {
+            return None;
+        }
+        const KEY: &std::ffi::CStr = c"compute_capability_major";
+        // SAFETY: every handle made here is freed here; `v` is a valid out-pointer; the key
+        // is a NUL-terminated literal.
+        unsafe {
+            let dev = mlx_sys::mlx_device_new_type(mlx_sys::mlx_device_type__MLX_GPU, 0);
+            let mut info = mlx_sys::mlx_device_info_new();
+            let mut v = 0usize;
+            let ok = mlx_sys::mlx_device_info_get(&mut info, dev) == 0
+                && mlx_sys::mlx_device_info_get_size(&mut v, info, KEY.as_ptr()) == 0;
+            mlx_sys::mlx_device_info_free(info);
+            mlx_sys::mlx_device_free(dev);
+            ok.then_some(v)
+        }
+    })
+}
+
 /// An `mlx_device` handle kept per thread and refilled on each query, so that asking for the
 /// current device allocates nothing.
 struct DeviceHandle(mlx_sys::mlx_device);

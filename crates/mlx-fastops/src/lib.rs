@@ -64,14 +64,14 @@ pub mod reference;
 mod selfcheck;
 
 pub use backend::{
-    Backend, Path, cuda_available, current_backend, fused_path, gpu_backend, metal_available,
-    reference_forced, set_force_reference,
+    Backend, Path, cuda_available, cuda_compute_capability_major, current_backend, fused_path,
+    gpu_backend, metal_available, reference_forced, set_force_reference,
 };
 pub use dtype::{ComputeDtype, ParseComputeDtypeError};
 pub use error::{FastOpsError, Result};
 pub use ops::{
-    CPU_MAX_ATTENTION_SCORES, MAX_ATTENTION_SCORES, layer_norm, query_chunk, rms_norm, scalar,
-    sdpa, silu,
+    CPU_MAX_ATTENTION_SCORES, MAX_ATTENTION_SCORES, fused_attention_on_cuda, layer_norm,
+    query_chunk, rms_norm, scalar, sdpa, silu,
 };
 pub use order::depends;
 pub use reference::JointQkv;

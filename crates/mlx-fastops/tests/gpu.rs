@@ -16,7 +16,7 @@
 //! The GELU kernels use tighter, op-specific tolerances (see `gelu_tol`).
 //!
 //! Run: `gpu` (a plain binary, `harness = false`); `gpu gelu` runs only the GELU cases,
-//! `gpu joint` only the joint_qkv_heads and linear ones;
+//! `gpu joint` only the joint_qkv_heads and linear ones, `gpu attention` only attention's;
 //! other arguments are ignored.
 
 mod common;
@@ -709,6 +709,99 @@ fn sensitivity_cases(rep: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Attention where MLX runs cuDNN's flash kernel is called whole, however large the score
+/// matrix would be: which calls count as fused, and a call over more than 2³¹ scores (an
+/// edit's 9500 tokens, 24 heads) against softmax(q·kᵀ)·v computed in f32 in row blocks.
+fn attention_cases(rep: &mut Report) -> anyhow::Result<()> {
+    let mut expect = |what: &str, got: bool, want: bool| {
+        rep.cases += 1;
+        let ok = got == want;
+        println!(
+            "{:<6} fused attention: {what} -> {got}",
+            if ok { "ok" } else { "FAIL" }
+        );
+        if !ok {
+            rep.failures += 1;
+        }
+    };
+    let cuda = fo::current_backend() == fo::Backend::Cuda;
+    let z = |d: i32, dt: Dtype| ops::zeros_dtype(&[1, 2, 4, d], dt);
+    for (what, q, v, want) in [
+        (
+            "bf16, head 128",
+            z(128, Dtype::Bfloat16)?,
+            z(128, Dtype::Bfloat16)?,
+            cuda,
+        ),
+        (
+            "f16, head 64",
+            z(64, Dtype::Float16)?,
+            z(64, Dtype::Float16)?,
+            cuda,
+        ),
+        (
+            "f32, head 128",
+            z(128, Dtype::Float32)?,
+            z(128, Dtype::Float32)?,
+            false,
+        ),
+        (
+            "bf16, head 256",
+            z(256, Dtype::Bfloat16)?,
+            z(256, Dtype::Bfloat16)?,
+            false,
+        ),
+        (
+            "bf16, head 100",
+            z(100, Dtype::Bfloat16)?,
+            z(100, Dtype::Bfloat16)?,
+            false,
+        ),
+    ] {
+        expect(what, fo::fused_attention_on_cuda(&q, &v), want);
+    }
+    if !cuda {
+        return Ok(());
+    }
+    let (h, s, d) = (24, 9500, 128);
+    let scores = h as usize * s as usize * s as usize;
+    assert!(scores > fo::MAX_ATTENTION_SCORES);
+    let dt = Dtype::Bfloat16;
+    let (q, qf) = input(&[1, h, s, d], 950, 0.0, 1.0, dt)?;
+    let (k, kf) = input(&[1, h, s, d], 951, 0.0, 1.0, dt)?;
+    let (v, vf) = input(&[1, h, s, d], 952, 0.0, 1.0, dt)?;
+    let scale = 1.0 / (d as f32).sqrt();
+    poison(&[1, h, s, d], dt)?;
+    let got = fo::sdpa(&q, &k, &v, scale, None);
+    // The reference on the GPU in f32, 1000 query rows at a time (≤ 0.9 GiB of scores each).
+    let (qf, kf, vf) = (
+        qf.as_dtype(Dtype::Float32)?,
+        kf.as_dtype(Dtype::Float32)?,
+        vf.as_dtype(Dtype::Float32)?,
+    );
+    let kt = kf.transpose_axes(&[0, 1, 3, 2])?;
+    let mut parts = Vec::new();
+    for r0 in (0..s).step_by(1000) {
+        let qc = qf.index((.., .., r0..(r0 + 1000).min(s), ..));
+        let p = ops::softmax_axis(
+            ops::multiply(ops::matmul(&qc, &kt)?, Array::from_f32(scale))?,
+            -1,
+            true,
+        )?;
+        let o = ops::matmul(&p, &vf)?;
+        o.eval()?;
+        parts.push(o);
+    }
+    let whole = ops::concatenate(&parts, 2)?;
+    let want = host(&whole)?;
+    rep.check(
+        &format!("sdpa whole over {scores} scores (1×{h}×{s}×{d})"),
+        dt,
+        got,
+        &want,
+    )
+}
+
 fn dispatch_cases(rep: &mut Report) -> anyhow::Result<()> {
     let dt = Dtype::Bfloat16;
     let (x, _) = input(&[1, 64, 256], 900, 0.0, 1.0, dt)?;
@@ -758,7 +851,9 @@ fn main() -> anyhow::Result<()> {
     };
     let mut seed = 1000;
     // `gelu` as an argument: only the GELU kernels' cases (a short run)
-    if std::env::args().any(|a| a == "joint") {
+    if std::env::args().any(|a| a == "attention") {
+        attention_cases(&mut rep)?;
+    } else if std::env::args().any(|a| a == "joint") {
         joint_cases(&mut rep, &mut seed)?;
         linear_cases(&mut rep, &mut seed)?;
         sensitivity_cases(&mut rep)?;
@@ -769,9 +864,10 @@ fn main() -> anyhow::Result<()> {
         joint_cases(&mut rep, &mut seed)?;
         linear_cases(&mut rep, &mut seed)?;
         dispatch_cases(&mut rep)?;
+        attention_cases(&mut rep)?;
         sensitivity_cases(&mut rep)?;
     }
-    if !std::env::args().any(|a| a == "joint") {
+    if !std::env::args().any(|a| a == "joint" || a == "attention") {
         gelu_cases(&mut rep, &mut seed)?;
         gelu_sensitivity_cases(&mut rep)?;
     }
