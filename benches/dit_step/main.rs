@@ -252,7 +252,11 @@ fn main() -> Result<()> {
                 mlx_fastops::fused::set_kernel_disabled(op, true);
             }
             let (times_ms, build_ms, peak) = if pipelined {
-                let (t, p) = measure_pipelined(&model, &inp, &o)?;
+                let (t, p, (build, encode)) = measure_pipelined(&model, &inp, &o)?;
+                println!(
+                    "{size:>5}² pipelined: host time per step {:.1} ms (graph build {build:.1} + async_eval encode {encode:.1})",
+                    build + encode
+                );
                 (t, Vec::new(), p)
             } else {
                 measure(&model, &inp, batched, interleaved, &o)

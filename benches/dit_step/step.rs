@@ -223,31 +223,46 @@ pub(crate) fn measure(
 
 /// Steady-state ms per step when each step's graph is built while the GPU still runs the
 /// previous one (`async_eval` after each step, as a denoising loop can do): `iters` chained
-/// steps timed together, three times. Returns (per-step times, peak memory).
+/// steps timed together, three times. Returns (per-step times, peak memory, host ms per step
+/// spent building graphs and in `async_eval` — MLX encodes every op's GPU work on the calling
+/// thread there — medians over the timed steps). When the host's share reaches the step
+/// time, the GPU waits on the host.
 pub(crate) fn measure_pipelined(
     model: &QwenImageTransformer,
     inp: &Inputs,
     o: &Opts,
-) -> Result<(Vec<f64>, usize)> {
-    let chain = |n: usize| -> Result<()> {
+) -> Result<(Vec<f64>, usize, (f64, f64))> {
+    let mut build = Vec::new();
+    let mut encode = Vec::new();
+    let mut chain = |n: usize, record: bool| -> Result<()> {
         let mut x = inp.x.clone();
         for _ in 0..n {
+            let t0 = Instant::now();
             x = step(model, inp, &x, false, false, o.cfg_scale)?;
+            let t1 = Instant::now();
             async_eval([&x])?;
+            if record {
+                build.push((t1 - t0).as_secs_f64() * 1e3);
+                encode.push(t1.elapsed().as_secs_f64() * 1e3);
+            }
         }
         x.eval()?;
         Ok(())
     };
-    chain(o.warmup.max(2))?;
+    chain(o.warmup.max(2), false)?;
     memory::clear_cache()?;
     memory::reset_peak_memory()?;
     let mut per_step = Vec::new();
     for _ in 0..3 {
         let t0 = Instant::now();
-        chain(o.iters)?;
+        chain(o.iters, true)?;
         per_step.push(t0.elapsed().as_secs_f64() * 1e3 / o.iters as f64);
     }
-    Ok((per_step, memory::peak_memory()?))
+    Ok((
+        per_step,
+        memory::peak_memory()?,
+        (median(&build), median(&encode)),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
