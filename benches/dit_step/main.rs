@@ -252,10 +252,13 @@ fn main() -> Result<()> {
                 mlx_fastops::fused::set_kernel_disabled(op, true);
             }
             let (times_ms, build_ms, peak) = if pipelined {
-                let (t, p, (build, encode)) = measure_pipelined(&model, &inp, &o)?;
+                let (t, p, h) = measure_pipelined(&model, &inp, &o)?;
                 println!(
-                    "{size:>5}² pipelined: host time per step {:.1} ms (graph build {build:.1} + async_eval encode {encode:.1})",
-                    build + encode
+                    "{size:>5}² pipelined: host time per step {:.1} ms (graph build {:.1} + async_eval {:.1}, of which on a CPU {:.1})",
+                    h.build + h.encode,
+                    h.build,
+                    h.encode,
+                    h.on_cpu
                 );
                 (t, Vec::new(), p)
             } else {

@@ -224,26 +224,32 @@ pub(crate) fn measure(
 /// Steady-state ms per step when each step's graph is built while the GPU still runs the
 /// previous one (`async_eval` after each step, as a denoising loop can do): `iters` chained
 /// steps timed together, three times. Returns (per-step times, peak memory, host ms per step
-/// spent building graphs and in `async_eval` — MLX encodes every op's GPU work on the calling
-/// thread there — medians over the timed steps). When the host's share reaches the step
-/// time, the GPU waits on the host.
+/// spent building graphs, in `async_eval` — MLX encodes every op's GPU work on the calling
+/// thread there, and waits while more than ten command buffers are in flight — and of that
+/// the thread's time on a CPU; medians over the timed steps). When the on-CPU share reaches
+/// the step time, the GPU waits on the host.
 pub(crate) fn measure_pipelined(
     model: &QwenImageTransformer,
     inp: &Inputs,
     o: &Opts,
-) -> Result<(Vec<f64>, usize, (f64, f64))> {
+) -> Result<(Vec<f64>, usize, HostTime)> {
     let mut build = Vec::new();
     let mut encode = Vec::new();
+    let mut encode_cpu = Vec::new();
     let mut chain = |n: usize, record: bool| -> Result<()> {
         let mut x = inp.x.clone();
         for _ in 0..n {
             let t0 = Instant::now();
             x = step(model, inp, &x, false, false, o.cfg_scale)?;
             let t1 = Instant::now();
+            let c1 = thread_cpu_ms();
             async_eval([&x])?;
             if record {
                 build.push((t1 - t0).as_secs_f64() * 1e3);
                 encode.push(t1.elapsed().as_secs_f64() * 1e3);
+                if let (Some(a), Some(b)) = (c1, thread_cpu_ms()) {
+                    encode_cpu.push(b - a);
+                }
             }
         }
         x.eval()?;
@@ -261,8 +267,28 @@ pub(crate) fn measure_pipelined(
     Ok((
         per_step,
         memory::peak_memory()?,
-        (median(&build), median(&encode)),
+        HostTime {
+            build: median(&build),
+            encode: median(&encode),
+            on_cpu: median(&encode_cpu),
+        },
     ))
+}
+
+/// Host ms per pipelined step (medians): building the step's graph, inside `async_eval`, and
+/// of that the thread's time on a CPU.
+pub(crate) struct HostTime {
+    pub(crate) build: f64,
+    pub(crate) encode: f64,
+    pub(crate) on_cpu: f64,
+}
+
+/// This thread's time on a CPU so far, in ms (Linux `/proc/thread-self/schedstat`; `None`
+/// elsewhere): what `async_eval` spends working, as opposed to waiting for the GPU.
+fn thread_cpu_ms() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns / 1e6)
 }
 
 // ---------------------------------------------------------------------------------------
