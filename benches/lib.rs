@@ -104,6 +104,18 @@ pub fn forward_flops(
     }
 }
 
+/// What `cargo bench` passes to every benchmark program (`--bench`, a name filter), accepted
+/// and ignored; flattened into each program's options.
+#[derive(clap::Args, Debug, Default)]
+pub struct CargoBenchArgs {
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+    /// A benchmark name filter passed by `cargo bench`; ignored.
+    #[arg(hide = true)]
+    pub filter: Vec<String>,
+}
+
 /// Median of `xs` (the mean of the two middle values for an even count); NaN when empty.
 pub fn median(xs: &[f64]) -> f64 {
     if xs.is_empty() {

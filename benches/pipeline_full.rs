@@ -109,12 +109,8 @@ struct Opts {
     /// `--steps 8` or 4).
     #[arg(long)]
     lightning: bool,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
-    /// A benchmark name filter passed by `cargo bench`; ignored.
-    #[arg(hide = true)]
-    filter: Vec<String>,
+    #[command(flatten)]
+    cargo: qwen_image_benches::CargoBenchArgs,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize), String> {

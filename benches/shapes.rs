@@ -26,12 +26,8 @@ struct Opts {
     /// Small shapes on the CPU in f32 (smoke test).
     #[arg(long)]
     tiny: bool,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
-    /// A benchmark name filter passed by `cargo bench`; ignored.
-    #[arg(hide = true)]
-    filter: Vec<String>,
+    #[command(flatten)]
+    cargo: qwen_image_benches::CargoBenchArgs,
 }
 
 /// Independent calls per evaluation (distinct weights, so none is served from L2).

@@ -28,12 +28,8 @@ struct Opts {
     /// A 2-block, 32-wide tower on the CPU in f32 (smoke test).
     #[arg(long)]
     tiny: bool,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
-    /// A benchmark name filter passed by `cargo bench`; ignored.
-    #[arg(hide = true)]
-    filter: Vec<String>,
+    #[command(flatten)]
+    cargo: qwen_image_benches::CargoBenchArgs,
 }
 
 fn main() -> Result<()> {

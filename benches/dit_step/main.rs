@@ -98,12 +98,8 @@ pub(crate) struct Opts {
     /// Seed of the random weights and inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
-    /// A benchmark name filter passed by `cargo bench`; ignored.
-    #[arg(hide = true)]
-    filter: Vec<String>,
+    #[command(flatten)]
+    cargo: qwen_image_benches::CargoBenchArgs,
 }
 
 impl Opts {

@@ -34,15 +34,6 @@ timeout 100 $NCU -k regex:'sdpa|flash|fmha' --log-file "$OUT/ncu_sdpa_torch.csv"
   python3 scripts/bench/torch_shapes.py --rows 32 --seqs 9500 >/dev/null 2>&1
 for f in mlx torch; do
   echo "-- $f"
-  python3 - "$OUT/ncu_sdpa_$f.csv" <<'PY'
-import csv, io, sys, statistics as st
-rows = [l for l in open(sys.argv[1], errors="replace") if l.startswith('"')]
-by = {}
-for r in csv.DictReader(io.StringIO("".join(rows))):
-    if r.get("Metric Name") == "gpu__time_duration.sum":
-        by.setdefault(r["Kernel Name"], []).append(float(r["Metric Value"].replace(",", "")) / 1e3)
-for name, ts in sorted(by.items(), key=lambda kv: -sum(kv[1])):
-    print(f"{len(ts):5d} {st.median(ts):9.2f} us  {name[:120]}")
-PY
+  python3 scripts/bench/ncu_kernels.py "$OUT/ncu_sdpa_$f.csv"
 done
 stamp "done"

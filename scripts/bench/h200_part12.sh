@@ -28,18 +28,9 @@ if [ "${WHO:-ours}" = ours ]; then
   timeout 150 "$(bin pipeline_full)" --size 1024 --steps 8 --lightning --runs 2 \
     --json "$OUT/light_none.json" >"$OUT/light_none.log" 2>&1
   grep -E "^## run 2|^\| (text encode|VAE|denoise|encode \+)|^steps:" "$OUT/light_none.log" | tail -8
-  stamp "ours: whole edit, 1024², 40 steps"
-  timeout 250 "$(bin pipeline_full)" --edit --size 1024 --steps 40 --runs 2 \
-    --json "$OUT/edit_full.json" >"$OUT/edit_full.log" 2>&1
-  grep -E "^## run 2|^\| (text encode|VAE|denoise|encode \+|total)|^steps:" \
-    "$OUT/edit_full.log" | tail -10
+  ours_edit_full 250
 else
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
-  stamp "diffusers: edit step, eager and compiled"
-  PYTHONPATH=/tmp/site timeout 450 python3 scripts/bench/diffusers_step.py \
-    --sizes 1024 --txt 1400 --edit-pictures 1 --iters 5 --no-batched --compile \
-    --json "$OUT/diffusers_edit.json" >"$OUT/diffusers_edit.log" 2>&1
-  grep -vi warning "$OUT/diffusers_edit.log" | tail -8
+  install_diffusers
+  diffusers_edit_step
 fi
 stamp "done"

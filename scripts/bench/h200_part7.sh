@@ -20,8 +20,7 @@ if [ "${WHO:-ours}" = ours ]; then
   stamp "ours: Lightning"
   lightning_runs
 else
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
+  install_diffusers
   stamp "diffusers: compiled step"
   PYTHONPATH=/tmp/site timeout 330 python3 scripts/bench/diffusers_step.py \
     --sizes 1024,512,1328 --iters 5 --no-batched --eager-skip --compile \

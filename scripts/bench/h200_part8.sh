@@ -20,25 +20,12 @@ if [ "${WHO:-ours}" = ours ]; then
   timeout 200 "$(bin dit_step)" --sizes 1024 --txt 1400 --edit-pictures 1 --iters 5 --pipelined \
     --no-batched --no-reference --profile 0 --json "$OUT/edit_step.json" >"$OUT/edit_step.log" 2>&1
   grep -A6 '^## one true-CFG step' "$OUT/edit_step.log" | grep '|'
-  stamp "ours: whole edit, 1024², 40 steps"
-  timeout 330 "$(bin pipeline_full)" --edit --size 1024 --steps 40 --runs 2 \
-    --json "$OUT/edit_full.json" >"$OUT/edit_full.log" 2>&1
-  grep -E "^## run 2|^\| (build|text encode|VAE|denoise|encode \+|total)|^steps:" \
-    "$OUT/edit_full.log" | tail -14
+  ours_edit_full 330
 elif [ "$WHO" = diffusers-edit ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
-  stamp "diffusers: whole edit, eager and compiled; vision tower"
-  PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 timeout 550 python3 scripts/bench/diffusers_pipeline.py \
-    --edit --json "$OUT/diffusers_edit_full.json" 2>&1 | grep -vi warning \
-    | tee "$OUT/diffusers_edit_full.log" | tail -8
+  install_diffusers
+  diffusers_edit_full 550
 else
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
-  stamp "diffusers: edit step, eager and compiled"
-  PYTHONPATH=/tmp/site timeout 450 python3 scripts/bench/diffusers_step.py \
-    --sizes 1024 --txt 1400 --edit-pictures 1 --iters 5 --no-batched --compile \
-    --json "$OUT/diffusers_edit.json" >"$OUT/diffusers_edit.log" 2>&1
-  grep -vi warning "$OUT/diffusers_edit.log" | tail -8
+  install_diffusers
+  diffusers_edit_step
 fi
 stamp "done"

@@ -11,19 +11,7 @@ set -uo pipefail
 source "$(dirname "$0")/lib.sh" h200-part9
 source "$D/activate.sh" >/dev/null
 export MLX_PTX_CACHE_DIR="$OUT/ptx"
-kernels() {  # CSV → per kernel: launches, median µs, first 110 characters of the name
-  python3 - "$1" <<'PY'
-import csv, io, sys, statistics as st
-rows = [l for l in open(sys.argv[1], errors="replace") if l.startswith('"')]
-by = {}
-for r in csv.DictReader(io.StringIO("".join(rows))):
-    if r.get("Metric Name") == "gpu__time_duration.sum":
-        by.setdefault(r["Kernel Name"], []).append(float(r["Metric Value"].replace(",", "")) / 1e3)
-for name, ts in sorted(by.items(), key=lambda kv: -sum(kv[1])):
-    if sum(ts) > 50:
-        print(f"{len(ts):5d} {st.median(ts):9.2f} us  {name[:110]}")
-PY
-}
+kernels() { python3 scripts/bench/ncu_kernels.py "$1"; }
 NCU="ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base"
 stamp "ncu: ours"
 timeout 200 $NCU --log-file "$OUT/ncu_mlx.csv" "$(bin shapes)" --rows 32 --seqs 4128 \

@@ -27,3 +27,38 @@ lightning_runs() {
       "$OUT/light_$lora.log" | tail -9
   done
 }
+
+# The carried diffusers wheels (.whl) installed into /tmp/site (use PYTHONPATH=/tmp/site).
+install_diffusers() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+}
+
+# Our whole edit, 1024² picture → 1024², 40 true-CFG steps (pipeline_full --edit, 2 runs):
+# $OUT/edit_full.{log,json}, the second run's rows printed.
+ours_edit_full() {
+  stamp "ours: whole edit, 1024², 40 steps"
+  timeout "${1:-250}" "$(bin pipeline_full)" --edit --size 1024 --steps 40 --runs 2 \
+    --json "$OUT/edit_full.json" >"$OUT/edit_full.log" 2>&1
+  grep -E "^## run 2|^\| (build|text encode|VAE|denoise|encode \+|total)|^steps:" \
+    "$OUT/edit_full.log" | tail -14
+}
+
+# diffusers' true-CFG edit step (1024² + one 1024² picture, 1400 text tokens), eager and
+# compile_repeated_blocks: $OUT/diffusers_edit.{log,json}.
+diffusers_edit_step() {
+  stamp "diffusers: edit step, eager and compiled"
+  PYTHONPATH=/tmp/site timeout 450 python3 scripts/bench/diffusers_step.py \
+    --sizes 1024 --txt 1400 --edit-pictures 1 --iters 5 --no-batched --compile \
+    --json "$OUT/diffusers_edit.json" >"$OUT/diffusers_edit.log" 2>&1
+  grep -vi warning "$OUT/diffusers_edit.log" | tail -8
+}
+
+# diffusers' whole edit (QwenImageEditPipeline, 40 true-CFG steps), eager and compiled, and
+# its vision tower: $OUT/diffusers_edit_full.{log,json}.
+diffusers_edit_full() {
+  stamp "diffusers: whole edit, eager and compiled; vision tower"
+  PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 timeout "${1:-550}" python3 \
+    scripts/bench/diffusers_pipeline.py --edit --json "$OUT/diffusers_edit_full.json" 2>&1 \
+    | grep -vi warning | tee "$OUT/diffusers_edit_full.log" | tail -12
+}
