@@ -53,31 +53,19 @@ fn edit_case(name: &str) -> EditCase {
 /// fixture folder).
 fn edit_args(name: &str, images: &[String], out: &Path) -> Vec<String> {
     let c = edit_case(name);
-    let mut a: Vec<String> = vec![
-        "edit".into(),
-        "--model".into(),
-        dir().join(&c.model).display().to_string(),
-        "--prompt".into(),
-        c.prompt.clone(),
-        "--true-cfg-scale".into(),
-        c.true_cfg_scale.to_string(),
-        "--steps".into(),
-        c.steps.to_string(),
-        "--dtype".into(),
-        "f32".into(),
-        "--init-latents".into(),
-        dir()
-            .join(format!("{name}.safetensors"))
-            .display()
-            .to_string(),
-        "--output".into(),
-        out.display().to_string(),
-    ];
+    let mut a = ReferenceRun {
+        command: "edit",
+        model: &dir().join(&c.model),
+        prompt: &c.prompt,
+        negative_prompt: c.negative_prompt.as_deref(),
+        true_cfg_scale: c.true_cfg_scale,
+        steps: c.steps,
+        init_latents: &dir().join(format!("{name}.safetensors")),
+        output: out,
+    }
+    .args();
     for i in images {
         a.extend(["--image".into(), dir().join(i).display().to_string()]);
-    }
-    if let Some(n) = &c.negative_prompt {
-        a.extend(["--negative-prompt".into(), n.clone()]);
     }
     if let (Some(w), Some(h)) = (c.width, c.height) {
         a.extend([

@@ -48,37 +48,27 @@ fn i2i_case(name: &str) -> I2iCase {
 
 fn i2i_args(name: &str, out: &Path) -> Vec<String> {
     let c = i2i_case(name);
-    let mut a: Vec<String> = vec![
-        "generate".into(),
-        "--model".into(),
-        fixtures().join("tiny").display().to_string(),
-        "--prompt".into(),
-        c.prompt.clone(),
-        "--true-cfg-scale".into(),
-        c.true_cfg_scale.to_string(),
-        "--steps".into(),
-        c.steps.to_string(),
+    let mut a = ReferenceRun {
+        command: "generate",
+        model: &fixtures().join("tiny"),
+        prompt: &c.prompt,
+        negative_prompt: c.negative_prompt.as_deref(),
+        true_cfg_scale: c.true_cfg_scale,
+        steps: c.steps,
+        init_latents: &dir().join(format!("{name}.safetensors")),
+        output: out,
+    }
+    .args();
+    a.extend([
         "--width".into(),
         c.width.to_string(),
         "--height".into(),
         c.height.to_string(),
-        "--dtype".into(),
-        "f32".into(),
         "--image".into(),
         dir().join(&c.image).display().to_string(),
         "--strength".into(),
         c.strength.to_string(),
-        "--init-latents".into(),
-        dir()
-            .join(format!("{name}.safetensors"))
-            .display()
-            .to_string(),
-        "--output".into(),
-        out.display().to_string(),
-    ];
-    if let Some(n) = &c.negative_prompt {
-        a.extend(["--negative-prompt".into(), n.clone()]);
-    }
+    ]);
     if let Some(m) = &c.mask {
         a.extend(["--mask".into(), dir().join(m).display().to_string()]);
     }

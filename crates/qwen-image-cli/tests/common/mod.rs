@@ -17,39 +17,68 @@ pub fn bin() -> Command {
     c
 }
 
+/// What every reference run passes: the command, its model, prompts, guidance and steps,
+/// f32, the case's initial latents and the output file.
+pub struct ReferenceRun<'a> {
+    pub command: &'a str,
+    pub model: &'a Path,
+    pub prompt: &'a str,
+    pub negative_prompt: Option<&'a str>,
+    pub true_cfg_scale: f32,
+    pub steps: usize,
+    pub init_latents: &'a Path,
+    pub output: &'a Path,
+}
+
+impl ReferenceRun<'_> {
+    /// The arguments; callers add their mode's own flags.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            self.command.to_string(),
+            "--model".into(),
+            self.model.display().to_string(),
+            "--prompt".into(),
+            self.prompt.to_string(),
+            "--true-cfg-scale".into(),
+            self.true_cfg_scale.to_string(),
+            "--steps".into(),
+            self.steps.to_string(),
+            "--dtype".into(),
+            "f32".into(),
+            "--init-latents".into(),
+            self.init_latents.display().to_string(),
+            "--output".into(),
+            self.output.display().to_string(),
+        ];
+        if let Some(n) = self.negative_prompt {
+            a.extend(["--negative-prompt".into(), n.to_string()]);
+        }
+        a
+    }
+}
+
 /// `generate` arguments reproducing a reference case (f32, its initial latents).
 pub fn case_args(name: &str, output: &Path) -> Vec<String> {
     let c = case(name);
-    let mut args = vec![
-        "generate".to_string(),
-        "--model".into(),
-        fixtures().join(&c.model).display().to_string(),
-        "--prompt".into(),
-        c.prompt.clone(),
-        "--true-cfg-scale".into(),
-        c.true_cfg_scale.to_string(),
-        "--steps".into(),
-        c.steps.to_string(),
+    let mut args = ReferenceRun {
+        command: "generate",
+        model: &fixtures().join(&c.model),
+        prompt: &c.prompt,
+        negative_prompt: c.negative_prompt.as_deref(),
+        true_cfg_scale: c.true_cfg_scale,
+        steps: c.steps,
+        init_latents: &fixtures().join(format!("{name}.safetensors")),
+        output,
+    }
+    .args();
+    args.extend([
         "--width".into(),
         c.width.to_string(),
         "--height".into(),
         c.height.to_string(),
-        "--dtype".into(),
-        "f32".into(),
         "--max-sequence-length".into(),
         c.max_sequence_length.to_string(),
-        "--init-latents".into(),
-        fixtures()
-            .join(format!("{name}.safetensors"))
-            .display()
-            .to_string(),
-        "--output".into(),
-        output.display().to_string(),
-    ];
-    if let Some(n) = &c.negative_prompt {
-        args.push("--negative-prompt".into());
-        args.push(n.clone());
-    }
+    ]);
     args
 }
 
