@@ -3,7 +3,7 @@
 use mlx_rs::{Array, Dtype, ops};
 
 use crate::config::NORM_EPS;
-use crate::error::Result;
+use crate::error::{DitError, Result};
 use crate::linear::Linear;
 use crate::module::{Norm, declare_module};
 use crate::ops::{clip_f16, gated_residual, gelu_tanh, joint_qkv_heads, layer_norm_modulate, sdpa};
@@ -61,9 +61,12 @@ pub(crate) struct BlockDims {
 pub(crate) struct BlockContext<'a> {
     /// SiLU of the timestep embedding, `(B, D)`.
     pub(crate) silu_temb: &'a Array,
-    /// `zero_cond_t` models: SiLU of the σ = 0 embedding and the number of leading image
-    /// tokens (the first image) modulated with `silu_temb`; the rest use this one.
-    pub(crate) zero_cond: Option<(&'a Array, i32)>,
+    /// `zero_cond_t` models: the number of leading image tokens (the first image)
+    /// modulated with `silu_temb`; the rest are modulated with the σ = 0 embedding.
+    pub(crate) zero_len: Option<i32>,
+    /// `zero_cond_t` models: SiLU of the σ = 0 embedding, needed only by a block whose
+    /// modulation was not computed ahead.
+    pub(crate) silu_zero: Option<&'a Array>,
     /// RoPE cos, `(T+N, 1, head_dim/2)`, f32.
     pub(crate) cos: &'a Array,
     /// RoPE sin, same shape.
@@ -234,16 +237,25 @@ impl ImgMod {
 /// two passes of a true-CFG step can share them).
 #[derive(Debug, Clone)]
 pub(crate) struct BlockModulation {
-    img: Array,
-    txt: Array,
+    pub(crate) img: Array,
+    pub(crate) txt: Array,
+    /// `zero_cond_t` models: the image modulation at σ = 0 (for the reference images).
+    pub(crate) img_zero: Option<Array>,
 }
 
 impl Block {
-    /// The modulation of this block for `silu_temb` (`SiLU` of the timestep embedding).
-    pub(crate) fn modulation(&self, silu_temb: &Array) -> Result<BlockModulation> {
+    /// The modulation of this block for `silu_temb` (`SiLU` of the timestep embedding) and,
+    /// for `zero_cond_t` models, `silu_zero` (that of σ = 0). With several rows each output
+    /// has as many: one Linear call covers several timesteps, reading the weights once.
+    pub(crate) fn modulation(
+        &self,
+        silu_temb: &Array,
+        silu_zero: Option<&Array>,
+    ) -> Result<BlockModulation> {
         Ok(BlockModulation {
             img: self.img_mod.forward(silu_temb)?,
             txt: self.txt_mod.forward(silu_temb)?,
+            img_zero: silu_zero.map(|z| self.img_mod.forward(z)).transpose()?,
         })
     }
 
@@ -260,14 +272,17 @@ impl Block {
         let m = match pre {
             Some(m) => m,
             None => {
-                own = self.modulation(ctx.silu_temb)?;
+                own = self.modulation(ctx.silu_temb, ctx.silu_zero)?;
                 &own
             }
         };
         let im_t = mod_params(&m.img)?;
-        let im = match ctx.zero_cond {
-            Some((silu_zero, n0)) if n0 < img.dim(1) => {
-                ImgMod::Split(im_t, mod_params(&self.img_mod.forward(silu_zero)?)?, n0)
+        let im = match (ctx.zero_len, &m.img_zero) {
+            (Some(n0), Some(zero)) if n0 < img.dim(1) => ImgMod::Split(im_t, mod_params(zero)?, n0),
+            (Some(n0), None) if n0 < img.dim(1) => {
+                return Err(DitError::InvalidInput(
+                    "a zero_cond_t block needs the σ = 0 modulation".into(),
+                ));
             }
             // no zero_cond_t, or no reference-image tokens: every token uses σ
             _ => ImgMod::Uniform(im_t),

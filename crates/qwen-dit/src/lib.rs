@@ -62,6 +62,7 @@ mod module;
 mod ops;
 pub mod quant;
 pub mod rope;
+mod schedule;
 pub mod weights;
 
 pub use check::check_checkpoint;
@@ -72,3 +73,4 @@ pub use lora::{LoraSet, LoraUpdate, merge_updates};
 pub use model::{QwenImageTransformer, StepModulation};
 pub use quant::{QuantizeSpec, weight_bytes};
 pub use rope::RopeTables;
+pub use schedule::{MODULATION_WINDOW, ScheduleModulation};

@@ -161,7 +161,7 @@ impl Linear {
                 if rows >= dequantize_min_rows() {
                     // Many rows (image tokens): dequantize this layer's weight and run the
                     // float GEMM; the dequantized weight lives only until this GEMM is done.
-                    let w = ops::dequantize(weight, scales, biases, *group_size, *bits)?;
+                    let w = mlx_fastops::dequantize(weight, scales, biases, *group_size, *bits)?;
                     let w = if w.dtype() == x.dtype() {
                         w
                     } else {
@@ -333,7 +333,7 @@ impl Linear {
                 group_size,
                 bits,
                 ..
-            } => ops::dequantize(weight, scales, biases, *group_size, *bits)?,
+            } => mlx_fastops::dequantize(weight, scales, biases, *group_size, *bits)?,
             Linear::Absorbed { .. } => {
                 return Err(DitError::InvalidInput(
                     "a fused-away layer has no weight".into(),

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype, ops, transforms::eval};
 use mlx_weights::{ParamSpec, RandomSource, ShapeRecorder, StrictLoader, Vars};
 
@@ -477,7 +478,8 @@ impl QwenImageTransformer {
         let mask = joint_mask(encoder_mask, is[0], ts[1], is[1])?;
         let ctx = BlockContext {
             silu_temb: &silu_temb,
-            zero_cond: silu_zero.as_ref().map(|z| (z, rope.first_img_len() as i32)),
+            zero_len: self.zero_len(rope),
+            silu_zero: silu_zero.as_ref(),
             cos: rope.cos(),
             sin: rope.sin(),
             mask: mask.as_ref(),
@@ -521,22 +523,74 @@ impl QwenImageTransformer {
     /// [`Self::forward_modulated`] can share between the passes of one step, which all run at
     /// the same timestep (the two passes of true CFG: one computation instead of two).
     pub fn modulation(&self, timestep: &Array) -> Result<StepModulation> {
+        self.modulations(std::slice::from_ref(timestep))?
+            .pop()
+            .ok_or_else(|| DitError::InvalidInput("no modulation computed".into()))
+    }
+
+    /// [`Self::modulation`] for several timesteps at once, lazily: each modulation Linear
+    /// runs once on all of them (one row per timestep row), so its weights (a third of the
+    /// model's bytes read per forward at one row) are read once instead of once per
+    /// timestep. Each timestep must have the same shape, `(B,)` or `(1,)`; the result for
+    /// each is what [`Self::modulation`] gives up to the GEMM's summation order.
+    pub fn modulations(&self, timesteps: &[Array]) -> Result<Vec<StepModulation>> {
+        let Some(first) = timesteps.first() else {
+            return Ok(Vec::new());
+        };
+        let rows = first.shape();
+        if rows.len() != 1 || timesteps.iter().any(|t| t.shape() != rows) {
+            return Err(DitError::InvalidInput(format!(
+                "timesteps must share one shape (B,), got {:?}",
+                timesteps
+                    .iter()
+                    .map(|t| t.shape().to_vec())
+                    .collect::<Vec<_>>()
+            )));
+        }
+        let k = rows[0];
+        let all = match timesteps {
+            [one] => one.clone(),
+            many => ops::concatenate(many, 0)?,
+        };
         let p = &self.parts;
-        let temb = p
-            .time_embed
-            .forward(timestep, &self.time_freqs, self.dtype)?;
-        let silu_temb = silu(&temb)?;
+        let silu_all = silu(&p.time_embed.forward(&all, &self.time_freqs, self.dtype)?)?;
+        // σ = 0 is the same for every timestep: computed for one timestep's rows.
+        let silu_zero = self.zero_cond_embedding(first)?;
         let blocks = p
             .blocks
             .iter()
-            .map(|b| b.modulation(&silu_temb))
+            .map(|b| b.modulation(&silu_all, silu_zero.as_ref()))
             .collect::<Result<Vec<_>>>()?;
-        let norm_out = p.norm_out.forward(&silu_temb)?;
-        Ok(StepModulation {
-            silu_temb,
-            blocks,
-            norm_out,
-        })
+        let norm_out = p.norm_out.forward(&silu_all)?;
+        let rows_of = |a: &Array, i: i32| -> Array {
+            if timesteps.len() == 1 {
+                a.clone()
+            } else {
+                a.index(i * k..(i + 1) * k)
+            }
+        };
+        Ok((0..timesteps.len() as i32)
+            .map(|i| StepModulation {
+                silu_temb: rows_of(&silu_all, i),
+                blocks: blocks
+                    .iter()
+                    .map(|m| crate::block::BlockModulation {
+                        img: rows_of(&m.img, i),
+                        txt: rows_of(&m.txt, i),
+                        img_zero: m.img_zero.clone(),
+                    })
+                    .collect(),
+                norm_out: rows_of(&norm_out, i),
+            })
+            .collect())
+    }
+
+    /// `zero_cond_t` models: how many leading image tokens (the generated image) are
+    /// modulated with σ; `None` otherwise.
+    fn zero_len(&self, rope: &RopeTables) -> Option<i32> {
+        self.config
+            .zero_cond_t
+            .then_some(rope.first_img_len() as i32)
     }
 
     /// [`Self::forward`] with the modulation computed ahead by [`Self::modulation`] for the
@@ -610,20 +664,26 @@ impl QwenImageTransformer {
         )?)?;
         let own;
         let m = match modulation {
-            Some(m) if m.blocks.len() == p.blocks.len() => m,
+            Some(m)
+                if m.blocks.len() == p.blocks.len()
+                    && m.blocks
+                        .iter()
+                        .all(|b| b.img_zero.is_some() == cfg.zero_cond_t) =>
+            {
+                m
+            }
             _ => {
                 own = self.modulation(timestep)?;
                 &own
             }
         };
-        let silu_temb = &m.silu_temb;
-        let silu_zero = self.zero_cond_embedding(timestep)?;
         // f32 tables: the RoPE rotation is computed in f32 and rounded once, as diffusers.
         let (cos, sin) = (rope.cos(), rope.sin());
         let mask = joint_mask(encoder_mask, b, t, n)?;
         let ctx = BlockContext {
-            silu_temb,
-            zero_cond: silu_zero.as_ref().map(|z| (z, rope.first_img_len() as i32)),
+            silu_temb: &m.silu_temb,
+            zero_len: self.zero_len(rope),
+            silu_zero: None,
             cos,
             sin,
             mask: mask.as_ref(),

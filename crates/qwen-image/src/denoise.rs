@@ -12,7 +12,7 @@ use flow_scheduler::FlowMatchEulerScheduler;
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::transforms::async_eval;
 use mlx_rs::{Array, ops};
-use qwen_dit::{QwenImageTransformer, RopeTables};
+use qwen_dit::{QwenImageTransformer, RopeTables, ScheduleModulation};
 
 use crate::error::{PipelineError, Result};
 use crate::guidance::true_cfg_combine;
@@ -107,13 +107,12 @@ impl Denoise<'_> {
             on_step(step, x, elapsed)
         };
         let steps = self.first_step..self.sigmas.len();
+        // Each step's timestep modulation, computed a window of steps at a time (the
+        // modulation weights read once per window) and shared by both CFG passes.
+        let mut mods = ScheduleModulation::new(self.dit, self.sigmas);
         for i in steps.clone() {
             let sigma = &self.sigmas[i];
-            // With both CFG passes here, their timestep modulation is computed once.
-            let shared = match self.neg {
-                Some(_) if !idle => Some(self.dit.modulation(sigma)?),
-                _ => None,
-            };
+            let shared = if idle { None } else { Some(mods.get(i)?) };
             let own = if idle {
                 ops::zeros_like(&x)?
             } else {
@@ -123,7 +122,7 @@ impl Denoise<'_> {
                     None,
                     sigma,
                     &self.cond.rope,
-                    shared.as_ref(),
+                    shared,
                 )?;
                 self.latents_part(out, &x)
             };
@@ -148,7 +147,7 @@ impl Denoise<'_> {
                     None,
                     sigma,
                     &neg.rope,
-                    shared.as_ref(),
+                    shared,
                 )?;
                 let vn = self.latents_part(vn, &x);
                 v = true_cfg_combine(&v, &vn, scale)?;
