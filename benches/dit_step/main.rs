@@ -2,15 +2,19 @@
 //!
 //! As `QwenImagePipeline` runs it at batch 1: two forwards (cond + uncond, `--txt` text
 //! tokens each, no text mask), the true-CFG combine with its norm rescale, and the Euler
-//! update; evaluated once per step. Also, where asked: the same step with CFG batched as one
-//! B=2 forward, the step with `mlx-fastops`' plain-MLX references instead of its fused
-//! kernels, and a breakdown of one block's time into its GEMMs, attention and elementwise
-//! ops at the real shapes (`--profile SIZE`).
+//! update; evaluated once per step. The pipelined rows take the timestep modulation the way
+//! the pipeline does (`qwen_dit::ScheduleModulation`, a window of 8 steps per call; one
+//! window per timed chain of `--iters` steps); the plain rows compute it in each step.
+//! Also, where asked: the same step with CFG batched as one B=2 forward, the step with
+//! `mlx-fastops`' plain-MLX references instead of its fused kernels, and a breakdown of one
+//! block's time into its GEMMs, attention and elementwise ops at the real shapes
+//! (`--profile SIZE`).
 //!
 //! ```text
 //! dit_step [--sizes 512,1024,1328] [--warmup 2] [--iters 5] [--txt 32] [--layers N]
-//!          [--no-batched] [--no-reference] [--pipelined] [--profile 1024 | --profile 0] [--tiny]
-//!          [--edit-pictures N] [--json PATH]
+//!          [--no-batched] [--no-reference] [--pipelined [--modulation-per-step]]
+//!          [--quantize 8|4] [--activation-budget-gib G | --memory-limit-gib G]
+//!          [--profile 1024 | --profile 0] [--tiny] [--edit-pictures N] [--json PATH]
 //! ```
 //! `--tiny` runs a 2-layer, 32-wide model at 64² and 128² (a CPU smoke test). Prints one
 //! table row per (size, mode): median / min ms per step, achieved TFLOP/s (FLOPs counted from
@@ -67,6 +71,10 @@ pub(crate) struct Opts {
     /// Also time steps built while the previous one runs (as the pipeline does).
     #[arg(long)]
     pipelined: bool,
+    /// Also time the pipelined step with each step computing its own timestep modulation
+    /// (a modulation window of 1 step instead of the pipeline's 8), same process.
+    #[arg(long)]
+    modulation_per_step: bool,
     /// Also time the two CFG passes left to interleave (without the ordering the pipeline
     /// uses), for their peak memory.
     #[arg(long)]
@@ -80,6 +88,16 @@ pub(crate) struct Opts {
     /// when above it: the peak stays near it).
     #[arg(long, value_name = "GIB")]
     memory_limit_gib: Option<f64>,
+    /// Also time the pipelined step with the pipeline's activation budget, once per value
+    /// given: MLX's memory limit set to what is resident after loading (the weights) plus
+    /// this many GiB for that row, then put back (comma-separated: same-process rows).
+    #[arg(
+        long,
+        value_name = "GIB",
+        value_delimiter = ',',
+        conflicts_with = "memory_limit_gib"
+    )]
+    activation_budget_gib: Vec<f64>,
     /// Quantize the random model's Linear layers to 4 or 8 bits (MLX affine, group 64).
     #[arg(long, value_name = "BITS")]
     quantize: Option<i32>,
@@ -141,6 +159,26 @@ fn config(o: &Opts) -> QwenImageTransformerConfig {
     c
 }
 
+/// One measured configuration of the step.
+#[derive(Debug, Clone)]
+struct Mode {
+    label: String,
+    /// CFG as one B=2 forward.
+    batched: bool,
+    /// `mlx-fastops`' plain-MLX references instead of its fused kernels.
+    reference: bool,
+    /// Steps built while the previous one runs.
+    pipelined: bool,
+    /// The two CFG passes left to interleave.
+    interleaved: bool,
+    /// A fused kernel switched off.
+    off: Option<String>,
+    /// Steps per modulation window (pipelined chains).
+    window: usize,
+    /// The activation budget above the resident memory, GiB.
+    budget_gib: Option<f64>,
+}
+
 /// One row as JSON.
 fn row_json(r: &Row) -> serde_json::Value {
     serde_json::json!({
@@ -198,6 +236,7 @@ fn main() -> Result<()> {
         t0.elapsed().as_secs_f64(),
         memory::active_memory()? as f64 / GIB
     );
+    let resident = memory::active_memory()?;
     if let Some(g) = o.memory_limit_gib {
         let previous = memory::set_memory_limit((g * GIB) as usize)?;
         println!(
@@ -210,30 +249,68 @@ fn main() -> Result<()> {
         n: 0,
     };
 
-    // (label, CFG batched, reference kernels, pipelined, interleaved, kernel switched off)
-    type Mode<'a> = (&'static str, bool, bool, bool, bool, Option<&'a str>);
-    let mut modes: Vec<Mode> = vec![("2×B=1", false, false, false, false, None)];
+    let w = qwen_dit::MODULATION_WINDOW;
+    let plain = Mode {
+        label: "2×B=1".into(),
+        batched: false,
+        reference: false,
+        pipelined: false,
+        interleaved: false,
+        off: None,
+        window: w,
+        budget_gib: None,
+    };
+    let mut modes = vec![plain.clone()];
     if o.interleaved {
-        modes.push(("2×B=1 interleaved", false, false, false, true, None));
+        let label = "2×B=1 interleaved".into();
+        modes.push(Mode {
+            label,
+            interleaved: true,
+            ..plain.clone()
+        });
     }
     if !o.no_batched {
-        modes.push(("B=2", true, false, false, false, None));
+        modes.push(Mode {
+            label: "B=2".into(),
+            batched: true,
+            ..plain.clone()
+        });
     }
     if o.pipelined {
-        modes.push(("2×B=1 pipelined", false, false, true, false, None));
+        let piped = Mode {
+            label: "2×B=1 pipelined".into(),
+            pipelined: true,
+            ..plain.clone()
+        };
+        modes.push(piped.clone());
+        if o.modulation_per_step {
+            let label = "2×B=1 pipelined, modulation per step".into();
+            modes.push(Mode {
+                label,
+                window: 1,
+                ..piped.clone()
+            });
+        }
         for op in &o.without_kernel {
-            modes.push((
-                "2×B=1 pipelined",
-                false,
-                false,
-                true,
-                false,
-                Some(op.as_str()),
-            ));
+            modes.push(Mode {
+                off: Some(op.clone()),
+                ..piped.clone()
+            });
+        }
+        for &b in &o.activation_budget_gib {
+            let label = format!("2×B=1 pipelined, activation budget {b} GiB");
+            modes.push(Mode {
+                label,
+                budget_gib: Some(b),
+                ..piped.clone()
+            });
         }
     }
     if !o.no_reference {
-        modes.push(("2×B=1", false, true, false, false, None));
+        modes.push(Mode {
+            reference: true,
+            ..plain
+        });
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut fwd_ms_at_profile = None;
@@ -242,13 +319,19 @@ fn main() -> Result<()> {
         let fl = forward_flops(&cfg, 1, inp.img_tokens * (1 + o.edit_pictures), o.txt)
             .scaled(2.0)
             .total();
-        for &(mode, batched, reference, pipelined, interleaved, off) in &modes {
+        for m in &modes {
+            let (batched, reference, pipelined) = (m.batched, m.reference, m.pipelined);
+            let (interleaved, off, mode) = (m.interleaved, m.off.as_deref(), m.label.clone());
+            let limit = match m.budget_gib {
+                Some(b) => Some(memory::set_memory_limit(resident + (b * GIB) as usize)?),
+                None => None,
+            };
             mlx_fastops::set_force_reference(reference);
             if let Some(op) = off {
                 mlx_fastops::fused::set_kernel_disabled(op, true);
             }
             let (times_ms, build_ms, peak) = if pipelined {
-                let (t, p, h) = measure_pipelined(&model, &inp, &o)?;
+                let (t, p, h) = measure_pipelined(&model, &inp, m.window, &o)?;
                 println!(
                     "{size:>5}² pipelined: host time per step {:.1} ms (graph build {:.1} + async_eval {:.1}, of which on a CPU {:.1})",
                     h.build + h.encode,
@@ -265,9 +348,12 @@ fn main() -> Result<()> {
             if let Some(op) = off {
                 mlx_fastops::fused::set_kernel_disabled(op, false);
             }
+            if let Some(previous) = limit {
+                memory::set_memory_limit(previous)?;
+            }
             let row = Row {
                 size,
-                mode,
+                mode: mode.clone(),
                 kernels: match (reference, off) {
                     (true, _) => "reference".to_string(),
                     (false, Some(op)) => format!("fused, no {op}"),

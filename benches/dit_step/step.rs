@@ -8,7 +8,10 @@ use mlx_fastops::scalar;
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::transforms::async_eval;
 use mlx_rs::{Array, Dtype, memory, ops, random};
-use qwen_dit::{QwenImageTransformer, QwenImageTransformerConfig, RopeTables};
+use qwen_dit::{
+    QwenImageTransformer, QwenImageTransformerConfig, RopeTables, ScheduleModulation,
+    StepModulation,
+};
 use qwen_image_benches::{image_tokens, median};
 
 use crate::Opts;
@@ -95,7 +98,9 @@ fn cfg_update(x: &Array, cond: &Array, uncond: &Array, scale: f32) -> Result<Arr
 }
 
 /// One denoising step from latents `x`, lazy: two B=1 forwards (the second ordered after the
-/// first unless `interleaved`), or one B=2 forward when `batched`.
+/// first unless `interleaved`), or one B=2 forward when `batched`. `modulation`: the step's
+/// timestep modulation computed ahead (the pipeline's windows of steps); `None`: computed
+/// here, once for both passes.
 fn step(
     model: &QwenImageTransformer,
     inp: &Inputs,
@@ -103,6 +108,7 @@ fn step(
     batched: bool,
     interleaved: bool,
     scale: f32,
+    modulation: Option<&StepModulation>,
 ) -> Result<Array> {
     // An edit step: the pictures' tokens after the latents, their prediction dropped.
     let n = x.dim(1);
@@ -128,14 +134,21 @@ fn step(
         (p.pop().context("split")?, u)
     } else {
         // As the pipeline: the timestep modulation computed once for both passes.
-        let shared = model.modulation(&inp.sigma)?;
+        let own;
+        let shared = match modulation {
+            Some(m) => m,
+            None => {
+                own = model.modulation(&inp.sigma)?;
+                &own
+            }
+        };
         let cond = model.forward_modulated(
             &input(x)?,
             &inp.ctx_cond,
             None,
             &inp.sigma,
             &inp.rope,
-            Some(&shared),
+            Some(shared),
         )?;
         let cond = noise_part(cond);
         // As the pipeline: the negative pass ordered after the positive one (one pass's
@@ -153,7 +166,7 @@ fn step(
             None,
             &inp.sigma,
             &inp.rope,
-            Some(&shared),
+            Some(shared),
         )?;
         (cond, noise_part(uncond))
     };
@@ -175,7 +188,7 @@ fn step(
 /// One measured configuration.
 pub(crate) struct Row {
     pub(crate) size: usize,
-    pub(crate) mode: &'static str,
+    pub(crate) mode: String,
     pub(crate) kernels: String,
     pub(crate) times_ms: Vec<f64>,
     pub(crate) build_ms: Vec<f64>,
@@ -205,7 +218,7 @@ pub(crate) fn measure(
     o: &Opts,
 ) -> Result<(Vec<f64>, Vec<f64>, usize)> {
     for _ in 0..o.warmup {
-        step(model, inp, &inp.x, batched, interleaved, o.cfg_scale)?.eval()?;
+        step(model, inp, &inp.x, batched, interleaved, o.cfg_scale, None)?.eval()?;
     }
     memory::clear_cache()?;
     memory::reset_peak_memory()?;
@@ -213,7 +226,7 @@ pub(crate) fn measure(
     let mut build = Vec::with_capacity(o.iters);
     for _ in 0..o.iters {
         let t0 = Instant::now();
-        let out = step(model, inp, &inp.x, batched, interleaved, o.cfg_scale)?;
+        let out = step(model, inp, &inp.x, batched, interleaved, o.cfg_scale, None)?;
         build.push(t0.elapsed().as_secs_f64() * 1e3);
         out.eval()?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -222,8 +235,10 @@ pub(crate) fn measure(
 }
 
 /// Steady-state ms per step when each step's graph is built while the GPU still runs the
-/// previous one (`async_eval` after each step, as a denoising loop can do): `iters` chained
-/// steps timed together, three times. Returns (per-step times, peak memory, host ms per step
+/// previous one (`async_eval` after each step, as the pipeline's denoising loop does):
+/// `iters` chained steps timed together, three times. Each chain takes its steps' timestep
+/// modulations from a fresh [`ScheduleModulation`] with `window` steps per call (the
+/// pipeline's default [`qwen_dit::MODULATION_WINDOW`]; 1: each step computes its own). Returns (per-step times, peak memory, host ms per step
 /// spent building graphs, in `async_eval` — MLX encodes every op's GPU work on the calling
 /// thread there, and waits while more than ten command buffers are in flight — and of that
 /// the thread's time on a CPU; medians over the timed steps). When the on-CPU share reaches
@@ -231,6 +246,7 @@ pub(crate) fn measure(
 pub(crate) fn measure_pipelined(
     model: &QwenImageTransformer,
     inp: &Inputs,
+    window: usize,
     o: &Opts,
 ) -> Result<(Vec<f64>, usize, HostTime)> {
     let mut build = Vec::new();
@@ -238,9 +254,19 @@ pub(crate) fn measure_pipelined(
     let mut encode_cpu = Vec::new();
     let mut chain = |n: usize, record: bool| -> Result<()> {
         let mut x = inp.x.clone();
-        for _ in 0..n {
+        let timesteps = vec![inp.sigma.clone(); n];
+        let mut mods = ScheduleModulation::new(model, &timesteps).with_window(window);
+        for i in 0..n {
             let t0 = Instant::now();
-            x = step(model, inp, &x, false, false, o.cfg_scale)?;
+            x = step(
+                model,
+                inp,
+                &x,
+                false,
+                false,
+                o.cfg_scale,
+                Some(mods.get(i)?),
+            )?;
             let t1 = Instant::now();
             let c1 = thread_cpu_ms();
             async_eval([&x])?;
