@@ -192,6 +192,35 @@ pub fn joint_qkv_heads(j: &JointQkv<'_>) -> Result<[Array; 3]> {
     }
 }
 
+/// MLX's affine dequantization (`mlx::dequantize`): w packed as uint32 `(rows,
+/// cols·bits/32)`, scales and biases `(rows, cols/group_size)`; returns `scale·q + bias`
+/// `(rows, cols)` in the scales' dtype. The fused kernels compute `scale·q + bias` in f32
+/// (the product is exact there) and round once; against MLX's CPU `dequantize` they agree
+/// exactly in f32 and within one rounding in bf16 / f16 (the GPU test).
+///
+/// The fused kernels expand 16 bytes of packed weights per thread with 16-byte loads and
+/// stores (MLX's CUDA kernel reads one byte and writes one or two values per thread): for a
+/// quantized model run as dequantize + float GEMM, this write of the float weight is what the
+/// quantization costs.
+pub fn dequantize(
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    group_size: i32,
+    bits: i32,
+) -> Result<Array> {
+    match fused_path() {
+        Path::Reference => reference::dequantize(w, scales, biases, group_size, bits),
+        p => selfcheck::checked(
+            "dequantize",
+            p,
+            scales.dtype(),
+            || kernels::dequantize(p, w, scales, biases, group_size, bits),
+            || reference::dequantize(w, scales, biases, group_size, bits),
+        ),
+    }
+}
+
 /// A Linear layer, `x · wᵀ + bias`: x (..., K), w (N, K), bias (N,), output (..., N) in
 /// x's dtype ([`reference::linear`]: MLX's `addmm`).
 ///
@@ -301,6 +330,21 @@ pub mod fused {
     pub fn linear(x: &Array, w: &Array, bias: &Array) -> Result<Array> {
         const OP: &str = "linear";
         some(OP, kernels::linear(path(OP)?, x, w, bias)?)
+    }
+
+    /// The fused [`crate::dequantize`].
+    pub fn dequantize(
+        w: &Array,
+        scales: &Array,
+        biases: &Array,
+        group_size: i32,
+        bits: i32,
+    ) -> Result<Array> {
+        const OP: &str = "dequantize";
+        some(
+            OP,
+            kernels::dequantize(path(OP)?, w, scales, biases, group_size, bits)?,
+        )
     }
 
     /// The fused [`crate::gated_residual`].

@@ -343,3 +343,69 @@ pub fn linear(x: &Array, w: &Array, bias: &Array) -> Result<Array> {
     check_linear(x, w, bias)?;
     Ok(ops::addmm(bias, x, w.t(), None, None)?)
 }
+
+/// Checks the inputs of [`dequantize`]: w a uint32 matrix `(rows, cols·bits/32)` (any
+/// leading axes), scales and biases `(rows, cols/group_size)` of one float dtype. Returns
+/// (packed words per row, cols).
+pub(crate) fn check_dequantize(
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    group_size: i32,
+    bits: i32,
+) -> Result<(i32, i32)> {
+    const OP: &str = "dequantize";
+    check_float(OP, scales)?;
+    if w.dtype() != Dtype::Uint32 || biases.dtype() != scales.dtype() {
+        return Err(shape_err(
+            OP,
+            format!(
+                "w must be uint32 and biases of the scales' dtype, got {:?}, {:?} and {:?}",
+                w.dtype(),
+                scales.dtype(),
+                biases.dtype()
+            ),
+        ));
+    }
+    let ws = w.shape();
+    let words = ws.last().copied().unwrap_or(0);
+    if !matches!(bits, 2 | 3 | 4 | 5 | 6 | 8) || group_size <= 0 {
+        return Err(shape_err(
+            OP,
+            format!("bits {bits} and group size {group_size} are not an MLX affine quantization"),
+        ));
+    }
+    let cols = i64::from(words) * 32 / i64::from(bits);
+    let mut want = ws.to_vec();
+    if let Some(last) = want.last_mut() {
+        *last = i32::try_from(cols / i64::from(group_size)).unwrap_or(i32::MAX);
+    }
+    if ws.len() < 2
+        || cols % i64::from(group_size) != 0
+        || scales.shape() != want.as_slice()
+        || biases.shape() != want.as_slice()
+    {
+        return Err(shape_err(
+            OP,
+            format!(
+                "w {ws:?} ({bits}-bit), scales {:?} and biases {:?} must be (rows, cols·bits/32) and (rows, cols/{group_size})",
+                scales.shape(),
+                biases.shape()
+            ),
+        ));
+    }
+    Ok((words, i32::try_from(cols).unwrap_or(i32::MAX)))
+}
+
+/// MLX's affine dequantization, `w = scale·q + bias` per group of `group_size` columns
+/// (`mlx::dequantize`), in the scales' dtype.
+pub fn dequantize(
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    group_size: i32,
+    bits: i32,
+) -> Result<Array> {
+    check_dequantize(w, scales, biases, group_size, bits)?;
+    Ok(ops::dequantize(w, scales, biases, group_size, bits)?)
+}

@@ -554,3 +554,26 @@ fn linear_matches_naive_and_rejects_bad_shapes() -> anyhow::Result<()> {
     assert!(e.contains("linear"), "{e}");
     Ok(())
 }
+
+/// `dequantize` on this backend (the plain-MLX path on a CPU) gives MLX's values, and
+/// inputs that do not fit are refused with the shapes named.
+#[test]
+fn dequantize_matches_mlx_and_checks_its_inputs() -> anyhow::Result<()> {
+    let w = mlx_rs::random::normal::<f32>(&[8, 128], 0.0, 0.05, &mlx_rs::random::key(3)?)?;
+    for (bits, group) in [(8, 64), (4, 32), (2, 128)] {
+        let (wq, scales, biases) = mlx_rs::ops::quantize(&w, group, bits)?;
+        let got = mlx_fastops::dequantize(&wq, &scales, &biases, group, bits)?;
+        let want = mlx_rs::ops::dequantize(&wq, &scales, &biases, group, bits)?;
+        assert!(got.eq_values(&want)?, "{bits}-bit group {group}");
+        assert_eq!(got.shape(), [8, 128]);
+    }
+    let (wq, scales, biases) = mlx_rs::ops::quantize(&w, 64, 8)?;
+    let e = mlx_fastops::dequantize(&wq, &scales, &biases, 32, 8)
+        .expect_err("scales of another group size");
+    assert!(e.to_string().contains("scales [8, 2]"), "{e}");
+    let e = mlx_fastops::dequantize(&w, &scales, &biases, 64, 8).expect_err("float w");
+    assert!(e.to_string().contains("uint32"), "{e}");
+    let e = mlx_fastops::dequantize(&wq, &scales, &biases, 64, 7).expect_err("7 bits");
+    assert!(e.to_string().contains("bits 7"), "{e}");
+    Ok(())
+}

@@ -147,6 +147,15 @@ const LINEAR_ROWS: Spec = Spec {
     metal: include_str!("linear_rows.metal"),
 };
 
+const DEQUANTIZE: Spec = Spec {
+    op: "dequantize",
+    name: "fastops_dequantize",
+    inputs: &["w", "scales", "biases"],
+    outputs: &["out"],
+    cuda: include_str!("dequantize.cu"),
+    metal: include_str!("dequantize.metal"),
+};
+
 /// Ops whose kernel source is deliberately broken (tests of the fallback).
 static BROKEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
 
@@ -608,6 +617,49 @@ pub(crate) fn linear(path: Path, x: &Array, w: &Array, bias: &Array) -> Result<O
                 ("M", TemplateArg::Int(rows)),
                 ("K", TemplateArg::Int(k)),
                 ("V", TemplateArg::Int(16 / elem_bytes(dt))),
+            ],
+        },
+    )?;
+    Ok(Some(out))
+}
+
+/// Fused affine dequantization on `path`: each thread expands 16 bytes of packed weights.
+/// `None` outside the kernel's limits: bits other than 2, 4 or 8, a group that does not hold
+/// a whole number of threads' values (`group_size % (128 / bits)`), too many threads.
+pub(crate) fn dequantize(
+    path: Path,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    group_size: i32,
+    bits: i32,
+) -> Result<Option<Array>> {
+    let (_, cols) = crate::reference::check_dequantize(w, scales, biases, group_size, bits)?;
+    let dt = scales.dtype();
+    let threads = w.size() as i64 / 4;
+    if !matches!(bits, 2 | 4 | 8)
+        || group_size % (128 / bits) != 0
+        || threads == 0
+        || threads > i64::from(i32::MAX)
+    {
+        return Ok(None);
+    }
+    let mut shape = w.shape().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = cols;
+    }
+    let out = run(
+        path,
+        &DEQUANTIZE,
+        Launch {
+            inputs: vec![w, scales, biases],
+            outputs: vec![OutputSpec { shape, dtype: dt }],
+            grid: (threads as i32, 1, 1),
+            block: (256, 1, 1),
+            template: vec![
+                ("T", TemplateArg::Dtype(dt)),
+                ("BITS", TemplateArg::Int(bits)),
+                ("GROUP", TemplateArg::Int(group_size)),
             ],
         },
     )?;
