@@ -346,14 +346,14 @@ pub fn linear(x: &Array, w: &Array, bias: &Array) -> Result<Array> {
 
 /// Checks the inputs of [`dequantize`]: w a uint32 matrix `(rows, cols·bits/32)` (any
 /// leading axes), scales and biases `(rows, cols/group_size)` of one float dtype. Returns
-/// (packed words per row, cols).
+/// cols.
 pub(crate) fn check_dequantize(
     w: &Array,
     scales: &Array,
     biases: &Array,
     group_size: i32,
     bits: i32,
-) -> Result<(i32, i32)> {
+) -> Result<i32> {
     const OP: &str = "dequantize";
     check_float(OP, scales)?;
     if w.dtype() != Dtype::Uint32 || biases.dtype() != scales.dtype() {
@@ -394,7 +394,7 @@ pub(crate) fn check_dequantize(
             ),
         ));
     }
-    Ok((words, i32::try_from(cols).unwrap_or(i32::MAX)))
+    Ok(i32::try_from(cols).unwrap_or(i32::MAX))
 }
 
 /// MLX's affine dequantization, `w = scale·q + bias` per group of `group_size` columns

@@ -550,13 +550,13 @@ fn linear_cases(rep: &mut Report, seed: &mut u64) -> anyhow::Result<()> {
 }
 
 /// The fused affine dequantization against MLX's CPU `dequantize` of the same packed
-/// weights (an independent implementation): within 1e-7 relative in f32 (H200: 7.6e-8); in
+/// weights (an independent implementation): within 1e-7 relative in f32 (H200: 7.6e-8). In
 /// bf16 and f16 the two differ by one final rounding on part of the elements (H200: rel
-/// 5.0e-3 / 6.2e-4, the same whether the kernel rounds the product first or rounds once:
-/// the cause is on MLX's CPU side and not pinned down), so the file's one-rounding
-/// tolerances apply; a wrong nibble, group or scale is off by order 1. 8-, 4- and 2-bit, groups of 32 to 128, the DiT's
-/// FFN and QKV shapes; a group the kernel does not take (2-bit, 32) goes through the
-/// automatic path to the reference.
+/// 5.0e-3 / 6.2e-4, the same whether the kernel rounds the product first or rounds once, so
+/// not the kernel's rounding order; the cause is not pinned down), so the file's one-rounding
+/// tolerances apply; a wrong nibble, group or scale is off by order 1. 8-, 4- and 2-bit,
+/// groups of 32 to 128, the DiT's FFN and QKV shapes; a group the kernel does not take (2-bit,
+/// 32) goes through the automatic path to the reference.
 fn dequantize_cases(rep: &mut Report, seed: &mut u64) -> anyhow::Result<()> {
     let cases: [(i32, i32, i32, i32); 7] = [
         (12288, 3072, 8, 64),

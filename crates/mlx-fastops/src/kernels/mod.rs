@@ -634,7 +634,7 @@ pub(crate) fn dequantize(
     group_size: i32,
     bits: i32,
 ) -> Result<Option<Array>> {
-    let (_, cols) = crate::reference::check_dequantize(w, scales, biases, group_size, bits)?;
+    let cols = crate::reference::check_dequantize(w, scales, biases, group_size, bits)?;
     let dt = scales.dtype();
     let threads = w.size() as i64 / 4;
     if !matches!(bits, 2 | 4 | 8)
