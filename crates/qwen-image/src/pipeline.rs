@@ -81,7 +81,9 @@ pub enum ActivationBudget {
     /// images of at least that many (1024² and up, where the backlog is largest and bounding
     /// it costs ~1%; an edit's picture tokens count too: one op's temporaries grow with the
     /// sequence); none below (at 512² bounding the backlog stalls the GPU: 40% slower, for a
-    /// peak that is small anyway).
+    /// peak that is small anyway). A quantized transformer gets
+    /// [`AUTO_QUANTIZED_BUDGET_FACTOR`] times as much: its Linear layers dequantize their
+    /// weights in flight, and 1.5 GiB made its 1024² step 12–14% slower against 1–2% with 3.
     #[default]
     Auto,
 }
@@ -93,16 +95,26 @@ pub const AUTO_ACTIVATION_BUDGET: usize = 3 << 29;
 /// The image size (packed tokens per image) from which [`ActivationBudget::Auto`] applies:
 /// 64² tokens, a 1024² image.
 pub const AUTO_BUDGET_MIN_TOKENS: usize = 4096;
+/// How many times [`AUTO_ACTIVATION_BUDGET`] [`ActivationBudget::Auto`] gives a transformer
+/// with quantized Linear layers: each layer's dequantized bf16 weight is in flight beside the
+/// activations. Measured on an H200 at 1024² (docs/speed.md, 2026-12-01): 8-bit 321.8 ms per
+/// step with 1.5 GiB, 288.4 with 3 (22.1 / 23.4 GiB peak); 4-bit 321.9 / 285.5 (12.7 / 13.9).
+pub const AUTO_QUANTIZED_BUDGET_FACTOR: usize = 2;
 
 impl ActivationBudget {
-    /// The bytes allowed for an image of `tokens` packed tokens (`None`: no bound).
-    pub fn bytes_for(self, tokens: usize) -> Option<usize> {
+    /// The bytes allowed for an image of `tokens` packed tokens, denoised by a transformer
+    /// with quantized Linear layers when `quantized` (`None`: no bound).
+    pub fn bytes_for(self, tokens: usize, quantized: bool) -> Option<usize> {
         match self {
             ActivationBudget::Unlimited => None,
             ActivationBudget::Bytes(b) => Some(b),
             ActivationBudget::Auto => (tokens >= AUTO_BUDGET_MIN_TOKENS).then(|| {
-                let scaled = AUTO_ACTIVATION_BUDGET as u128 * tokens as u128
-                    / AUTO_BUDGET_MIN_TOKENS as u128;
+                let per_min = if quantized {
+                    AUTO_ACTIVATION_BUDGET * AUTO_QUANTIZED_BUDGET_FACTOR
+                } else {
+                    AUTO_ACTIVATION_BUDGET
+                };
+                let scaled = per_min as u128 * tokens as u128 / AUTO_BUDGET_MIN_TOKENS as u128;
                 usize::try_from(scaled).unwrap_or(usize::MAX)
             }),
         }
@@ -1089,11 +1101,10 @@ impl QwenImagePipeline {
         let t = PhaseTimer::start(Phase::Denoise, on_event);
         // MLX's eval waits for the device to free memory while more than its memory limit is
         // in use: a limit just above what is resident now bounds the activations in flight.
-        let _limit = match self
-            .options
-            .activation_budget
-            .bytes_for(grid.iter().map(|g| g.0 * g.1 * g.2).sum())
-        {
+        let _limit = match self.options.activation_budget.bytes_for(
+            grid.iter().map(|g| g.0 * g.1 * g.2).sum(),
+            dit.quantized_layer_count() > 0,
+        ) {
             Some(budget) => Some(MemoryLimit::set(
                 mlx_rs::memory::active_memory()?.saturating_add(budget),
             )?),
