@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! dit_step [--sizes 512,1024,1328] [--warmup 2] [--iters 5] [--txt 32] [--layers N]
-//!          [--no-batched] [--no-reference] [--pipelined [--modulation-per-step]]
+//!          [--no-batched] [--no-reference] [--pipelined [--modulation-per-step] [--pass-variants]]
 //!          [--quantize 8|4] [--activation-budget-gib G | --memory-limit-gib G]
 //!          [--profile 1024 | --profile 0] [--tiny] [--edit-pictures N] [--json PATH]
 //! ```
@@ -31,7 +31,7 @@ use mlx_rs::{Dtype, memory};
 use qwen_dit::{QwenImageTransformer, QwenImageTransformerConfig};
 use qwen_image_benches::{forward_flops, median};
 
-use crate::step::{Rng, Row, inputs, measure, measure_pipelined};
+use crate::step::{Passes, Rng, Row, inputs, measure, measure_pipelined};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -79,6 +79,11 @@ pub(crate) struct Opts {
     /// uses), for their peak memory.
     #[arg(long)]
     interleaved: bool,
+    /// With --pipelined, also time (same process) the pipelined step with an evaluation
+    /// between the two CFG passes instead of one per step, and a CFG-off step (one forward,
+    /// as a Lightning step): what pairing the passes in one evaluation costs.
+    #[arg(long, requires = "pipelined")]
+    pass_variants: bool,
     /// Also time the pipelined step with this op's fused kernel switched off (its plain-MLX
     /// reference instead), in the same process right after the pipelined row: a same-run
     /// comparison of one kernel (e.g. `linear`, `joint_qkv_heads`). Repeatable.
@@ -169,8 +174,8 @@ struct Mode {
     reference: bool,
     /// Steps built while the previous one runs.
     pipelined: bool,
-    /// The two CFG passes left to interleave.
-    interleaved: bool,
+    /// How the B=1 passes are arranged.
+    passes: Passes,
     /// A fused kernel switched off.
     off: Option<String>,
     /// Steps per modulation window (pipelined chains).
@@ -255,7 +260,7 @@ fn main() -> Result<()> {
         batched: false,
         reference: false,
         pipelined: false,
-        interleaved: false,
+        passes: Passes::Ordered,
         off: None,
         window: w,
         budget_gib: None,
@@ -265,7 +270,7 @@ fn main() -> Result<()> {
         let label = "2×B=1 interleaved".into();
         modes.push(Mode {
             label,
-            interleaved: true,
+            passes: Passes::Interleaved,
             ..plain.clone()
         });
     }
@@ -283,6 +288,18 @@ fn main() -> Result<()> {
             ..plain.clone()
         };
         modes.push(piped.clone());
+        if o.pass_variants {
+            modes.push(Mode {
+                label: "2×B=1 pipelined, an evaluation after each pass".into(),
+                passes: Passes::EvalBetween,
+                ..piped.clone()
+            });
+            modes.push(Mode {
+                label: "1×B=1 pipelined, CFG off (one forward)".into(),
+                passes: Passes::CondOnly,
+                ..piped.clone()
+            });
+        }
         if o.modulation_per_step {
             let label = "2×B=1 pipelined, modulation per step".into();
             modes.push(Mode {
@@ -321,7 +338,7 @@ fn main() -> Result<()> {
             .total();
         for m in &modes {
             let (batched, reference, pipelined) = (m.batched, m.reference, m.pipelined);
-            let (interleaved, off, mode) = (m.interleaved, m.off.as_deref(), m.label.clone());
+            let (passes, off, mode) = (m.passes, m.off.as_deref(), m.label.clone());
             let limit = match m.budget_gib {
                 Some(b) => Some(memory::set_memory_limit(resident + (b * GIB) as usize)?),
                 None => None,
@@ -331,7 +348,7 @@ fn main() -> Result<()> {
                 mlx_fastops::fused::set_kernel_disabled(op, true);
             }
             let (times_ms, build_ms, peak) = if pipelined {
-                let (t, p, h) = measure_pipelined(&model, &inp, m.window, &o)?;
+                let (t, p, h) = measure_pipelined(&model, &inp, m.window, passes, &o)?;
                 println!(
                     "{size:>5}² pipelined: host time per step {:.1} ms (graph build {:.1} + async_eval {:.1}, of which on a CPU {:.1})",
                     h.build + h.encode,
@@ -341,7 +358,7 @@ fn main() -> Result<()> {
                 );
                 (t, Vec::new(), p)
             } else {
-                measure(&model, &inp, batched, interleaved, &o)
+                measure(&model, &inp, batched, passes, &o)
                     .with_context(|| format!("{size}² {mode} reference={reference}"))?
             };
             mlx_fastops::set_force_reference(false);
@@ -361,7 +378,12 @@ fn main() -> Result<()> {
                 },
                 times_ms,
                 build_ms,
-                flops: fl,
+                // A CFG-off step is one forward.
+                flops: if passes == Passes::CondOnly {
+                    fl / 2.0
+                } else {
+                    fl
+                },
                 peak_bytes: peak,
             };
             println!(

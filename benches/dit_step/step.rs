@@ -97,16 +97,30 @@ fn cfg_update(x: &Array, cond: &Array, uncond: &Array, scale: f32) -> Result<Arr
     Ok(ops::add(x, ops::multiply(&pred, scalar(-0.02, dt)?)?)?)
 }
 
-/// One denoising step from latents `x`, lazy: two B=1 forwards (the second ordered after the
-/// first unless `interleaved`), or one B=2 forward when `batched`. `modulation`: the step's
-/// timestep modulation computed ahead (the pipeline's windows of steps); `None`: computed
-/// here, once for both passes.
+/// How a step's B=1 transformer passes are arranged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Passes {
+    /// True CFG, the negative pass ordered after the positive one (`mlx_fastops::depends`),
+    /// one evaluation per step: as the pipeline runs it.
+    Ordered,
+    /// True CFG, the two passes left for MLX to interleave.
+    Interleaved,
+    /// True CFG, the positive pass's output sent to the GPU (`async_eval`) before the
+    /// negative pass is built: two evaluations per step.
+    EvalBetween,
+    /// CFG off: the positive pass alone and the Euler update (a Lightning step).
+    CondOnly,
+}
+
+/// One denoising step from latents `x`, lazy: B=1 forwards arranged as `passes` says, or one
+/// B=2 forward when `batched`. `modulation`: the step's timestep modulation computed ahead
+/// (the pipeline's windows of steps); `None`: computed here, once for both passes.
 fn step(
     model: &QwenImageTransformer,
     inp: &Inputs,
     x: &Array,
     batched: bool,
-    interleaved: bool,
+    passes: Passes,
     scale: f32,
     modulation: Option<&StepModulation>,
 ) -> Result<Array> {
@@ -151,14 +165,30 @@ fn step(
             Some(shared),
         )?;
         let cond = noise_part(cond);
+        if passes == Passes::CondOnly {
+            ensure!(
+                cond.dtype() == Dtype::Bfloat16,
+                "DiT output is {:?}",
+                cond.dtype()
+            );
+            return Ok(ops::add(
+                x,
+                ops::multiply(&cond, scalar(-0.02, cond.dtype())?)?,
+            )?);
+        }
         // As the pipeline: the negative pass ordered after the positive one (one pass's
-        // activations at a time), unless the interleaved variant is measured.
-        let x_u = if interleaved {
-            x.clone()
-        } else {
-            mlx_fastops::depends(std::slice::from_ref(x), std::slice::from_ref(&cond))?
-                .pop()
-                .context("depends")?
+        // activations at a time), unless another arrangement is measured.
+        let x_u = match passes {
+            Passes::Interleaved => x.clone(),
+            Passes::EvalBetween => {
+                async_eval([&cond])?;
+                x.clone()
+            }
+            Passes::Ordered | Passes::CondOnly => {
+                mlx_fastops::depends(std::slice::from_ref(x), std::slice::from_ref(&cond))?
+                    .pop()
+                    .context("depends")?
+            }
         };
         let uncond = model.forward_modulated(
             &input(&x_u)?,
@@ -214,11 +244,11 @@ pub(crate) fn measure(
     model: &QwenImageTransformer,
     inp: &Inputs,
     batched: bool,
-    interleaved: bool,
+    passes: Passes,
     o: &Opts,
 ) -> Result<(Vec<f64>, Vec<f64>, usize)> {
     for _ in 0..o.warmup {
-        step(model, inp, &inp.x, batched, interleaved, o.cfg_scale, None)?.eval()?;
+        step(model, inp, &inp.x, batched, passes, o.cfg_scale, None)?.eval()?;
     }
     memory::clear_cache()?;
     memory::reset_peak_memory()?;
@@ -226,7 +256,7 @@ pub(crate) fn measure(
     let mut build = Vec::with_capacity(o.iters);
     for _ in 0..o.iters {
         let t0 = Instant::now();
-        let out = step(model, inp, &inp.x, batched, interleaved, o.cfg_scale, None)?;
+        let out = step(model, inp, &inp.x, batched, passes, o.cfg_scale, None)?;
         build.push(t0.elapsed().as_secs_f64() * 1e3);
         out.eval()?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -247,6 +277,7 @@ pub(crate) fn measure_pipelined(
     model: &QwenImageTransformer,
     inp: &Inputs,
     window: usize,
+    passes: Passes,
     o: &Opts,
 ) -> Result<(Vec<f64>, usize, HostTime)> {
     let mut build = Vec::new();
@@ -263,7 +294,7 @@ pub(crate) fn measure_pipelined(
                 inp,
                 &x,
                 false,
-                false,
+                passes,
                 o.cfg_scale,
                 Some(mods.get(i)?),
             )?;
