@@ -20,12 +20,7 @@ if [ "${WHO:-ours}" = ours ]; then
     --json "$OUT/dit_bf16.json" >"$OUT/dit_bf16.log" 2>&1
   grep -E 'host time per step' "$OUT/dit_bf16.log"
   grep -A12 '^## one true-CFG step' "$OUT/dit_bf16.log" | grep '|'
-  for p in 1 2 3; do
-    stamp "ours: Lightning, process $p"
-    timeout 150 "$(bin pipeline_full)" --size 1024 --steps 8 --lightning --runs 2 \
-      --json "$OUT/light_$p.json" >"$OUT/light_$p.log" 2>&1
-    grep -E "^\| (text encode|VAE decode|denoise, all|encode \+)|^steps:" "$OUT/light_$p.log" | tail -5
-  done
+  lightning_processes 3
   for bits in 8 4; do
     stamp "ours: $bits-bit DiT, activation budget 1.5 GiB"
     timeout 200 "$(bin dit_step)" --quantize $bits --sizes 1024 --iters 5 --pipelined \
@@ -36,10 +31,7 @@ if [ "${WHO:-ours}" = ours ]; then
   done
 else
   install_diffusers
-  stamp "diffusers: Lightning"
-  PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 timeout 240 python3 scripts/bench/diffusers_pipeline.py \
-    --lightning-only --json "$OUT/diffusers_lightning.json" 2>&1 | grep -vi warning \
-    | tee "$OUT/diffusers_lightning.log" | tail -8
+  diffusers_lightning 240
   stamp "diffusers: compiled step at 1024²"
   PYTHONPATH=/tmp/site timeout 240 python3 scripts/bench/diffusers_step.py \
     --sizes 1024 --iters 5 --no-batched --eager-skip --compile \

@@ -12,18 +12,10 @@ set -uo pipefail
 source "$(dirname "$0")/lib.sh" h200-part18
 source "$D/activate.sh" >/dev/null
 export MLX_PTX_CACHE_DIR="$OUT/ptx"
-for p in 1 2 3; do
-  stamp "ours: Lightning, process $p"
-  timeout 150 "$(bin pipeline_full)" --size 1024 --steps 8 --lightning --runs 2 \
-    --json "$OUT/light_$p.json" >"$OUT/light_$p.log" 2>&1
-  grep -E "^\| (text encode|VAE decode|denoise, all|encode \+)|^steps:" "$OUT/light_$p.log" | tail -5
-done
+lightning_processes 3
 rm -rf "$OUT/ptx"
 install_diffusers
-stamp "diffusers: Lightning, eager and compiled"
-PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 timeout 300 python3 scripts/bench/diffusers_pipeline.py \
-  --lightning-only --json "$OUT/diffusers_lightning.json" 2>&1 | grep -vi warning \
-  | tee "$OUT/diffusers_lightning.log" | tail -8
+diffusers_lightning 300
 stamp "done"
 # The device returns at most eight files: everything packed into one.
 tar -C "$OUT" -cJf /tmp/logs.tar.xz . && find "$OUT" -type f -delete && mv /tmp/logs.tar.xz "$OUT/"

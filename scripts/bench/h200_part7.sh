@@ -26,9 +26,6 @@ else
     --sizes 1024,512,1328 --iters 5 --no-batched --eager-skip --compile \
     --json "$OUT/diffusers_compiled.json" >"$OUT/diffusers_compiled.log" 2>&1
   grep -vi warning "$OUT/diffusers_compiled.log" | tail -12
-  stamp "diffusers: Lightning"
-  PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 timeout 220 python3 scripts/bench/diffusers_pipeline.py \
-    --lightning-only --json "$OUT/diffusers_lightning.json" 2>&1 | grep -vi warning \
-    | tee "$OUT/diffusers_lightning.log" | tail -8
+  diffusers_lightning 220
 fi
 stamp "done"

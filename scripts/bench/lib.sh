@@ -28,10 +28,31 @@ lightning_runs() {
   done
 }
 
+# The whole 1024² Lightning image (8 steps, CFG off, default budget) in $1 processes back to
+# back, 2 runs each (the second warm): $OUT/light_<p>.{log,json}, each process's rows printed.
+lightning_processes() {
+  local p
+  for p in $(seq "$1"); do
+    stamp "ours: Lightning, process $p"
+    timeout 150 "$(bin pipeline_full)" --size 1024 --steps 8 --lightning --runs 2 \
+      --json "$OUT/light_$p.json" >"$OUT/light_$p.log" 2>&1
+    grep -E "^\| (text encode|VAE decode|denoise, all|encode \+)|^steps:" "$OUT/light_$p.log" | tail -5
+  done
+}
+
 # The carried diffusers wheels (.whl) installed into /tmp/site (use PYTHONPATH=/tmp/site).
 install_diffusers() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
+}
+
+# diffusers' Lightning image (1024², 8 steps, CFG off), eager and compiled, within $1 seconds:
+# $OUT/diffusers_lightning.{log,json}, its last lines printed.
+diffusers_lightning() {
+  stamp "diffusers: Lightning"
+  PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 timeout "$1" python3 scripts/bench/diffusers_pipeline.py \
+    --lightning-only --json "$OUT/diffusers_lightning.json" 2>&1 | grep -vi warning \
+    | tee "$OUT/diffusers_lightning.log" | tail -8
 }
 
 # Our whole edit, 1024² picture → 1024², 40 true-CFG steps (pipeline_full --edit, 2 runs):
