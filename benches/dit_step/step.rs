@@ -145,7 +145,7 @@ fn step(
         let v = model.forward(&x2, &inp.ctx2, None, &inp.sigma2, &inp.rope)?;
         let mut p = ops::split_equal(&v, 2, 0)?;
         let u = p.pop().context("split")?;
-        (p.pop().context("split")?, u)
+        (p.pop().context("split")?, Some(u))
     } else {
         // As the pipeline: the timestep modulation computed once for both passes.
         let own;
@@ -166,47 +166,43 @@ fn step(
         )?;
         let cond = noise_part(cond);
         if passes == Passes::CondOnly {
-            ensure!(
-                cond.dtype() == Dtype::Bfloat16,
-                "DiT output is {:?}",
-                cond.dtype()
-            );
-            return Ok(ops::add(
-                x,
-                ops::multiply(&cond, scalar(-0.02, cond.dtype())?)?,
-            )?);
-        }
-        // As the pipeline: the negative pass ordered after the positive one (one pass's
-        // activations at a time), unless another arrangement is measured.
-        let x_u = match passes {
-            Passes::Interleaved => x.clone(),
-            Passes::EvalBetween => {
-                async_eval([&cond])?;
-                x.clone()
-            }
-            Passes::Ordered | Passes::CondOnly => {
-                mlx_fastops::depends(std::slice::from_ref(x), std::slice::from_ref(&cond))?
+            (cond, None)
+        } else {
+            // As the pipeline: the negative pass ordered after the positive one (one pass's
+            // activations at a time), unless another arrangement is measured.
+            let x_u = match passes {
+                Passes::Interleaved => x.clone(),
+                Passes::EvalBetween => {
+                    async_eval([&cond])?;
+                    x.clone()
+                }
+                _ => mlx_fastops::depends(std::slice::from_ref(x), std::slice::from_ref(&cond))?
                     .pop()
-                    .context("depends")?
-            }
-        };
-        let uncond = model.forward_modulated(
-            &input(&x_u)?,
-            &inp.ctx_uncond,
-            None,
-            &inp.sigma,
-            &inp.rope,
-            Some(shared),
-        )?;
-        (cond, noise_part(uncond))
+                    .context("depends")?,
+            };
+            let uncond = model.forward_modulated(
+                &input(&x_u)?,
+                &inp.ctx_uncond,
+                None,
+                &inp.sigma,
+                &inp.rope,
+                Some(shared),
+            )?;
+            (cond, Some(noise_part(uncond)))
+        }
     };
     // The bf16 trap: a strong f32 constant anywhere would turn the whole graph to f32.
     ensure!(
-        cond.dtype() == Dtype::Bfloat16 && uncond.dtype() == Dtype::Bfloat16,
+        cond.dtype() == Dtype::Bfloat16
+            && uncond.as_ref().is_none_or(|u| u.dtype() == Dtype::Bfloat16),
         "DiT output is {:?}, expected bfloat16 (an f32 constant promoted the graph?)",
         cond.dtype()
     );
-    let out = cfg_update(x, &cond, &uncond, scale)?;
+    let out = match &uncond {
+        Some(u) => cfg_update(x, &cond, u, scale)?,
+        // CFG off: the Euler update of the one prediction.
+        None => ops::add(x, ops::multiply(&cond, scalar(-0.02, cond.dtype())?)?)?,
+    };
     ensure!(
         out.dtype() == Dtype::Bfloat16,
         "step output is {:?}, expected bfloat16",
